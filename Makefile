@@ -1,0 +1,42 @@
+# The platform's front door: `make run` starts everything locally, `make test` runs the suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DJANGO_SETTINGS_MODULE ?= settings.local
+export FLOWER_BASIC_AUTH ?= admin:admin
+
+.PHONY: run test lint bench services migrate clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+services: $(BIN)/.installed
+	$(BIN)/python manage.py check_services
+
+migrate: services
+	$(BIN)/python manage.py migrate --no-input -v 0
+
+run: migrate
+	$(BIN)/python manage.py collectstatic --no-input -v 0
+	$(BIN)/python manage.py setup_demo
+	@echo "Web http://127.0.0.1:8000/ (admin at /admin/), Flower http://127.0.0.1:5555/ ($$FLOWER_BASIC_AUTH), sandbox ledger http://127.0.0.1:8025/_sandbox/ledger"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho -d . -f platform/Procfile start
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(BIN)/.installed
+	DJANGO_SETTINGS_MODULE=settings.test $(BIN)/python manage.py check_services
+	$(MAKE) --no-print-directory lint
+	DJANGO_SETTINGS_MODULE=settings.test $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Its own Redis database and sandbox ports, so a running `make run` is not disturbed.
+bench: migrate
+	REDIS_URL=redis://127.0.0.1:6379/14 SANDBOX_HTTP_URL=http://127.0.0.1:28025 SANDBOX_SMTP_PORT=21025 \
+		$(BIN)/python manage.py bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) staticfiles

@@ -1,0 +1,1 @@
+"""The generic job runtime: base task, error classes, publishing after commit; knows nothing of notifications."""

@@ -1,0 +1,37 @@
+"""System checks of the job runtime's settings: refuse to start with a broker setup that loses or duplicates work."""
+
+from django.conf import settings
+from django.core.checks import Error, register
+
+
+@register()
+def check_broker_settings(app_configs, **kwargs) -> list[Error]:
+    errors: list[Error] = []
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {})
+    visibility = options.get("visibility_timeout")
+    hard_limit = getattr(settings, "CELERY_TASK_TIME_LIMIT", None)
+    if visibility is None:
+        errors.append(
+            Error(
+                "CELERY_BROKER_TRANSPORT_OPTIONS has no visibility_timeout.",
+                hint="Set BROKER_VISIBILITY_TIMEOUT; kombu's default of one hour delays recovery from a killed worker.",
+                id="jobs.E001",
+            )
+        )
+    elif hard_limit is None or hard_limit >= visibility:
+        errors.append(
+            Error(
+                f"CELERY_TASK_TIME_LIMIT ({hard_limit}) must be below the broker visibility timeout ({visibility}).",
+                hint="A task running longer than the visibility timeout is handed to a second worker.",
+                id="jobs.E002",
+            )
+        )
+    if set(getattr(settings, "CELERY_ACCEPT_CONTENT", [])) != {"json"}:
+        errors.append(
+            Error(
+                "CELERY_ACCEPT_CONTENT must be ['json'].",
+                hint="Pickle lets whoever can write to the broker run code in the workers.",
+                id="jobs.E003",
+            )
+        )
+    return errors

@@ -1,0 +1,51 @@
+"""How a job's failure is classified, once, where it happens (e.g. at a provider's edge).
+
+JobError                 a failure of one attempt; carries what the retry policy needs
+ +-- TransientError      may succeed later: timeout, connection error, 5xx, 429 (retry_after)
+ +-- PermanentError      will fail again: invalid recipient, other 4xx, invalid payload
+ConfigurationError       deliberately outside the tree: bad credentials or settings are
+                         an operator's problem, never swallowed as an ordinary failure
+"""
+
+
+class JobError(Exception):
+    """One attempt failed; `status` is the remote status code when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None, response_text: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.response_text = response_text[:2000]
+
+    def __str__(self) -> str:
+        return f"{self.message} (status {self.status})" if self.status else self.message
+
+
+class TransientError(JobError):
+    """Retrying later may succeed.
+
+    `retry_after` is the earliest moment (seconds from now) the remote allows another
+    call; `unknown_outcome` means the request may have been accepted (timeout after
+    sending) and must be retried with the same idempotency key, never a new one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        response_text: str = "",
+        retry_after: float | None = None,
+        unknown_outcome: bool = False,
+    ) -> None:
+        super().__init__(message, status=status, response_text=response_text)
+        self.retry_after = retry_after
+        self.unknown_outcome = unknown_outcome
+
+
+class PermanentError(JobError):
+    """Retrying cannot help: the input itself is refused."""
+
+
+class ConfigurationError(Exception):
+    """Credentials or settings are wrong; an operator must fix them."""

@@ -1,0 +1,23 @@
+"""The job runtime's own Redis connection (limiter, breaker, counters), with timeouts stated rather than defaulted."""
+
+from functools import lru_cache
+
+import redis
+from django.conf import settings
+
+#: Commands here are single round trips; anything slower means Redis is in trouble,
+#: and the caller must fail fast rather than hold a worker slot.
+SOCKET_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 2.0
+
+
+@lru_cache(maxsize=1)
+def redis_client() -> redis.Redis:
+    """One client (with its own connection pool) per process."""
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_keepalive=True,
+        health_check_interval=10,
+    )

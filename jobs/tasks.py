@@ -1,0 +1,28 @@
+"""The base class of every task: late acks so a crashed worker's message comes back, no results kept."""
+
+from celery import Task, shared_task
+
+from jobs.redis import redis_client
+
+
+class JobTask(Task):
+    """A thin shell around one service function; the service owns state in PostgreSQL.
+
+    Redelivery is expected (late acks, visibility timeout, relay), so every task
+    must be idempotent: the service claims its row with a conditional update.
+    """
+
+    #: Ack after the task finished: a worker killed mid-task leaves the message for another.
+    acks_late = True
+    #: Requeue when the worker process dies; attempts are counted in PostgreSQL so a
+    #: poison message that kills its process cannot loop forever.
+    reject_on_worker_lost = True
+    #: PostgreSQL is the record; a result backend would only duplicate it.
+    ignore_result = True
+    typing = True
+
+
+@shared_task(base=JobTask, name="jobs.probe")
+def probe(counter_key: str) -> None:
+    """Increment a Redis counter: the cheapest real task, the benchmarks' baseline and a liveness canary."""
+    redis_client().incr(counter_key)

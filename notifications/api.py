@@ -1,0 +1,181 @@
+"""The JSON HTTP API: submit a notification (202 + status URL) and read its status. Token auth."""
+
+import json
+import re
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, ValidationError
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, JsonResponse
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from notifications.models import ApiToken, Notification
+from notifications.services import IdempotencyConflict, notification_send, request_fingerprint
+
+#: Fields a POST body may have, with the JSON type each must be.
+FIELDS: dict[str, type | tuple[type, ...]] = {
+    "priority": str,
+    "channel": str,
+    "template": str,
+    "to": str,
+    "recipient_id": int,
+    "context": dict,
+}
+REQUIRED = ("priority", "channel", "template")
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+JSON_TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object"}
+
+
+def error(status: int, message: str, fields: dict[str, str] | None = None, **headers: str) -> JsonResponse:
+    body: dict[str, Any] = {"error": message}
+    if fields:
+        body["errors"] = fields
+    response = JsonResponse(body, status=status)
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
+def api_view(*methods: str) -> Callable:
+    """CSRF-exempt, token-authenticated JSON view; a database outage answers 503, not a traceback."""
+
+    def decorator(view: Callable) -> Callable:
+        @csrf_exempt
+        @require_http_methods(list(methods))
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+            try:
+                header = request.headers.get("Authorization", "")
+                scheme, _, key = header.partition(" ")
+                token = ApiToken.objects.for_key(key.strip()) if scheme == "Token" and key.strip() else None
+                if token is None or not token.user.is_active:
+                    return error(
+                        401,
+                        "authentication required: send 'Authorization: Token <key>' "
+                        "(create one with: python manage.py create_api_token <username>)",
+                        WWW_Authenticate="Token",
+                    )
+                request.user = token.user
+                return view(request, *args, **kwargs)
+            except (OperationalError, InterfaceError):
+                return error(503, "the database is unavailable; retry shortly", Retry_After="5")
+
+        return wrapper
+
+    return decorator
+
+
+def _parse_body(request: HttpRequest) -> tuple[dict[str, Any] | None, JsonResponse | None]:
+    limit = settings.API_MAX_BODY_BYTES
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None, error(400, "invalid Content-Length header")
+    if declared > limit:
+        return None, error(413, f"request body is {declared} bytes; the limit is {limit}")
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        return None, error(413, f"request body is larger than the limit of {limit} bytes")
+    if len(raw) > limit:
+        return None, error(413, f"request body is {len(raw)} bytes; the limit is {limit}")
+    try:
+        payload = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, error(400, "malformed JSON", {"body": f"not valid JSON: {exc}"})
+    if not isinstance(payload, dict):
+        return None, error(400, "invalid request", {"body": "must be a JSON object"})
+    fields: dict[str, str] = {}
+    for name in payload:
+        if name not in FIELDS:
+            fields[name] = f"unknown field; allowed: {', '.join(FIELDS)}"
+    for name, expected in FIELDS.items():
+        value = payload.get(name)
+        if value is None:
+            if name in REQUIRED:
+                fields[name] = "this field is required"
+            continue
+        # bool is an int in Python, never in JSON.
+        if not isinstance(value, expected) or isinstance(value, bool):
+            fields[name] = f"must be {JSON_TYPE_NAMES[expected]}"
+    if "to" not in payload and "recipient_id" not in payload:
+        fields.setdefault("to", "give 'to' (an address) or 'recipient_id'")
+    if fields:
+        return None, error(400, "invalid request", fields)
+    return payload, None
+
+
+def _summary(request: HttpRequest, notification: Notification) -> dict[str, Any]:
+    return {
+        "id": str(notification.pk),
+        "status": notification.status,
+        "status_url": request.build_absolute_uri(reverse("api-notification-detail", args=[notification.pk])),
+    }
+
+
+@api_view("POST")
+def notifications_create(request: HttpRequest) -> JsonResponse:
+    payload, problem = _parse_body(request)
+    if problem is not None:
+        return problem
+    header_key = request.headers.get("Idempotency-Key")
+    key = None
+    if header_key is not None:
+        if not IDEMPOTENCY_KEY.match(header_key):
+            return error(400, "invalid request", {"Idempotency-Key": "1 to 200 printable ASCII characters, no spaces"})
+        # Scoped per user, so two clients choosing the same key never collide.
+        key = f"u{request.user.pk}:{header_key}"
+    try:
+        notification, _ = notification_send(
+            priority=payload["priority"],
+            channel=payload["channel"],
+            template=payload["template"],
+            context=payload.get("context") or {},
+            to=payload.get("to"),
+            recipient_id=payload.get("recipient_id"),
+            idempotency_key=key,
+            created_by=request.user,
+            fingerprint=request_fingerprint(payload),
+        )
+    except ValidationError as exc:
+        fields = {name: " ".join(messages) for name, messages in exc.message_dict.items()}
+        return error(400, "invalid request", fields)
+    except IdempotencyConflict as exc:
+        return error(422, str(exc), {"Idempotency-Key": "already used for a different request body"})
+    response = JsonResponse(_summary(request, notification), status=202)
+    response["Location"] = _summary(request, notification)["status_url"]
+    return response
+
+
+@api_view("GET")
+def notifications_detail(request: HttpRequest, notification_id: str) -> JsonResponse:
+    notifications = Notification.objects.all()
+    if not request.user.is_staff:
+        notifications = notifications.filter(created_by=request.user)
+    try:
+        notification = notifications.filter(pk=notification_id).first()
+    except ValidationError:
+        notification = None
+    if notification is None:
+        return error(404, f"no notification {notification_id}")
+    return JsonResponse(
+        {
+            **_summary(request, notification),
+            "priority": notification.priority,
+            "channel": notification.channel,
+            "template": notification.template,
+            "to": notification.to,
+            "provider": notification.provider or None,
+            "provider_message_id": notification.provider_message_id or None,
+            "attempts": notification.attempts,
+            "created_at": notification.created_at.isoformat(),
+            "queued_at": notification.queued_at.isoformat() if notification.queued_at else None,
+            "sent_at": notification.sent_at.isoformat() if notification.sent_at else None,
+            "last_error": notification.last_error or None,
+        }
+    )

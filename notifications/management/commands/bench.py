@@ -1,0 +1,138 @@
+"""`make bench`: end-to-end throughput of notifications next to a raw-Celery baseline, measured in one run.
+
+Starts its own sandbox and worker pool (on the Redis database and ports the Makefile
+gives it, so a running `make run` is not disturbed), prints a table and writes JSON.
+"""
+
+import json
+import os
+import platform
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+
+from jobs.processes import WorkerProcess
+from jobs.redis import redis_client
+from jobs.tasks import probe
+from notifications.models import Notification, NotificationStatus, Recipient
+from notifications.sandbox.process import SandboxProcess
+from notifications.services import notification_send
+
+RESULTS = Path(settings.BASE_DIR) / "bench-results"
+QUEUE = "transactional.email"
+
+
+def wait_for(predicate, *, timeout: float, what: str) -> float:
+    """Poll until predicate() is true; the moment it became true (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise CommandError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic()
+
+
+class Command(BaseCommand):
+    help = "Measure end-to-end notifications/s against a raw Celery no-op baseline; print and write JSON."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--count", type=int, default=2000, help="messages per scenario (default 2000)")
+        parser.add_argument("--concurrency", type=int, default=4, help="worker processes (default 4)")
+        parser.add_argument("--output", default=str(RESULTS / "throughput.json"))
+
+    def handle(self, *args, count: int, concurrency: int, output: str, **options) -> None:
+        if count < 1 or concurrency < 1:
+            raise CommandError("--count and --concurrency must be at least 1")
+        redis_client().ping()
+        log_dir = RESULTS / "logs"
+        sandbox = SandboxProcess(
+            http_port=urlparse(settings.SANDBOX_HTTP_URL).port, smtp_port=settings.SANDBOX_SMTP_PORT
+        )
+        worker = WorkerProcess("bench", queues=[QUEUE], log_path=log_dir / "worker.log", concurrency=concurrency)
+        sandbox.start()
+        try:
+            worker.start()
+            baseline = self._baseline(count)
+            notifications = self._notifications(count, sandbox)
+        finally:
+            worker.stop()
+            sandbox.stop()
+        result = {
+            "scenario": "end-to-end throughput, transactional e-mail",
+            "count": count,
+            "worker_processes": concurrency,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "baseline_celery_noop_per_s": round(baseline["rate"], 1),
+            "notifications_per_s": round(notifications["rate"], 1),
+            "ratio": round(notifications["rate"] / baseline["rate"], 3),
+            "submit_per_s": round(notifications["submit_rate"], 1),
+            "ledger_entries": notifications["ledger"],
+            "duplicates": notifications["duplicates"],
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(result, indent=2) + "\n")
+        self.stdout.write(
+            "\n".join(
+                [
+                    f"{'scenario':<40}{'per second':>12}",
+                    f"{'raw Celery no-op task (baseline)':<40}{result['baseline_celery_noop_per_s']:>12.1f}",
+                    f"{'notifications, submit -> sandbox':<40}{result['notifications_per_s']:>12.1f}",
+                    f"{'ratio notifications / baseline':<40}{result['ratio']:>12.3f}",
+                    f"{'submit only (service function)':<40}{result['submit_per_s']:>12.1f}",
+                    f"ledger entries {result['ledger_entries']} for {count} notifications, duplicates {result['duplicates']}",
+                    f"written to {output}",
+                ]
+            )
+        )
+
+    def _baseline(self, count: int) -> dict:
+        counter = f"bench:probe:{uuid.uuid4()}"
+        client = redis_client()
+        start = time.monotonic()
+        for _ in range(count):
+            probe.apply_async(args=[counter], queue=QUEUE)
+        end = wait_for(lambda: int(client.get(counter) or 0) >= count, timeout=300, what="the probe tasks")
+        client.delete(counter)
+        return {"rate": count / (end - start)}
+
+    def _notifications(self, count: int, sandbox: SandboxProcess) -> dict:
+        run = uuid.uuid4().hex[:8]
+        sandbox.clear()
+        ids = []
+        start = time.monotonic()
+        for i in range(count):
+            notification, _ = notification_send(
+                priority="transactional",
+                channel="email",
+                template="password_reset",
+                context={"code": f"{i:06d}"},
+                to=f"bench-{run}-{i}@example.com",
+            )
+            ids.append(notification.pk)
+        submitted = time.monotonic()
+        rows = Notification.objects.filter(pk__in=ids)
+        end = wait_for(
+            lambda: rows.filter(status__in=[NotificationStatus.SENT, NotificationStatus.FAILED]).count() >= count,
+            timeout=600,
+            what="the notifications to be sent",
+        )
+        failed = rows.exclude(status=NotificationStatus.SENT).count()
+        if failed:
+            raise CommandError(f"{failed} of {count} notifications were not sent; see {RESULTS / 'logs'}")
+        entries = sandbox.entries(limit=count * 2)
+        keys = [e["idempotency_key"] for e in entries]
+        rows.delete()
+        Recipient.objects.filter(email__startswith=f"bench-{run}-").delete()
+        connection.close()
+        return {
+            "rate": count / (end - start),
+            "submit_rate": count / (submitted - start),
+            "ledger": len(entries),
+            "duplicates": len(keys) - len(set(keys)),
+        }

@@ -1,0 +1,157 @@
+"""The one interface every provider implements, and the classification of failures at the provider edge.
+
+A send is always: build the vendor payload -> call the vendor -> parse its answer.
+Subclasses fill those hooks; every failure leaves a provider as exactly one of
+jobs.errors.TransientError, PermanentError or ConfigurationError.
+"""
+
+import email.utils
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import requests
+from urllib3.exceptions import NewConnectionError
+
+from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
+from notifications.rendering import RenderedMessage
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """Everything a provider needs to send one notification, already rendered."""
+
+    notification_id: str
+    idempotency_key: str
+    channel: str
+    to: str
+    content: RenderedMessage
+    #: Extra e-mail headers (e.g. List-Unsubscribe); ignored by other channels.
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    message_id: str
+
+
+class BaseProvider:
+    """One vendor account. Instances live for a worker process and reuse their connections."""
+
+    #: The channel this provider's vendor delivers on.
+    channel: ClassVar[str]
+    #: The vendor, as the sandbox and logs name it.
+    vendor: ClassVar[str]
+
+    def __init__(self, *, name: str, timeout: float, **options: Any) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.options = options
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        raise NotImplementedError
+
+    def send_batch(self, messages: list[OutboundMessage]) -> list[SendResult | JobError]:
+        """Send several messages; one result or classified error per message, in order."""
+        results: list[SendResult | JobError] = []
+        for message in messages:
+            try:
+                results.append(self.send(message))
+            except JobError as exc:
+                results.append(exc)
+        return results
+
+    def close(self) -> None:
+        """Release connections (called when a worker shuts down)."""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from now given a Retry-After header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def classify_http_status(status: int, *, text: str = "", retry_after: str | None = None, what: str = "") -> Exception:
+    """The error for an unsuccessful HTTP status (the default rules; vendors refine them)."""
+    detail = f"{what}: HTTP {status}" if what else f"HTTP {status}"
+    if status == 429:
+        return TransientError(
+            f"{detail} rate limited", status=status, response_text=text, retry_after=parse_retry_after(retry_after)
+        )
+    if status in (401, 403):
+        return ConfigurationError(f"{detail}: credentials refused; check the provider's settings. {text[:200]}")
+    if status == 408 or status >= 500:
+        return TransientError(detail, status=status, response_text=text, retry_after=parse_retry_after(retry_after))
+    return PermanentError(detail, status=status, response_text=text)
+
+
+def classify_request_exception(exc: requests.RequestException, *, what: str) -> TransientError:
+    """A request that got no HTTP answer: always transient.
+
+    A read timeout means the vendor may have accepted the message, so the outcome is
+    unknown and the retry must reuse the same idempotency key.
+    """
+    if isinstance(exc, requests.ConnectTimeout):
+        return TransientError(f"{what}: connect timeout")
+    if isinstance(exc, requests.Timeout):
+        return TransientError(f"{what}: read timeout, outcome unknown", unknown_outcome=True)
+    if isinstance(exc, requests.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        if isinstance(reason, NewConnectionError):
+            return TransientError(f"{what}: cannot connect: {reason}")
+        # The connection dropped, possibly after the request went out.
+        return TransientError(f"{what}: connection error: {exc}", unknown_outcome=True)
+    return TransientError(f"{what}: {exc}")
+
+
+class HttpProvider(BaseProvider):
+    """A provider that speaks JSON or form HTTP through one keep-alive session."""
+
+    def __init__(self, *, name: str, timeout: float, api_url: str, **options: Any) -> None:
+        super().__init__(name=name, timeout=timeout, **options)
+        self.api_url = api_url if api_url.endswith("/") else api_url + "/"
+        self.session = requests.Session()
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        request = self.build_request(message)
+        try:
+            response = self.session.request(timeout=self.timeout, **request)
+        except requests.RequestException as exc:
+            raise classify_request_exception(exc, what=self.name) from exc
+        if not 200 <= response.status_code < 300:
+            raise self.classify_error(response)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise TransientError(
+                f"{self.name}: answer is not JSON", status=response.status_code, response_text=response.text
+            ) from exc
+        return self.parse_response(body, message)
+
+    def build_request(self, message: OutboundMessage) -> dict[str, Any]:
+        """Keyword arguments for requests.Session.request: method, url, headers, json/data, auth."""
+        raise NotImplementedError
+
+    def parse_response(self, body: Any, message: OutboundMessage) -> SendResult:
+        raise NotImplementedError
+
+    def classify_error(self, response: requests.Response) -> Exception:
+        return classify_http_status(
+            response.status_code,
+            text=response.text,
+            retry_after=response.headers.get("Retry-After"),
+            what=self.name,
+        )
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,33 @@
+"""Build each channel's ordered provider list from settings.NOTIFICATIONS_PROVIDERS, once per process."""
+
+import threading
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from notifications.providers.base import BaseProvider
+
+_lock = threading.Lock()
+_providers: dict[str, list[BaseProvider]] = {}
+
+
+def providers_for(channel: str) -> list[BaseProvider]:
+    """The channel's providers, primary first; instances are reused for their connections."""
+    with _lock:
+        if channel not in _providers:
+            _providers[channel] = [build_provider(entry) for entry in settings.NOTIFICATIONS_PROVIDERS[channel]]
+        return _providers[channel]
+
+
+def build_provider(entry: dict) -> BaseProvider:
+    cls = import_string(entry["backend"])
+    return cls(name=entry["name"], timeout=settings.PROVIDER_TIMEOUT_SECONDS, **entry.get("options", {}))
+
+
+def reset_providers() -> None:
+    """Close and forget every provider (settings changed, or the worker is stopping)."""
+    with _lock:
+        for providers in _providers.values():
+            for provider in providers:
+                provider.close()
+        _providers.clear()

@@ -1,0 +1,257 @@
+"""Settings shared by every environment; each value comes from the environment with a safe local default."""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from settings import topology
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"environment variable {name} must be true or false, got {raw!r}")
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "local-insecure-key-change-me")
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "anymail",
+    "jobs",
+    "notifications",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's static files from gunicorn, so one image runs everywhere.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "settings.urls"
+WSGI_APPLICATION = "settings.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env_str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/notify")
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL,
+        # Workers hold a connection for their whole life; re-check it so a
+        # PostgreSQL restart costs one failed query, not a dead worker.
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+DATABASES["default"].setdefault("OPTIONS", {})
+# A query that hangs blocks a worker slot; fail it and let the retry path handle it.
+DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+# Requests above this size are answered 413 by the API before they are parsed.
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 64 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
+
+# --- Redis and Celery -------------------------------------------------------
+
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+# PostgreSQL is the record of every notification; task results are never read.
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+# JSON only: a pickled payload from a compromised broker would run code in workers.
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_TASK_QUEUES = topology.celery_queues()
+CELERY_TASK_DEFAULT_QUEUE = topology.DEFAULT_QUEUE
+CELERY_TASK_CREATE_MISSING_QUEUES = False
+# Late acks: a message is removed from Redis only after its task finished, so a
+# crashed worker's message goes back to the queue (the claim in PostgreSQL makes
+# the second delivery harmless).
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One reserved message per process: prefetch would let a deep queue hold messages
+# in a busy worker's memory past the visibility timeout, and it defeats priority.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A send is a few HTTP calls with their own timeouts; a task running this long is
+# stuck.  The hard limit stays below the visibility timeout so Redis never hands
+# a still-running task to a second worker.
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 25)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 30)
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+#: Seconds a reserved but unacknowledged message stays invisible before Redis
+#: redelivers it.  Short, so a SIGKILLed worker's messages come back within a
+#: minute; safe, because no task runs longer (time limit above) and no task is
+#: published with a countdown or ETA (long waits live in PostgreSQL).
+BROKER_VISIBILITY_TIMEOUT = env_int("BROKER_VISIBILITY_TIMEOUT", 45)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": BROKER_VISIBILITY_TIMEOUT,
+    # Sweep for abandoned messages every 5 s instead of kombu's ~100 s so the
+    # short visibility timeout is what bounds recovery.
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 1,
+    # redis-py 8 defaults to a 5 s socket timeout; state ours.  BRPOP returns
+    # within brpop_timeout (1 s), so 10 s only fires on a dead connection.
+    "socket_timeout": 10,
+    # A down Redis must fail a publish quickly, not hang a web request.
+    "socket_connect_timeout": 2,
+    "socket_keepalive": True,
+    # redis-py pings an idle connection before using it again; kombu also drops
+    # a BRPOP connection whose reply is overdue, so a half-open socket (NAT,
+    # failover) is replaced within about 20 s instead of never.
+    "health_check_interval": 10,
+    "retry_on_timeout": False,
+    "client_name": "notify",
+}
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_BEAT_SCHEDULE: dict = {}
+
+# --- Notifications ------------------------------------------------------------
+
+SANDBOX_HTTP_URL = env_str("SANDBOX_HTTP_URL", "http://127.0.0.1:8025")
+SANDBOX_SMTP_HOST = env_str("SANDBOX_SMTP_HOST", "127.0.0.1")
+SANDBOX_SMTP_PORT = env_int("SANDBOX_SMTP_PORT", 1025)
+
+NOTIFICATIONS_FROM_EMAIL = env_str("NOTIFICATIONS_FROM_EMAIL", "Notify <no-reply@notify.example>")
+NOTIFICATIONS_SMS_FROM = env_str("NOTIFICATIONS_SMS_FROM", "+15005550006")
+
+#: Providers per channel, tried in order (the first is the primary).  Each entry
+#: names the provider (that name appears in the ledger, the admin and metrics),
+#: the dotted path of its module's ``Provider`` class and its options.
+NOTIFICATIONS_PROVIDERS = {
+    "email": [
+        {
+            "name": "postmark",
+            "backend": "notifications.providers.postmark.Provider",
+            "options": {
+                "api_url": env_str("POSTMARK_API_URL", f"{SANDBOX_HTTP_URL}/postmark/"),
+                "server_token": env_str("POSTMARK_SERVER_TOKEN", "sandbox-token"),
+            },
+        },
+        {
+            "name": "smtp",
+            "backend": "notifications.providers.smtp.Provider",
+            "options": {
+                "host": env_str("SMTP_HOST", SANDBOX_SMTP_HOST),
+                "port": env_int("SMTP_PORT", SANDBOX_SMTP_PORT),
+                "username": env_str("SMTP_USERNAME", ""),
+                "password": env_str("SMTP_PASSWORD", ""),
+                "use_tls": env_bool("SMTP_USE_TLS", False),
+            },
+        },
+    ],
+    "sms": [
+        {
+            "name": "twilio",
+            "backend": "notifications.providers.twilio.Provider",
+            "options": {
+                "api_url": env_str("TWILIO_API_URL", f"{SANDBOX_HTTP_URL}/twilio/"),
+                "account_sid": env_str("TWILIO_ACCOUNT_SID", "ACsandbox"),
+                "auth_token": env_str("TWILIO_AUTH_TOKEN", "sandbox-token"),
+                "from_number": NOTIFICATIONS_SMS_FROM,
+            },
+        },
+    ],
+    "push": [
+        {
+            "name": "fcm",
+            "backend": "notifications.providers.fcm.Provider",
+            "options": {
+                "api_url": env_str("FCM_API_URL", f"{SANDBOX_HTTP_URL}/fcm/"),
+                "project_id": env_str("FCM_PROJECT_ID", "notify-sandbox"),
+                "access_token": env_str("FCM_ACCESS_TOKEN", "sandbox-token"),
+            },
+        },
+    ],
+}
+#: Seconds a provider call may take before it counts as a transient failure.
+PROVIDER_TIMEOUT_SECONDS = float(env_str("PROVIDER_TIMEOUT_SECONDS", "10"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

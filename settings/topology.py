@@ -1,0 +1,38 @@
+"""The queue topology: one Redis queue per priority and channel, one worker pool per priority.
+
+Priority is never Celery's emulated Redis priority (prefetch defeats it): it is a
+separate queue consumed by a separate pool, so marketing can never starve security.
+"""
+
+from kombu import Queue
+
+PRIORITIES = ("security", "transactional", "marketing")
+CHANNELS = ("email", "sms", "push")
+
+#: Queue for job-runtime housekeeping (outbox relay, periodic sweeps); consumed
+#: by the transactional pool so it never competes with security sends.
+DEFAULT_QUEUE = "jobs.default"
+
+
+def queue_name(priority: str, channel: str) -> str:
+    if priority not in PRIORITIES:
+        raise ValueError(f"unknown priority {priority!r}; expected one of {', '.join(PRIORITIES)}")
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}; expected one of {', '.join(CHANNELS)}")
+    return f"{priority}.{channel}"
+
+
+def all_queue_names() -> list[str]:
+    return [queue_name(p, c) for p in PRIORITIES for c in CHANNELS] + [DEFAULT_QUEUE]
+
+
+def pool_queues(priority: str) -> list[str]:
+    """Queues the worker pool of one priority consumes."""
+    queues = [queue_name(priority, c) for c in CHANNELS]
+    if priority == "transactional":
+        queues.append(DEFAULT_QUEUE)
+    return queues
+
+
+def celery_queues() -> tuple[Queue, ...]:
+    return tuple(Queue(name, routing_key=name) for name in all_queue_names())

@@ -1,0 +1,89 @@
+"""Fixtures shared by the suite: the real provider sandbox, real worker pools, API clients."""
+
+import json
+from urllib.parse import urlparse
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connections
+
+from jobs.processes import WorkerProcess
+from settings.topology import PRIORITIES
+from tests.support.workers import pool_process
+
+
+@pytest.fixture(scope="session")
+def broker() -> redis.Redis:
+    """The test Redis database, emptied once before anything publishes to it.
+
+    Never flushed again mid-session: kombu keeps its queue bindings there.
+    """
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+    client.flushdb()
+    return client
+
+
+@pytest.fixture(scope="session")
+def sandbox(broker):
+    from notifications.sandbox.process import SandboxProcess
+
+    http_port = urlparse(settings.SANDBOX_HTTP_URL).port
+    process = SandboxProcess(http_port=http_port, smtp_port=settings.SANDBOX_SMTP_PORT)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def ledger(sandbox):
+    """The sandbox with an empty ledger and no faults, for one test."""
+    sandbox.clear()
+    sandbox.clear_faults()
+    yield sandbox
+    sandbox.clear_faults()
+
+
+@pytest.fixture(scope="session")
+def workers(django_db_setup, django_db_blocker, sandbox, broker, tmp_path_factory) -> dict[str, WorkerProcess]:
+    """One real `celery worker` pool per priority, on the test database and test Redis."""
+    database_name = connections["default"].settings_dict["NAME"]
+    log_dir = tmp_path_factory.mktemp("workers")
+    pools: dict[str, WorkerProcess] = {}
+    try:
+        for priority in PRIORITIES:
+            pools[priority] = pool_process(priority, database_name=database_name, log_dir=log_dir).start()
+        yield pools
+    finally:
+        for pool in pools.values():
+            pool.stop()
+
+
+@pytest.fixture
+def api_user(django_user_model):
+    return django_user_model.objects.create_user(username="api-client", password="x")
+
+
+@pytest.fixture
+def api_key(api_user) -> str:
+    from notifications.models import ApiToken
+
+    _, key = ApiToken.issue(api_user)
+    return key
+
+
+@pytest.fixture
+def api(client, api_key):
+    """Django's test client that sends the token and JSON."""
+
+    class Api:
+        def post(self, path: str, body, **headers):
+            data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+            return client.post(
+                path, data=data, content_type="application/json", HTTP_AUTHORIZATION=f"Token {api_key}", **headers
+            )
+
+        def get(self, path: str, **headers):
+            return client.get(path, HTTP_AUTHORIZATION=f"Token {api_key}", **headers)
+
+    return Api()
