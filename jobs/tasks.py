@@ -1,8 +1,9 @@
 """The base class of every task: late acks so a crashed worker's message comes back, no results kept."""
 
-from celery import Task, shared_task
+from celery import Task
 
 from jobs.redis import redis_client
+from settings.celery_app import app
 
 
 class JobTask(Task):
@@ -22,7 +23,7 @@ class JobTask(Task):
     typing = True
 
 
-@shared_task(base=JobTask, name="jobs.probe")
+@app.task(base=JobTask, name="jobs.probe")
 def probe(counter_key: str) -> None:
     """Increment a Redis counter: the cheapest real task, the benchmarks' baseline and a liveness canary."""
     redis_client().incr(counter_key)

@@ -7,7 +7,7 @@ import pytest
 from django.conf import settings
 
 from jobs.redis import redis_client
-from jobs.tasks import probe
+from jobs.tasks import JobTask, probe
 
 #: A Redis database of its own, so the subprocess worker pools never take these messages.
 BROKER = settings.REDIS_URL.rsplit("/", 1)[0] + "/13"
@@ -28,8 +28,10 @@ def celery_config() -> dict:
 
 
 @pytest.fixture(scope="session")
-def celery_includes() -> list[str]:
-    return ["jobs.tasks"]
+def celery_session_app(celery_session_app):
+    """The fixture's app, with the job runtime's probe task registered on it too."""
+    celery_session_app.task(base=JobTask, name=probe.name)(probe.run)
+    return celery_session_app
 
 
 def wait_for_count(key: str, expected: int, timeout: float = 10.0) -> int:
