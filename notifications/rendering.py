@@ -6,7 +6,7 @@ blank in a message a user already received.
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,14 @@ def _engine() -> Engine:
     )
 
 
+# Templates ship with the code, so the catalogue is read once per process (the
+# template engine caches compiled templates the same way).
+@lru_cache(maxsize=1)
 def template_names() -> list[str]:
     return sorted(p.name for p in TEMPLATE_DIR.iterdir() if p.is_dir())
 
 
+@cache
 def template_channels(name: str) -> list[str]:
     folder = TEMPLATE_DIR / name
     return [
@@ -56,6 +60,12 @@ def template_channels(name: str) -> list[str]:
         for channel, parts in CHANNEL_PARTS.items()
         if all((folder / part).is_file() for part, required in parts.items() if required)
     ]
+
+
+@cache
+def _parts(template: str, channel: str) -> tuple[str, ...]:
+    folder = TEMPLATE_DIR / template
+    return tuple(part for part in CHANNEL_PARTS[channel] if (folder / part).is_file())
 
 
 def render(*, template: str, channel: str, context: dict[str, Any]) -> RenderedMessage:
@@ -66,10 +76,7 @@ def render(*, template: str, channel: str, context: dict[str, Any]) -> RenderedM
         raise ValidationError({"template": f"template {template!r} has no {channel} version"})
     parts: dict[str, str] = {}
     missing: set[str] = set()
-    folder = TEMPLATE_DIR / template
-    for part in CHANNEL_PARTS[channel]:
-        if not (folder / part).is_file():
-            continue
+    for part in _parts(template, channel):
         try:
             compiled = _engine().get_template(f"{template}/{part}")
         except TemplateSyntaxError as exc:
