@@ -26,6 +26,17 @@ def check_broker_settings(app_configs, **kwargs) -> list[Error]:
                 id="jobs.E002",
             )
         )
+    lease = getattr(settings, "JOBS_CLAIM_LEASE_SECONDS", None)
+    if visibility is not None and hard_limit is not None and not (lease and hard_limit < lease < visibility):
+        errors.append(
+            Error(
+                f"JOBS_CLAIM_LEASE_SECONDS ({lease}) must lie between CELERY_TASK_TIME_LIMIT ({hard_limit}) "
+                f"and the broker visibility timeout ({visibility}).",
+                hint="Shorter lets a second worker take a notification that is still being sent; longer delays "
+                "recovery of a redelivered message.",
+                id="jobs.E004",
+            )
+        )
     if set(getattr(settings, "CELERY_ACCEPT_CONTENT", [])) != {"json"}:
         errors.append(
             Error(

@@ -9,4 +9,4 @@ class NotificationsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from notifications import checks  # noqa: F401  (registers the system checks)
+        from notifications import checks, delivery  # noqa: F401  (system checks; the dead-letter replayer)

@@ -57,7 +57,7 @@ class NotificationStatus(models.TextChoices):
     QUEUED = "queued", "queued (published to its queue)"
     SENDING = "sending", "sending (claimed by a worker)"
     SENT = "sent", "sent (accepted by a provider)"
-    FAILED = "failed", "failed"
+    FAILED = "failed", "failed (waiting for its next attempt)"
     DEAD = "dead", "dead (in the dead-letter table)"
 
 
@@ -92,6 +92,9 @@ class Notification(models.Model):
     #: While sending, the moment after which another worker may take the row over.
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+    #: While failed: when the relay publishes it again.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    first_failed_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -107,6 +110,11 @@ class Notification(models.Model):
                 fields=["status", "updated_at"],
                 name="notif_unfinished_idx",
                 condition=Q(status__in=["pending", "queued", "sending"]),
+            ),
+            models.Index(
+                fields=["next_attempt_at"],
+                name="notif_retry_due_idx",
+                condition=Q(status="failed"),
             ),
         ]
 

@@ -5,29 +5,20 @@ import json
 import logging
 import re
 import uuid
-from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
 from django.utils import timezone
 
-from jobs.errors import ConfigurationError, JobError
 from jobs.publishing import publish_after_commit
 from notifications.models import Channel, Notification, NotificationStatus, Priority, PushDevice, Recipient
-from notifications.providers.base import OutboundMessage
-from notifications.providers.registry import providers_for
 from notifications.rendering import render
 
 logger = logging.getLogger(__name__)
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
-#: How long a worker owns a notification it claimed.  Longer than the task's hard
-#: time limit (so a live task never loses its claim) and shorter than the broker's
-#: visibility timeout (so a redelivered message finds the claim expired).
-CLAIM_LEASE = timedelta(seconds=40)
 
 
 class IdempotencyConflict(Exception):
@@ -202,60 +193,3 @@ def notification_publish(notification: Notification) -> None:
         )
 
     publish_after_commit(notification_deliver_task, args=[str(pk)], queue=notification.queue, on_published=mark_queued)
-
-
-def notification_claim(*, notification_id: str) -> Notification | None:
-    """Take the notification for this worker with one conditional UPDATE; None if another has it or it is done."""
-    now = timezone.now()
-    claimable = Q(status__in=[NotificationStatus.PENDING, NotificationStatus.QUEUED]) | Q(
-        status=NotificationStatus.SENDING, lease_expires_at__lt=now
-    )
-    updated = Notification.objects.filter(claimable, pk=notification_id).update(
-        status=NotificationStatus.SENDING,
-        attempts=F("attempts") + 1,
-        lease_expires_at=now + CLAIM_LEASE,
-        updated_at=now,
-    )
-    if not updated:
-        return None
-    return Notification.objects.get(pk=notification_id)
-
-
-def notification_deliver(*, notification_id: str) -> None:
-    """Send one claimed notification through its channel's primary provider and record the outcome."""
-    notification = notification_claim(notification_id=notification_id)
-    if notification is None:
-        logger.info("notification %s not claimable (done or owned by another worker); skipped", notification_id)
-        return
-    content = render(template=notification.template, channel=notification.channel, context=notification.context)
-    provider = providers_for(notification.channel)[0]
-    message = OutboundMessage(
-        notification_id=str(notification.pk),
-        idempotency_key=notification.idempotency_key,
-        channel=notification.channel,
-        to=notification.to,
-        content=content,
-    )
-    try:
-        result = provider.send(message)
-    except (JobError, ConfigurationError) as exc:
-        Notification.objects.filter(pk=notification.pk, status=NotificationStatus.SENDING).update(
-            status=NotificationStatus.FAILED,
-            provider=provider.name,
-            last_error=f"{exc.__class__.__name__}: {exc}",
-            lease_expires_at=None,
-            updated_at=timezone.now(),
-        )
-        logger.warning("notification %s failed via %s: %s", notification.pk, provider.name, exc)
-        return
-    now = timezone.now()
-    Notification.objects.filter(pk=notification.pk, status=NotificationStatus.SENDING).update(
-        status=NotificationStatus.SENT,
-        provider=provider.name,
-        provider_message_id=result.message_id,
-        sent_at=now,
-        lease_expires_at=None,
-        last_error="",
-        updated_at=now,
-    )
-    logger.info("notification %s sent via %s id=%s", notification.pk, provider.name, result.message_id)

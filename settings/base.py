@@ -182,7 +182,45 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "client_name": "notify",
 }
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
-CELERY_BEAT_SCHEDULE: dict = {}
+
+#: How often the relay looks for notifications to publish again (due retries, rows
+#: never published, rows whose worker died); seconds.
+RELAY_INTERVAL_SECONDS = float(env_str("RELAY_INTERVAL_SECONDS", "2"))
+CELERY_BEAT_SCHEDULE: dict = {
+    "notifications-relay": {
+        "task": "notifications.relay",
+        "schedule": RELAY_INTERVAL_SECONDS,
+        # A relay run older than its interval is superseded by the next one.
+        "options": {"queue": "jobs.default", "expires": RELAY_INTERVAL_SECONDS * 5},
+    },
+}
+
+# --- Job runtime --------------------------------------------------------------
+
+#: Retry budget per priority class (jobs/retry.py): attempts in all, exponential
+#: backoff with full jitter between base and cap, and the time after creation past
+#: which a job is dead-lettered instead of retried.
+JOBS_RETRY_POLICIES = {
+    # Fast retries for about two minutes, every provider in the chain tried each time.
+    "security": {"max_attempts": 12, "base_delay": 0.5, "max_delay": 15, "budget_seconds": 120},
+    "transactional": {"max_attempts": 15, "base_delay": 2, "max_delay": 300, "budget_seconds": 1800},
+    "marketing": {"max_attempts": 20, "base_delay": 30, "max_delay": 3600, "budget_seconds": 6 * 3600},
+}
+#: Circuit breaker per provider (jobs/breaker.py), shared by all workers through Redis.
+JOBS_CIRCUIT_BREAKER = {
+    "failure_threshold": env_int("BREAKER_FAILURE_THRESHOLD", 5),
+    "cooldown_seconds": float(env_str("BREAKER_COOLDOWN_SECONDS", "10")),
+    "probe_timeout_seconds": 15.0,
+}
+#: A row still pending this long after it was written was never published (crash
+#: between commit and publish, broker down); the relay publishes it.
+RELAY_PENDING_AFTER_SECONDS = env_int("RELAY_PENDING_AFTER_SECONDS", 10)
+#: A row queued this long without a worker claiming it may have lost its message
+#: (Redis restarted without persistence); the relay publishes it again.  The claim
+#: makes a second message harmless, so erring short costs only work.
+RELAY_QUEUED_AFTER_SECONDS = env_int("RELAY_QUEUED_AFTER_SECONDS", 30)
+#: Rows the relay handles per run, so one run stays short.
+RELAY_BATCH_SIZE = 1000
 
 # --- Notifications ------------------------------------------------------------
 
@@ -255,3 +293,11 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+#: Seconds a worker owns a claimed notification: above CELERY_TASK_TIME_LIMIT (a live
+#: task never loses its claim), below the visibility timeout (a redelivered message
+#: finds it expired).  A system check enforces the order.
+JOBS_CLAIM_LEASE_SECONDS = env_int("JOBS_CLAIM_LEASE_SECONDS", 40)
+#: Fault injection for the chaos drills (a notification with context
+#: {"chaos": "kill-worker"} kills its worker process). Never on in production.
+CHAOS_DRILLS_ENABLED = env_bool("CHAOS_DRILLS_ENABLED", False)

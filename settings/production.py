@@ -13,3 +13,5 @@ if SECRET_KEY == "local-insecure-key-change-me":  # noqa: F405
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set in production (a long random string).")
+
+CHAOS_DRILLS_ENABLED = False

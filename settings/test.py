@@ -5,12 +5,30 @@ import os
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("SANDBOX_HTTP_URL", "http://127.0.0.1:18025")
 os.environ.setdefault("SANDBOX_SMTP_PORT", "11025")
+# Short timings so the drills that kill workers recover within a test's patience;
+# their order (time limit < lease < visibility timeout) is the production one.
+os.environ.setdefault("BROKER_VISIBILITY_TIMEOUT", "10")
+os.environ.setdefault("CELERY_TASK_SOFT_TIME_LIMIT", "5")
+os.environ.setdefault("CELERY_TASK_TIME_LIMIT", "6")
+os.environ.setdefault("JOBS_CLAIM_LEASE_SECONDS", "8")
+os.environ.setdefault("RELAY_INTERVAL_SECONDS", "1")
+os.environ.setdefault("RELAY_PENDING_AFTER_SECONDS", "2")
+os.environ.setdefault("RELAY_QUEUED_AFTER_SECONDS", "10")
+os.environ.setdefault("BREAKER_COOLDOWN_SECONDS", "2")
+os.environ.setdefault("BREAKER_FAILURE_THRESHOLD", "3")
+os.environ.setdefault("CHAOS_DRILLS_ENABLED", "true")
 
 from settings.base import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Short so the tests that kill workers see redelivery quickly.
-PROVIDER_TIMEOUT_SECONDS = 5.0
+PROVIDER_TIMEOUT_SECONDS = 3.0
+#: Same shape as production, smaller numbers: a drill sees retries and dead letters in seconds.
+JOBS_RETRY_POLICIES = {
+    "security": {"max_attempts": 6, "base_delay": 0.2, "max_delay": 2, "budget_seconds": 60},
+    "transactional": {"max_attempts": 3, "base_delay": 0.2, "max_delay": 2, "budget_seconds": 60},
+    "marketing": {"max_attempts": 3, "base_delay": 0.5, "max_delay": 5, "budget_seconds": 120},
+}
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -116,7 +116,9 @@ def test_a_burst_is_sent_exactly_once_each(workers, ledger, live_api):
     assert sorted(e["idempotency_key"] for e in entries) == sorted(keys)
 
 
-def test_permanent_provider_refusal_is_recorded_not_sent(workers, ledger, live_api):
+def test_permanent_provider_refusal_is_dead_lettered_at_once_without_retry(workers, ledger, live_api):
+    from jobs.models import DeadLetter
+
     response = live_api.post(
         f"{live_api.base_url}/api/v1/notifications",
         json={"priority": "transactional", "channel": "sms", "to": "+15005550001", **PASSWORD_RESET},
@@ -126,6 +128,9 @@ def test_permanent_provider_refusal_is_recorded_not_sent(workers, ledger, live_a
 
     notification = wait_until_done([notification_id])[notification_id]
 
-    assert notification.status == "failed"
-    assert "PermanentError" in notification.last_error
+    assert notification.status == "dead"
+    assert notification.attempts == 1
+    letter = DeadLetter.objects.get(subject_id=notification_id)
+    assert letter.error_class == "jobs.errors.PermanentError"
+    assert "21211" in letter.message and letter.provider == "twilio"
     assert ledger.entries(provider="twilio") == []

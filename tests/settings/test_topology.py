@@ -68,4 +68,4 @@ def test_system_check_refuses_a_misspelt_provider(settings):
 
 def test_system_check_refuses_a_time_limit_above_the_visibility_timeout(settings):
     settings.CELERY_TASK_TIME_LIMIT = 3600
-    assert [e.id for e in run_checks()] == ["jobs.E002"]
+    assert "jobs.E002" in [e.id for e in run_checks()]

@@ -1,0 +1,302 @@
+"""Delivery services: claim a notification, send it along its channel's providers, retry, dead-letter, relay.
+
+One attempt: claim the row (conditional UPDATE, attempts + 1) -> try the providers in
+order, skipping any whose circuit breaker is open -> record the outcome.
+
+| outcome of the attempt                   | what happens                                          |
+|------------------------------------------|-------------------------------------------------------|
+| a provider accepted                      | sent                                                  |
+| permanent error (invalid recipient, 4xx) | dead letter at once, no retry                         |
+| transient error, outcome known           | next provider in the same attempt                     |
+| transient error, outcome unknown         | stop; retry later with the same key, same provider    |
+| every provider failed or open            | failed + next_attempt_at (backoff, >= Retry-After)    |
+| attempts or time budget used up          | dead letter                                           |
+
+An unknown outcome (timeout after the request went out) is never sent to another
+provider in the same attempt: the first may have accepted it.  The next attempt goes
+to the same provider with the same idempotency key, unless that provider's breaker
+is open; then it falls back (a possible duplicate, preferred to losing the message).
+"""
+
+import logging
+import os
+import signal
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from jobs.breaker import OPEN, CircuitBreaker
+from jobs.deadletters import deadletter_record, register_replayer
+from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
+from jobs.models import DeadLetter
+from jobs.retry import retry_policy
+from notifications.models import Notification, NotificationStatus
+from notifications.providers.base import BaseProvider, OutboundMessage
+from notifications.providers.registry import providers_for
+from notifications.rendering import render
+from notifications.services import notification_publish
+
+logger = logging.getLogger(__name__)
+
+JOB_NAME = "notifications.deliver"
+_breakers: dict[str, CircuitBreaker] = {}
+
+
+def claim_lease() -> timedelta:
+    """How long a worker owns a claimed notification.
+
+    Longer than the task's hard time limit, so a live task never loses its claim;
+    shorter than the broker's visibility timeout, so a redelivered message finds it expired.
+    """
+    return timedelta(seconds=settings.JOBS_CLAIM_LEASE_SECONDS)
+
+
+def breaker_for(provider: BaseProvider) -> CircuitBreaker:
+    if provider.name not in _breakers:
+        _breakers[provider.name] = CircuitBreaker(provider.name)
+    return _breakers[provider.name]
+
+
+def _claimable(now) -> Q:
+    return (
+        Q(status__in=[NotificationStatus.PENDING, NotificationStatus.QUEUED])
+        | Q(status=NotificationStatus.FAILED, next_attempt_at__lte=now)
+        | Q(status=NotificationStatus.SENDING, lease_expires_at__lt=now)
+    )
+
+
+def notification_claim(*, notification_id: str) -> Notification | None:
+    """Take the notification with one conditional UPDATE; None if it is done, owned, not due, or exhausted.
+
+    An exhausted one (every attempt used, typically by a message that kept killing its
+    worker) is dead-lettered here, so it cannot loop.
+    """
+    now = timezone.now()
+    row = Notification.objects.filter(pk=notification_id).values("priority", "attempts").first()
+    if row is None:
+        return None
+    max_attempts = retry_policy(row["priority"]).max_attempts
+    updated = Notification.objects.filter(_claimable(now), pk=notification_id, attempts__lt=max_attempts).update(
+        status=NotificationStatus.SENDING,
+        attempts=F("attempts") + 1,
+        lease_expires_at=now + claim_lease(),
+        updated_at=now,
+    )
+    if updated:
+        return Notification.objects.select_related("recipient").get(pk=notification_id)
+    exhausted = Notification.objects.filter(_claimable(now), pk=notification_id, attempts__gte=max_attempts).first()
+    if exhausted is not None:
+        _dead_letter(
+            exhausted,
+            f"gave up after {exhausted.attempts} attempts; the last did not finish (its worker died or timed out)",
+            provider=exhausted.provider,
+        )
+    return None
+
+
+def notification_deliver(*, notification_id: str) -> None:
+    """One delivery attempt of one notification."""
+    notification = notification_claim(notification_id=notification_id)
+    if notification is None:
+        logger.info("notification %s: not claimable (done, owned by another worker, or not due)", notification_id)
+        return
+    _chaos_hook(notification)
+    try:
+        content = render(template=notification.template, channel=notification.channel, context=notification.context)
+    except ValidationError as exc:
+        _dead_letter(notification, PermanentError(f"cannot render: {'; '.join(exc.messages)}"))
+        return
+    message = OutboundMessage(
+        notification_id=str(notification.pk),
+        idempotency_key=notification.idempotency_key,
+        channel=notification.channel,
+        to=notification.to,
+        content=content,
+    )
+    errors: list[str] = []
+    retry_after: float | None = None
+    last_provider = notification.provider
+    for provider in _provider_order(notification):
+        breaker = breaker_for(provider)
+        if breaker.allow() == OPEN:
+            errors.append(f"{provider.name}: circuit open")
+            continue
+        last_provider = provider.name
+        try:
+            result = provider.send(message)
+        except PermanentError as exc:
+            breaker.record_success()  # the provider is up; it refused this message
+            _dead_letter(notification, exc, provider=provider.name)
+            return
+        except (TransientError, ConfigurationError) as exc:
+            breaker.record_failure(str(exc))
+            errors.append(f"{provider.name}: {type(exc).__name__}: {exc}")
+            if isinstance(exc, TransientError):
+                retry_after = max(retry_after or 0.0, exc.retry_after or 0.0) or None
+                if exc.unknown_outcome:
+                    errors.append("outcome unknown: retrying with the same key")
+                    break
+            else:
+                logger.error("notification %s: provider %s is misconfigured: %s", notification.pk, provider.name, exc)
+            continue
+        breaker.record_success()
+        _mark_sent(notification, provider.name, result.message_id)
+        return
+    _schedule_retry(notification, "; ".join(errors) or "no provider available", last_provider, retry_after)
+
+
+def _provider_order(notification: Notification) -> list[BaseProvider]:
+    """The channel's providers, primary first; after an unknown outcome, that provider first."""
+    providers = list(providers_for(notification.channel))
+    if notification.provider and "outcome unknown" in notification.last_error:
+        providers.sort(key=lambda p: p.name != notification.provider)
+    return providers
+
+
+def _mark_sent(notification: Notification, provider: str, message_id: str) -> None:
+    now = timezone.now()
+    Notification.objects.filter(pk=notification.pk, status=NotificationStatus.SENDING).update(
+        status=NotificationStatus.SENT,
+        provider=provider,
+        provider_message_id=message_id,
+        sent_at=now,
+        lease_expires_at=None,
+        next_attempt_at=None,
+        last_error="",
+        updated_at=now,
+    )
+    logger.info(
+        "notification %s sent priority=%s channel=%s provider=%s attempt=%s id=%s",
+        notification.pk,
+        notification.priority,
+        notification.channel,
+        provider,
+        notification.attempts,
+        message_id,
+    )
+
+
+def _schedule_retry(notification: Notification, error: str, provider: str, retry_after: float | None) -> None:
+    now = timezone.now()
+    policy = retry_policy(notification.priority)
+    moment = policy.next_attempt_at(
+        attempt=notification.attempts, created_at=notification.created_at, now=now, retry_after=retry_after
+    )
+    if moment is None:
+        _dead_letter(notification, TransientError(f"retries exhausted: {error}"), provider=provider)
+        return
+    Notification.objects.filter(pk=notification.pk, status=NotificationStatus.SENDING).update(
+        status=NotificationStatus.FAILED,
+        provider=provider,
+        last_error=error[:4000],
+        next_attempt_at=moment,
+        first_failed_at=notification.first_failed_at or now,
+        lease_expires_at=None,
+        updated_at=now,
+    )
+    logger.warning(
+        "notification %s failed priority=%s channel=%s provider=%s attempt=%s retry_in=%.1fs: %s",
+        notification.pk,
+        notification.priority,
+        notification.channel,
+        provider,
+        notification.attempts,
+        (moment - now).total_seconds(),
+        error,
+    )
+
+
+def _dead_letter(notification: Notification, error: JobError | str, provider: str = "") -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Notification.objects.filter(pk=notification.pk).exclude(status=NotificationStatus.SENT).update(
+            status=NotificationStatus.DEAD,
+            provider=provider or notification.provider,
+            last_error=str(error)[:4000],
+            lease_expires_at=None,
+            next_attempt_at=None,
+            first_failed_at=notification.first_failed_at or now,
+            updated_at=now,
+        )
+        if not updated:
+            return
+        deadletter_record(
+            job_name=JOB_NAME,
+            arguments={"args": [str(notification.pk)], "to": notification.to, "template": notification.template},
+            error=error,
+            attempts=notification.attempts,
+            queue=notification.queue,
+            subject=notification,
+            provider=provider or notification.provider,
+            first_failed_at=notification.first_failed_at or now,
+        )
+    logger.warning(
+        "notification %s dead priority=%s channel=%s provider=%s attempt=%s: %s",
+        notification.pk,
+        notification.priority,
+        notification.channel,
+        provider,
+        notification.attempts,
+        error,
+    )
+
+
+def notification_replay(dead_letter: DeadLetter) -> None:
+    """Replayer of the dead-letter table: back to queued with fresh attempts and the same idempotency key."""
+    notification = Notification.objects.get(pk=dead_letter.subject_id)
+    Notification.objects.filter(pk=notification.pk, status=NotificationStatus.DEAD).update(
+        status=NotificationStatus.QUEUED,
+        attempts=0,
+        next_attempt_at=None,
+        queued_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+    notification_publish(notification)
+
+
+register_replayer(JOB_NAME, notification_replay)
+
+
+def notification_relay(*, now=None) -> int:
+    """Publish again what no worker will otherwise pick up; returns how many rows.
+
+    Due retries, rows never published (pending), rows whose message may be lost
+    (queued too long: Redis restarted) and rows whose worker died (sending, lease
+    expired).  Rows are locked with SKIP LOCKED, so concurrent relays share the work.
+    """
+    now = now or timezone.now()
+    due = (
+        Q(status=NotificationStatus.FAILED, next_attempt_at__lte=now)
+        | Q(status=NotificationStatus.PENDING, created_at__lt=now - timedelta(seconds=settings.RELAY_PENDING_AFTER_SECONDS))
+        | Q(status=NotificationStatus.QUEUED, queued_at__lt=now - timedelta(seconds=settings.RELAY_QUEUED_AFTER_SECONDS))
+        | Q(status=NotificationStatus.SENDING, lease_expires_at__lt=now)
+    )
+    with transaction.atomic():
+        rows = list(
+            Notification.objects.select_for_update(skip_locked=True)
+            .filter(due)
+            .order_by("priority", "created_at")
+            .only("pk", "priority", "channel", "status")[: settings.RELAY_BATCH_SIZE]
+        )
+        if not rows:
+            return 0
+        # Back to queued; queued_at restarts the clock, so a row is republished at most
+        # once per RELAY_QUEUED_AFTER_SECONDS even if this message is lost too.
+        Notification.objects.filter(pk__in=[r.pk for r in rows]).update(
+            status=NotificationStatus.QUEUED, queued_at=now, next_attempt_at=None, lease_expires_at=None, updated_at=now
+        )
+        for row in rows:
+            notification_publish(row)
+    logger.info("relay: published %s notification(s) again", len(rows))
+    return len(rows)
+
+
+def _chaos_hook(notification: Notification) -> None:
+    """Fault injection for the drills: a notification marked as poison kills its worker process."""
+    if settings.CHAOS_DRILLS_ENABLED and notification.context.get("chaos") == "kill-worker":
+        logger.error("notification %s: chaos drill, killing worker process %s", notification.pk, os.getpid())
+        os.kill(os.getpid(), signal.SIGKILL)
