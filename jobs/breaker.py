@@ -163,6 +163,8 @@ class CircuitBreaker:
         log = logger.warning if to_state == OPEN else logger.info
         log("breaker %s: %s -> %s (%s)", self.name, from_state, to_state, reason)
         try:
-            BreakerTransition.objects.create(breaker=self.name, from_state=from_state, to_state=to_state, reason=reason[:500])
+            BreakerTransition.objects.create(
+                breaker=self.name, from_state=from_state, to_state=to_state, reason=reason[:500]
+            )
         except Exception:  # the log line above is the record of last resort
             logger.warning("breaker %s: transition not stored", self.name, exc_info=True)

@@ -213,14 +213,18 @@ def _schedule_retry(notification: Notification, error: str, provider: str, retry
 def _dead_letter(notification: Notification, error: JobError | str, provider: str = "") -> None:
     now = timezone.now()
     with transaction.atomic():
-        updated = Notification.objects.filter(pk=notification.pk).exclude(status=NotificationStatus.SENT).update(
-            status=NotificationStatus.DEAD,
-            provider=provider or notification.provider,
-            last_error=str(error)[:4000],
-            lease_expires_at=None,
-            next_attempt_at=None,
-            first_failed_at=notification.first_failed_at or now,
-            updated_at=now,
+        updated = (
+            Notification.objects.filter(pk=notification.pk)
+            .exclude(status=NotificationStatus.SENT)
+            .update(
+                status=NotificationStatus.DEAD,
+                provider=provider or notification.provider,
+                last_error=str(error)[:4000],
+                lease_expires_at=None,
+                next_attempt_at=None,
+                first_failed_at=notification.first_failed_at or now,
+                updated_at=now,
+            )
         )
         if not updated:
             return
@@ -271,8 +275,13 @@ def notification_relay(*, now=None) -> int:
     now = now or timezone.now()
     due = (
         Q(status=NotificationStatus.FAILED, next_attempt_at__lte=now)
-        | Q(status=NotificationStatus.PENDING, created_at__lt=now - timedelta(seconds=settings.RELAY_PENDING_AFTER_SECONDS))
-        | Q(status=NotificationStatus.QUEUED, queued_at__lt=now - timedelta(seconds=settings.RELAY_QUEUED_AFTER_SECONDS))
+        | Q(
+            status=NotificationStatus.PENDING,
+            created_at__lt=now - timedelta(seconds=settings.RELAY_PENDING_AFTER_SECONDS),
+        )
+        | Q(
+            status=NotificationStatus.QUEUED, queued_at__lt=now - timedelta(seconds=settings.RELAY_QUEUED_AFTER_SECONDS)
+        )
         | Q(status=NotificationStatus.SENDING, lease_expires_at__lt=now)
     )
     with transaction.atomic():

@@ -267,6 +267,16 @@ NOTIFICATIONS_PROVIDERS = {
                 "from_number": NOTIFICATIONS_SMS_FROM,
             },
         },
+        {
+            "name": "vonage",
+            "backend": "notifications.providers.vonage.Provider",
+            "options": {
+                "api_url": env_str("VONAGE_API_URL", f"{SANDBOX_HTTP_URL}/vonage/"),
+                "api_key": env_str("VONAGE_API_KEY", "sandbox-key"),
+                "api_secret": env_str("VONAGE_API_SECRET", "sandbox-secret"),
+                "from_number": NOTIFICATIONS_SMS_FROM,
+            },
+        },
     ],
     "push": [
         {

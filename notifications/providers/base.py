@@ -136,13 +136,13 @@ class HttpProvider(BaseProvider):
             raise TransientError(
                 f"{self.name}: answer is not JSON", status=response.status_code, response_text=response.text
             ) from exc
-        return self.parse_response(body, message)
+        return self.parse_response(body, message, response)
 
     def build_request(self, message: OutboundMessage) -> dict[str, Any]:
         """Keyword arguments for requests.Session.request: method, url, headers, json/data, auth."""
         raise NotImplementedError
 
-    def parse_response(self, body: Any, message: OutboundMessage) -> SendResult:
+    def parse_response(self, body: Any, message: OutboundMessage, response: requests.Response) -> SendResult:
         raise NotImplementedError
 
     def classify_error(self, response: requests.Response) -> Exception:

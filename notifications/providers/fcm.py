@@ -35,7 +35,7 @@ class Provider(HttpProvider):
             },
         }
 
-    def parse_response(self, body: Any, message: OutboundMessage) -> SendResult:
+    def parse_response(self, body: Any, message: OutboundMessage, response: requests.Response) -> SendResult:
         name = body.get("name", "") if isinstance(body, dict) else ""
         return SendResult(message_id=name.rsplit("/", 1)[-1] or name)
 

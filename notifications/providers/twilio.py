@@ -29,7 +29,7 @@ class Provider(HttpProvider):
             "data": {"To": message.to, "From": self.from_number, "Body": message.content.text},
         }
 
-    def parse_response(self, body: Any, message: OutboundMessage) -> SendResult:
+    def parse_response(self, body: Any, message: OutboundMessage, response: requests.Response) -> SendResult:
         if not isinstance(body, dict) or not body.get("sid"):
             raise TransientError(f"{self.name}: answer without a message sid", response_text=str(body))
         return SendResult(message_id=body["sid"])

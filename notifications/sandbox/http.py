@@ -435,7 +435,8 @@ class SandboxHTTP:
             state.accept(
                 provider=provider,
                 vendor="vonage",
-                to=to,
+                # Vonage takes digits only; the ledger records E.164 like every SMS vendor.
+                to=f"+{to}",
                 message_id=message_id,
                 now=now,
                 idempotency_key=key,

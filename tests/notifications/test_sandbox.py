@@ -334,7 +334,7 @@ def test_vonage_message_is_accepted_and_recorded(sandbox, http):
     assert entry["vendor"] == "vonage"
     assert (entry["message_id"], entry["to"], entry["idempotency_key"]) == (
         message["message-id"],
-        "14155550100",
+        "+14155550100",
         "sms-1",
     )
 
