@@ -4,11 +4,16 @@ from functools import lru_cache
 
 import redis
 from django.conf import settings
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 #: Commands here are single round trips; anything slower means Redis is in trouble,
 #: and the caller must fail fast rather than hold a worker slot.
 SOCKET_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 2.0
+#: One immediate retry covers a connection dropped while idle; redis-py 8's default
+#: (several retries with backoff) would stall every send for seconds while Redis is down.
+RETRY = Retry(NoBackoff(), retries=1)
 
 
 @lru_cache(maxsize=1)
@@ -20,4 +25,5 @@ def redis_client() -> redis.Redis:
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_keepalive=True,
         health_check_interval=10,
+        retry=RETRY,
     )
