@@ -6,15 +6,18 @@ replayer is replayed by publishing its task again with its original arguments.
 
 import logging
 import traceback as tb
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import models, transaction
 from django.utils import timezone
 
 from jobs.models import DeadLetter, DeadLetterStatus
-from jobs.publishing import publish_after_commit
+from jobs.publishing import publish, publish_after_commit
 
 logger = logging.getLogger(__name__)
 
@@ -102,4 +105,112 @@ def _republish(dead_letter: DeadLetter) -> None:
     task = app.tasks[dead_letter.job_name]
     publish_after_commit(
         task, args=dead_letter.arguments.get("args", []), queue=dead_letter.queue or task.app.conf.task_default_queue
+    )
+
+
+#: Rows read per query when a set is replayed or discarded, and ids per background task:
+#: 500 replays take a few seconds, well inside the task time limit (CELERY_TASK_TIME_LIMIT).
+BULK_CHUNK_SIZE = 500
+
+
+@dataclass
+class BulkOutcome:
+    """What a replay or discard of a set of dead letters did, by id."""
+
+    done: list[int] = field(default_factory=list)
+    not_open: list[int] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
+    #: id -> "ErrorClass: message" of a replay that raised; that row stays open.
+    failed: dict[int, str] = field(default_factory=dict)
+
+    def summary(self, verb: str) -> str:
+        parts = [f"{verb} {len(self.done)} dead letter(s)"]
+        if self.not_open:
+            parts.append(f"{len(self.not_open)} skipped (not open)")
+        if self.missing:
+            parts.append(f"{len(self.missing)} not found")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed ({', '.join(str(pk) for pk in self.failed)})")
+        return "; ".join(parts) + "."
+
+
+def deadletters_replay_many(*, ids: Iterable[int], user=None) -> BulkOutcome:
+    """Replay each open dead letter of `ids`; with a user, each replay is also an admin log entry.
+
+    One failing replay (its subject deleted, say) is reported and does not stop the rest.
+    """
+    outcome = BulkOutcome()
+    for letter in _open_letters(ids, outcome):
+        try:
+            replayed = deadletter_replay(dead_letter=letter, user=user)
+        except Exception as exc:  # the row stays open (its transaction rolled back); go on with the others
+            logger.exception("dead letter %s: replay failed", letter.pk)
+            outcome.failed[letter.pk] = f"{type(exc).__name__}: {exc}"
+            continue
+        if replayed:
+            outcome.done.append(letter.pk)
+            _log_action(letter, user, "Replayed")
+        else:
+            outcome.not_open.append(letter.pk)
+    return outcome
+
+
+def deadletters_discard_many(*, ids: Iterable[int], reason: str, user=None) -> BulkOutcome:
+    """Discard each open dead letter of `ids` with the same required reason; logged like a replay."""
+    if not reason.strip():
+        raise ValueError("a reason is required to discard a dead letter")
+    outcome = BulkOutcome()
+    for letter in _open_letters(ids, outcome):
+        if deadletter_discard(dead_letter=letter, user=user, reason=reason):
+            outcome.done.append(letter.pk)
+            logger.info("dead letter %s discarded by %s: %s", letter.pk, user or "system", reason.strip())
+            _log_action(letter, user, f"Discarded: {reason.strip()}")
+        else:
+            outcome.not_open.append(letter.pk)
+    return outcome
+
+
+def deadletters_replay_in_background(*, ids: Sequence[int], user=None) -> tuple[int, int]:
+    """Publish the replay of `ids` as tasks of BULK_CHUNK_SIZE ids on the default queue.
+
+    Returns (batches published, batches the broker refused); a refused batch leaves its rows open.
+    """
+    from jobs.tasks import deadletters_replay_task
+
+    published = refused = 0
+    for chunk in _chunks(list(ids)):
+        if publish(
+            deadletters_replay_task, args=[chunk, user.pk if user else None], queue=settings.CELERY_TASK_DEFAULT_QUEUE
+        ):
+            published += 1
+        else:
+            refused += 1
+    return published, refused
+
+
+def _chunks(ids: list[int]) -> Iterator[list[int]]:
+    for start in range(0, len(ids), BULK_CHUNK_SIZE):
+        yield ids[start : start + BULK_CHUNK_SIZE]
+
+
+def _open_letters(ids: Iterable[int], outcome: BulkOutcome) -> Iterator[DeadLetter]:
+    """The open dead letters among `ids`, read a chunk at a time; the others are noted in `outcome`."""
+    for chunk in _chunks(list(dict.fromkeys(ids))):
+        rows = DeadLetter.objects.in_bulk(chunk)
+        for pk in chunk:
+            letter = rows.get(pk)
+            if letter is None:
+                outcome.missing.append(pk)
+            elif letter.status != DeadLetterStatus.OPEN:
+                outcome.not_open.append(pk)
+            else:
+                yield letter
+
+
+def _log_action(letter: DeadLetter, user, message: str) -> None:
+    """An entry in the row's admin history; without a user, the service's log line is the record."""
+    if user is None:
+        return
+    LogEntry.objects.log_actions(
+        user_id=user.pk, queryset=[letter], action_flag=CHANGE, change_message=message, single_object=True
     )

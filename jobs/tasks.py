@@ -27,3 +27,15 @@ class JobTask(Task):
 def probe(counter_key: str) -> None:
     """Increment a Redis counter: the cheapest real task, the benchmarks' baseline and a liveness canary."""
     redis_client().incr(counter_key)
+
+
+@app.task(base=JobTask, name="jobs.deadletters_replay")
+def deadletters_replay_task(ids: list[int], user_id: int | None) -> None:
+    """Replay one batch of dead letters for an operator; a redelivered batch skips what is no longer open."""
+    # Imported here so this module keeps loading without models, before the app registry is ready.
+    from django.contrib.auth import get_user_model
+
+    from jobs.deadletters import deadletters_replay_many
+
+    user = get_user_model().objects.filter(pk=user_id).first() if user_id is not None else None
+    deadletters_replay_many(ids=ids, user=user)
