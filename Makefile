@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DJANGO_SETTINGS_MODULE ?= settings.local
 export FLOWER_BASIC_AUTH ?= admin:admin
 
-.PHONY: run test lint bench services migrate clean
+.PHONY: run test lint bench chaos services migrate clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: $(BIN)/.installed
 bench: migrate
 	REDIS_URL=redis://127.0.0.1:6379/14 SANDBOX_HTTP_URL=http://127.0.0.1:28025 SANDBOX_SMTP_PORT=21025 \
 		$(BIN)/python manage.py bench $(BENCH_ARGS)
+
+# Fault drills on an isolated copy of the platform (its own PostgreSQL, Redis, sandbox and processes);
+# CHAOS_ARGS="--drill 4 --quick" picks drills. Prints a table and writes bench-results/chaos.json.
+chaos: services
+	$(BIN)/python manage.py chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) staticfiles

@@ -1,0 +1,962 @@
+"""The fault drills: each sends bursts through the HTTP API of a ChaosStack, injects one fault, then checks the outcome.
+
+Every drill returns one row: drill, submitted, sent, dead, lost, duplicates,
+recovery_seconds, notes, ok (plus checks, the drill's own checks by name).
+
+    lost        = submitted - (sent + dead)     after waiting for every notification to be final
+    duplicates  = ledger entries beyond the first per idempotency key, across every provider
+    recovery    = seconds from the fault's end (or the kill) until the last notification was final
+
+A drill is ok when lost and duplicates are 0, every dead notification has a dead-letter
+row with a reason, every sent one is in the sandbox ledger, every client request got its
+202 (retrying a 5xx with the same key), and the drill's own checks pass.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from jobs.breaker import CLOSED, CircuitBreaker
+from notifications.chaos.stack import ChaosStack
+from settings.topology import PRIORITIES
+
+DrillRow = dict[str, Any]
+
+FINAL = ("sent", "dead")
+#: Every priority on every channel, so a burst exercises all pools and providers.
+MIX = tuple((p, c) for p in PRIORITIES for c in ("email", "sms", "push"))
+EMAIL_MIX = tuple((p, "email") for p in PRIORITIES)
+#: A client's patience for one request; far above the API's normal answer, so a hang shows.
+REQUEST_TIMEOUT_SECONDS = 10.0
+#: Threads a burst submits with (a few clients at once, as web traffic is).
+SUBMIT_THREADS = 4
+#: The issue's promise for a SIGKILLed worker's unfinished notifications.
+SIGKILL_RECOVERY_LIMIT_SECONDS = 60.0
+#: The issue's latency goal for a submit while Redis is down.
+REDIS_DOWN_P99_LIMIT_SECONDS = 0.5
+#: A realistic vendor answer time, set on every provider in the drills that kill or stop
+#: something mid-burst: without it a burst drains faster than the fault lands.
+PROVIDER_LATENCY_MS = 200
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and repetitions of one run of the drills."""
+
+    burst: int = 100
+    sigkill_runs: int = 10
+    sigterm_runs: int = 5
+    postgres_down_seconds: float = 15.0
+    half_errors_seconds: float = 60.0
+    retry_after_seconds: int = 3
+    retry_after_burst: int = 20
+    poison_companions: int = 30
+    idempotency_clients: int = 50
+    redis_down_submissions: int = 50
+    #: Seconds to wait for every notification of a burst to be final before counting it lost.
+    final_timeout: float = 150.0
+
+
+FULL = Plan()
+#: Small enough for the test suite: all ten drills in about two minutes.
+QUICK = Plan(
+    burst=30,
+    sigkill_runs=2,
+    sigterm_runs=1,
+    half_errors_seconds=20.0,
+    retry_after_burst=10,
+    poison_companions=15,
+    final_timeout=90.0,
+)
+
+
+# --- submitting -----------------------------------------------------------------------
+
+
+def message_body(tag: str, index: int, priority: str, channel: str, **context: str) -> dict[str, Any]:
+    """A valid API body; the address is unique per tag and index."""
+    if channel == "email":
+        to = f"{tag}-{index}@example.com"
+    elif channel == "sms":
+        to = "+1415" + str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tag}-{index}").int % 10**7).zfill(7)
+    else:
+        to = f"push-{tag}-{index}"
+    if priority == "marketing":
+        template, defaults = "newsletter", {"headline": "News", "body": f"Issue {index}"}
+    else:
+        template, defaults = "password_reset", {"code": f"{index:06d}"}
+    return {
+        "priority": priority,
+        "channel": channel,
+        "template": template,
+        "to": to,
+        "context": {**defaults, **context},
+    }
+
+
+def burst_bodies(tag: str, count: int, mix: Iterable[tuple[str, str]] = MIX) -> list[tuple[str, dict[str, Any]]]:
+    """(Idempotency-Key, body) pairs cycling through `mix`."""
+    mix = list(mix)
+    return [(f"{tag}-{i}", message_body(tag, i, *mix[i % len(mix)])) for i in range(count)]
+
+
+@dataclass
+class Submission:
+    """What the clients saw: accepted ids, the latency of each accepted call, every answer by code."""
+
+    ids: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    answers: Counter = field(default_factory=Counter)
+    refused: list[str] = field(default_factory=list)
+
+    def add(self, other: Submission) -> None:
+        self.ids += other.ids
+        self.latencies += other.latencies
+        self.answers.update(other.answers)
+        self.refused += other.refused
+
+
+def api_session(stack: ChaosStack) -> requests.Session:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Token {stack.api_key}"
+    return session
+
+
+def submit(
+    stack: ChaosStack,
+    requests_: list[tuple[str, dict[str, Any]]],
+    *,
+    threads: int = SUBMIT_THREADS,
+    retry_seconds: float = 60.0,
+    into: Submission | None = None,
+) -> Submission:
+    """POST each (key, body) from a few threads; a 5xx or a connection error is retried with the same key.
+
+    That is what a well-behaved client does, and what the Idempotency-Key is for.  Pass
+    `into` to watch the progress of a burst running in the background.
+    """
+    result = into if into is not None else Submission()
+    lock = threading.Lock()
+    pending = list(reversed(requests_))
+
+    def client() -> None:
+        session = api_session(stack)
+        while True:
+            with lock:
+                if not pending:
+                    return
+                key, body = pending.pop()
+            deadline = time.monotonic() + retry_seconds
+            while True:
+                started = time.monotonic()
+                try:
+                    response = session.post(
+                        f"{stack.api_url}/api/v1/notifications",
+                        json=body,
+                        headers={"Idempotency-Key": key},
+                        timeout=REQUEST_TIMEOUT_SECONDS,
+                    )
+                    answer: int | str = response.status_code
+                except requests.RequestException as exc:
+                    response, answer = None, type(exc).__name__
+                elapsed = time.monotonic() - started
+                with lock:
+                    result.answers[answer] += 1
+                    if answer == 202:
+                        result.ids.append(response.json()["id"])
+                        result.latencies.append(elapsed)
+                if answer == 202:
+                    break
+                retryable = response is None or response.status_code >= 500
+                if not retryable or time.monotonic() > deadline:
+                    with lock:
+                        result.refused.append(f"{key}: {answer} {response.text[:200] if response is not None else ''}")
+                    break
+                time.sleep(0.5)
+
+    workers = [threading.Thread(target=client, daemon=True) for _ in range(max(1, min(threads, len(requests_))))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return result
+
+
+def start_burst(stack: ChaosStack, tag: str, count: int, **options: Any) -> tuple[Future, Submission]:
+    """Submit a burst in the background; its Future and the Submission it fills as it goes."""
+    live = Submission()
+    return in_background(submit, stack, burst_bodies(tag, count), into=live, **options), live
+
+
+def wait_accepted(live: Submission, count: int, timeout: float = 30.0) -> None:
+    """Until `count` submissions of a running burst were accepted (a fault then lands mid-burst)."""
+    deadline = time.monotonic() + timeout
+    while len(live.ids) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def in_background(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+    """Run `function` in a thread now; its Future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(function(*args, **kwargs))
+        except BaseException as exc:  # handed to whoever reads the future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+# --- reading the outcome --------------------------------------------------------------
+
+ROWS_SQL = """
+SELECT id::text, idempotency_key, priority, channel, status, attempts, provider, last_error,
+       extract(epoch from created_at)::float8, extract(epoch from sent_at)::float8,
+       extract(epoch from updated_at)::float8, extract(epoch from first_failed_at)::float8,
+       extract(epoch from next_attempt_at)::float8
+FROM notifications_notification WHERE id = ANY(%s::uuid[])
+"""
+ROW_FIELDS = (
+    "id",
+    "key",
+    "priority",
+    "channel",
+    "status",
+    "attempts",
+    "provider",
+    "last_error",
+    "created_at",
+    "sent_at",
+    "updated_at",
+    "first_failed_at",
+    "next_attempt_at",
+)
+
+
+def fetch_rows(stack: ChaosStack, ids: list[str]) -> dict[str, dict[str, Any]]:
+    return {row[0]: dict(zip(ROW_FIELDS, row, strict=True)) for row in stack.query(ROWS_SQL, (ids,))}
+
+
+def wait_final(stack: ChaosStack, ids: list[str], timeout: float) -> bool:
+    """Wait until every notification is sent or dead; False on timeout.  A database outage just waits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done = stack.query(
+                "SELECT count(*) FROM notifications_notification WHERE id = ANY(%s::uuid[]) AND status IN ('sent', 'dead')",
+                (ids,),
+            )[0][0]
+            if done == len(set(ids)):
+                return True
+        except Exception:  # PostgreSQL may be down on purpose
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+
+
+@dataclass
+class Tally:
+    """The outcome of some notifications, from the stack's database and the sandbox ledger."""
+
+    submitted: int = 0
+    sent: int = 0
+    dead: int = 0
+    duplicates: int = 0
+    unfinished: Counter = field(default_factory=Counter)
+    providers: Counter = field(default_factory=Counter)
+    dead_without_reason: list[str] = field(default_factory=list)
+    sent_without_ledger: list[str] = field(default_factory=list)
+    accepted_but_dead: list[str] = field(default_factory=list)
+    #: Client requests never answered 202, even after retrying with the same key.
+    refused: list[str] = field(default_factory=list)
+    dead_reasons: Counter = field(default_factory=Counter)
+    dead_by_queue: Counter = field(default_factory=Counter)
+    recoveries: list[float] = field(default_factory=list)
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ledger: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def lost(self) -> int:
+        return self.submitted - self.sent - self.dead
+
+    @property
+    def recovery(self) -> float | None:
+        return max(self.recoveries) if self.recoveries else None
+
+    def add(self, other: Tally) -> None:
+        for name in ("submitted", "sent", "dead", "duplicates"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("unfinished", "providers", "dead_reasons", "dead_by_queue"):
+            getattr(self, name).update(getattr(other, name))
+        for name in ("dead_without_reason", "sent_without_ledger", "accepted_but_dead", "refused", "recoveries"):
+            getattr(self, name).extend(getattr(other, name))
+        self.rows.update(other.rows)
+        self.ledger.update(other.ledger)
+
+
+def tally(stack: ChaosStack, ids: list[str], *, fault_end: float | None = None, refused: Iterable[str] = ()) -> Tally:
+    """Count sent, dead, lost and duplicated among `ids`; recovery measured from `fault_end` (epoch seconds).
+
+    `refused` are the client requests that never got a 202, reported beside the rest.
+    """
+    ids = list(dict.fromkeys(ids))
+    rows = fetch_rows(stack, ids) if ids else {}
+    result = Tally(submitted=len(ids), rows=rows, refused=list(refused))
+    keys = {row["key"]: row for row in rows.values()}
+    for entry in stack.sandbox.entries(limit=1_000_000):
+        if entry["idempotency_key"] in keys:
+            result.ledger.setdefault(entry["idempotency_key"], []).append(entry)
+    result.duplicates = sum(len(entries) - 1 for entries in result.ledger.values())
+    letters = dict(
+        stack.query(
+            "SELECT subject_id, message FROM jobs_deadletter WHERE subject_id = ANY(%s) AND status = 'open'", (ids,)
+        )
+    )
+    last_final = None
+    for notification_id in ids:
+        row = rows.get(notification_id)
+        status = row["status"] if row else "missing"
+        if status not in FINAL:
+            result.unfinished[status] += 1
+            continue
+        final_at = row["sent_at"] if status == "sent" else row["updated_at"]
+        last_final = max(last_final or final_at, final_at)
+        if status == "sent":
+            result.sent += 1
+            result.providers[row["provider"]] += 1
+            if row["key"] not in result.ledger:
+                result.sent_without_ledger.append(notification_id)
+        else:
+            result.dead += 1
+            reason = (letters.get(notification_id) or "").strip()
+            if not reason:
+                result.dead_without_reason.append(notification_id)
+            result.dead_reasons[_reason_kind(reason or row["last_error"])] += 1
+            result.dead_by_queue[f"{row['priority']}.{row['channel']}"] += 1
+            if row["key"] in result.ledger:
+                result.accepted_but_dead.append(notification_id)
+    # Not recovered at all if something is still unfinished: no figure rather than a flattering one.
+    if fault_end is not None and last_final is not None and not result.unfinished:
+        result.recoveries.append(max(0.0, last_final - fault_end))
+    return result
+
+
+def _reason_kind(reason: str) -> str:
+    """A short label of a dead-letter reason, for the notes."""
+    for marker in ("gave up after", "retries exhausted", "circuit open", "HTTP 429", "HTTP 500", "HTTP 503"):
+        if marker in reason:
+            return marker
+    return reason[:60] or "no reason"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)] if ordered else float("nan")
+
+
+def result_row(
+    number: int, name: str, outcome: Tally, *, checks: dict[str, bool], notes: list[str], recovery: float | None = None
+) -> DrillRow:
+    checks = {
+        "every dead notification has a dead letter with a reason": not outcome.dead_without_reason,
+        "every sent notification is in the sandbox ledger": not outcome.sent_without_ledger,
+        "every client request was answered 202 (retrying 5xx with its key)": not outcome.refused,
+        **checks,
+    }
+    failed = [check for check, passed in checks.items() if not passed]
+    notes = list(notes)
+    if outcome.unfinished:
+        notes.append(f"not final: {dict(outcome.unfinished)}")
+    if outcome.dead:
+        notes.append(f"dead: {dict(outcome.dead_reasons)} in {dict(outcome.dead_by_queue)}")
+    if outcome.refused:
+        notes.append(f"{len(outcome.refused)} request(s) refused, e.g. {outcome.refused[0]}")
+    if outcome.accepted_but_dead:
+        notes.append(f"{len(outcome.accepted_but_dead)} dead notification(s) were accepted by a provider")
+    if failed:
+        notes.insert(0, "FAILED: " + "; ".join(failed))
+    recovery = outcome.recovery if recovery is None else recovery
+    return {
+        "drill": f"{number}. {name}",
+        "submitted": outcome.submitted,
+        "sent": outcome.sent,
+        "dead": outcome.dead,
+        "lost": outcome.lost,
+        "duplicates": outcome.duplicates,
+        "recovery_seconds": round(recovery, 1) if recovery is not None else None,
+        "notes": "; ".join(notes),
+        "checks": checks,
+        "ok": outcome.lost == 0 and outcome.duplicates == 0 and not failed,
+    }
+
+
+def _tag(number: int) -> str:
+    return f"d{number}-{uuid.uuid4().hex[:8]}"
+
+
+def _breaker(stack: ChaosStack, provider: str) -> CircuitBreaker:
+    return CircuitBreaker(provider, client=stack.redis_client())
+
+
+def _transitions(stack: ChaosStack, provider: str, since: float) -> list[tuple[str, str, float]]:
+    return stack.query(
+        "SELECT from_state, to_state, extract(epoch from at)::float8 FROM jobs_breakertransition "
+        "WHERE breaker = %s AND at >= to_timestamp(%s) ORDER BY at, id",
+        (provider, since),
+    )
+
+
+def _unfinished(stack: ChaosStack, tag: str) -> Counter:
+    """Notifications of a burst not yet final, by priority."""
+    return Counter(
+        dict(
+            stack.query(
+                "SELECT priority, count(*) FROM notifications_notification "
+                "WHERE idempotency_key LIKE %s AND status NOT IN ('sent', 'dead') GROUP BY priority",
+                (f"%:{tag}-%",),
+            )
+        )
+    )
+
+
+def _victim(stack: ChaosStack, tag: str, rng: random.Random) -> tuple[str, int]:
+    """A pool with work in flight (any pool if none has), and how many of the burst's notifications it has unfinished."""
+    unfinished = _unfinished(stack, tag)
+    busy = sorted(p for p in PRIORITIES if unfinished[p])
+    priority = rng.choice(busy or list(PRIORITIES))
+    return priority, unfinished[priority]
+
+
+def _slow_providers(stack: ChaosStack) -> None:
+    for providers in stack.settings["NOTIFICATIONS_PROVIDERS"].values():
+        for provider in providers:
+            stack.sandbox.set_fault(provider["name"], latency_ms=PROVIDER_LATENCY_MS)
+
+
+# --- the drills -------------------------------------------------------------------------
+
+
+def drill_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """SIGKILL a worker at a random moment of a burst: the whole pool (a lost machine, restarted as a
+    supervisor would) on even runs, one pool child (an OOM kill; the pool replaces it) on odd runs."""
+    outcome, notes = Tally(), []
+    _slow_providers(stack)
+    for run in range(plan.sigkill_runs):
+        tag, whole = _tag(1), run % 2 == 0
+        burst, live = start_burst(stack, tag, plan.burst)
+        wait_accepted(live, int(plan.burst * rng.uniform(0.2, 0.9)))
+        priority, in_flight = _victim(stack, tag, rng)
+        stack.kill_pool(priority, child_only=not whole, rng=rng)
+        killed_at = time.time()
+        if whole:
+            stack.start_pool(priority)
+        submission = burst.result()
+        wait_final(stack, submission.ids, plan.final_timeout)
+        run_outcome = tally(stack, submission.ids, fault_end=killed_at, refused=submission.refused)
+        outcome.add(run_outcome)
+        notes.append(
+            f"run {run + 1}: killed {priority} {'pool' if whole else 'child'} with {in_flight} unfinished, "
+            f"recovered in {run_outcome.recovery or 0:.1f}s"
+        )
+    within = all(r <= SIGKILL_RECOVERY_LIMIT_SECONDS for r in outcome.recoveries)
+    return result_row(
+        1,
+        "SIGKILL a worker mid-burst",
+        outcome,
+        checks={f"every run recovered within {SIGKILL_RECOVERY_LIMIT_SECONDS:.0f}s": within},
+        notes=notes,
+    )
+
+
+def drill_sigterm(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """SIGTERM a pool mid-burst (warm shutdown), then start it again as a deploy would."""
+    outcome, notes, clean = Tally(), [], True
+    _slow_providers(stack)
+    for run in range(plan.sigterm_runs):
+        tag = _tag(2)
+        burst, live = start_burst(stack, tag, plan.burst)
+        wait_accepted(live, int(plan.burst * rng.uniform(0.2, 0.9)))
+        priority, in_flight = _victim(stack, tag, rng)
+        termed_at = time.time()
+        code, seconds = stack.term_pool(priority)
+        clean = clean and code == 0
+        stack.start_pool(priority)
+        submission = burst.result()
+        wait_final(stack, submission.ids, plan.final_timeout)
+        run_outcome = tally(stack, submission.ids, fault_end=termed_at, refused=submission.refused)
+        outcome.add(run_outcome)
+        notes.append(
+            f"run {run + 1}: {priority} pool ({in_flight} unfinished) exited {code} {seconds:.1f}s after SIGTERM, "
+            f"recovered in {run_outcome.recovery or 0:.1f}s"
+        )
+    return result_row(
+        2,
+        "SIGTERM a worker mid-burst",
+        outcome,
+        checks={"every pool exited 0 on SIGTERM (warm shutdown)": clean},
+        notes=notes,
+    )
+
+
+def drill_redis_restart(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """Restart Redis (no persistence: every queued message is gone) mid-burst; pools are not touched."""
+    before = stack.pids()
+    _slow_providers(stack)
+    tag = _tag(3)
+    burst, live = start_burst(stack, tag, plan.burst)
+    wait_accepted(live, int(plan.burst * rng.uniform(0.2, 0.8)))
+    in_flight = sum(_unfinished(stack, tag).values())
+    stack.restart_redis(down_seconds=1.0)
+    restarted_at = time.time()
+    submission = burst.result()
+    wait_final(stack, submission.ids, plan.final_timeout)
+    outcome = tally(stack, submission.ids, fault_end=restarted_at, refused=submission.refused)
+    # A second burst after recovery must be consumed straight from the new Redis, not via the relay.
+    follow_tag = _tag(3)
+    follow_started = time.time()
+    follow = submit(stack, burst_bodies(follow_tag, 10))
+    wait_final(stack, follow.ids, plan.final_timeout)
+    follow_outcome = tally(stack, follow.ids, refused=follow.refused)
+    follow_rows = follow_outcome.rows.values()
+    follow_seconds = max(
+        ((r["sent_at"] or r["updated_at"]) - follow_started for r in follow_rows if r["status"] in FINAL),
+        default=float("inf"),
+    )
+    outcome.add(follow_outcome)
+    queued_after = stack.settings["RELAY_QUEUED_AFTER_SECONDS"]
+    return result_row(
+        3,
+        "Restart Redis mid-burst",
+        outcome,
+        checks={
+            "no process was restarted": stack.pids() == before and all(stack.alive().values()),
+            f"a burst after the restart is final within {queued_after}s (consumed, not relayed)": follow_seconds
+            < queued_after,
+        },
+        notes=[
+            f"{in_flight} unfinished when Redis went down for 1s",
+            f"follow-up burst of 10 final in {follow_seconds:.1f}s",
+        ],
+        recovery=outcome.recoveries[0] if outcome.recoveries else None,
+    )
+
+
+def drill_postgres_stop(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """Stop PostgreSQL mid-burst; the API answers 503 JSON meanwhile; workers resume by themselves."""
+    before = stack.pids()
+    _slow_providers(stack)
+    tag = _tag(4)
+    burst, live = start_burst(stack, tag, plan.burst, retry_seconds=plan.postgres_down_seconds + 60)
+    wait_accepted(live, int(plan.burst * rng.uniform(0.2, 0.8)))
+    stack.stop_postgres()
+    down_at = time.monotonic()
+    session, probes, probe_ids = api_session(stack), Counter(), []
+    bad_bodies, slowest = [], 0.0
+    probe = 0
+    while time.monotonic() - down_at < plan.postgres_down_seconds:
+        key, body = burst_bodies(f"{tag}-probe", probe + 1)[probe]
+        probe += 1
+        for method, url, kwargs in (
+            ("POST", "/api/v1/notifications", {"json": body, "headers": {"Idempotency-Key": key}}),
+            ("GET", f"/api/v1/notifications/{uuid.uuid4()}", {}),
+        ):
+            started = time.monotonic()
+            try:
+                response = session.request(method, stack.api_url + url, timeout=REQUEST_TIMEOUT_SECONDS, **kwargs)
+            except requests.RequestException as exc:
+                probes[f"{method} {type(exc).__name__}"] += 1
+                continue
+            slowest = max(slowest, time.monotonic() - started)
+            probes[f"{method} {response.status_code}"] += 1
+            if method == "POST" and response.status_code == 202:
+                probe_ids.append(response.json()["id"])
+            is_json = response.headers.get("Content-Type", "").startswith("application/json")
+            if not is_json or "Traceback" in response.text or "error" not in response.json():
+                bad_bodies.append(f"{method} {response.status_code}: {response.text[:120]!r}")
+        time.sleep(0.5)
+    stack.start_postgres()
+    up_at = time.time()
+    submission = burst.result()
+    ids = submission.ids + probe_ids
+    wait_final(stack, ids, plan.final_timeout)
+    outcome = tally(stack, ids, fault_end=up_at, refused=submission.refused)
+    answered_503 = all(label.endswith(" 503") for label in probes) and bool(probes)
+    return result_row(
+        4,
+        f"PostgreSQL stopped {plan.postgres_down_seconds:.0f}s mid-burst",
+        outcome,
+        checks={
+            "the API answered 503 to every call while PostgreSQL was down": answered_503,
+            "every answer was JSON with an error, no traceback": not bad_bodies,
+            "no process was restarted": stack.pids() == before and all(stack.alive().values()),
+        },
+        notes=[
+            f"API during the outage: {dict(probes)}, slowest {slowest:.2f}s",
+            f"client answers during the burst: {dict(submission.answers)}",
+            *bad_bodies[:3],
+        ],
+    )
+
+
+def drill_provider_outage(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """Postmark down: its breaker opens, SMTP delivers; once healed, the breaker closes again."""
+    breaker = _breaker(stack, "postmark")
+    breaker.reset()
+    cooldown = stack.settings["JOBS_CIRCUIT_BREAKER"]["cooldown_seconds"]
+    stack.sandbox.set_fault("postmark", outage=True)
+    fault_at = time.time()
+    during = submit(stack, burst_bodies(_tag(5), plan.burst, EMAIL_MIX))
+    wait_final(stack, during.ids, plan.final_timeout)
+    state_during = breaker.state()["state"]
+    outcome = tally(stack, during.ids, refused=during.refused)
+    during_providers = Counter(outcome.rows[i]["provider"] for i in during.ids if outcome.rows[i]["status"] == "sent")
+    stack.sandbox.clear_faults("postmark")
+    healed_at = time.time()
+    time.sleep(cooldown + 0.5)
+    after = submit(stack, burst_bodies(_tag(5), plan.burst, EMAIL_MIX))
+    closed = CLOSED if _wait_state(breaker, CLOSED, timeout=plan.final_timeout) else breaker.state()["state"]
+    closed_after = time.time() - healed_at
+    wait_final(stack, after.ids, plan.final_timeout)
+    after_outcome = tally(stack, after.ids, refused=after.refused)
+    outcome.add(after_outcome)
+    changes = _transitions(stack, "postmark", fault_at)
+    opened = any(to == "open" and at < healed_at for _, to, at in changes)
+    closed_later = any((frm, to) == ("half_open", "closed") and at >= healed_at for frm, to, at in changes)
+    return result_row(
+        5,
+        "Primary e-mail provider outage",
+        outcome,
+        checks={
+            "the postmark breaker opened during the outage": opened and state_during != CLOSED,
+            "every e-mail sent during the outage went through smtp": set(during_providers) == {"smtp"},
+            "the breaker closed after the sandbox healed": closed == CLOSED and closed_later,
+            "e-mail goes through postmark again afterwards": after_outcome.providers["postmark"] > 0,
+        },
+        notes=[
+            f"during: {dict(during_providers)}, breaker {state_during}",
+            f"after healing: {dict(after_outcome.providers)}",
+            "transitions: " + ", ".join(f"{frm}->{to} +{at - fault_at:.1f}s" for frm, to, at in changes),
+            "recovery = heal -> breaker closed",
+        ],
+        recovery=closed_after,
+    )
+
+
+def _wait_state(breaker: CircuitBreaker, state: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if breaker.state()["state"] == state:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def drill_half_errors(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """Each channel's primary answers 500 to half the calls for a while, under steady traffic."""
+    primaries = [providers[0]["name"] for providers in stack.settings["NOTIFICATIONS_PROVIDERS"].values()]
+    for provider in primaries:
+        stack.sandbox.set_fault(provider, error_rate=0.5, status=500)
+    started, submission, chunk = time.monotonic(), Submission(), 0
+    while time.monotonic() - started < plan.half_errors_seconds:
+        submission.add(submit(stack, burst_bodies(f"{_tag(6)}-{chunk}", 6)))
+        chunk += 1
+        time.sleep(max(0.0, started + 2 * chunk - time.monotonic()))
+    stats = stack.sandbox.stats()
+    stack.sandbox.clear_faults()
+    healed_at = time.time()
+    wait_final(stack, submission.ids, plan.final_timeout)
+    outcome = tally(stack, submission.ids, fault_end=healed_at, refused=submission.refused)
+    refused = {p: stats.get(p, {}).get("rejected", 0) for p in primaries}
+    accepted = {p: stats.get(p, {}).get("accepted", 0) for p in primaries}
+    return result_row(
+        6,
+        f"Primaries: 500 on half the calls, {plan.half_errors_seconds:.0f}s",
+        outcome,
+        checks={
+            "the fallbacks carried part of the traffic": outcome.providers["smtp"] + outcome.providers["vonage"] > 0
+        },
+        notes=[
+            f"refused by the sandbox {refused}, accepted {accepted}",
+            f"sent by {dict(outcome.providers)}",
+        ],
+    )
+
+
+def drill_retry_after(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """FCM (push has no fallback) answers 429 with Retry-After; no call for a key comes sooner than that.
+
+    The sandbox does not record refused calls by key, so a watcher polls the rows: after a
+    429 a row stays `failed` for at least Retry-After, long enough to be seen.  The time
+    it was seen failing with a 429 is when the worker got the answer, never earlier than
+    the refused call; the ledger's accepted_at is when the next call arrived.
+    """
+    wait = plan.retry_after_seconds
+    _breaker(stack, "fcm").reset()
+    stack.sandbox.set_fault("fcm", retry_after=wait)
+    tag = _tag(7)
+    watcher = RowWatcher(stack)
+    submission = submit(stack, burst_bodies(tag, plan.retry_after_burst, [("security", "push")]))
+    watcher.watch(submission.ids)
+    # Long enough for every row to meet the fault at least once and some to meet it twice.
+    time.sleep(wait + 2)
+    stack.sandbox.clear_faults("fcm")
+    healed_at = time.time()
+    # Read after the fault is gone, so no 429 can come after the count.
+    rejected = stack.sandbox.stats().get("fcm", {}).get("rejected", 0)
+    wait_final(stack, submission.ids, plan.final_timeout)
+    watcher.stop()
+    outcome = tally(stack, submission.ids, fault_end=healed_at, refused=submission.refused)
+    too_soon, gaps, scheduled_short = [], [], []
+    for notification_id, refusals in watcher.refusals().items():
+        row = outcome.rows[notification_id]
+        calls = [failed_at for failed_at, _ in refusals]
+        if any(later - earlier < wait for earlier, later in zip(calls, calls[1:], strict=False)):
+            too_soon.append(notification_id)
+        for failed_at, next_at in refusals:
+            if next_at is not None and next_at - failed_at < wait:
+                scheduled_short.append(notification_id)
+        entries = outcome.ledger.get(row["key"], [])
+        if entries:
+            gap = entries[0]["accepted_ts"] - calls[-1]
+            gaps.append(gap)
+            if gap < wait:
+                too_soon.append(notification_id)
+    seen = sum(len(r) for r in watcher.refusals().values())
+    attempts = sum(r["attempts"] for r in outcome.rows.values())
+    calls = rejected + sum(len(entries) for entries in outcome.ledger.values())
+    return result_row(
+        7,
+        f"FCM 429 with Retry-After: {wait}",
+        outcome,
+        checks={
+            f"no call for a key came sooner than {wait}s after its 429": not too_soon,
+            "every 429 scheduled the next attempt at least Retry-After later": not scheduled_short,
+            "every 429 the sandbox answered was seen on a row": seen == rejected,
+        },
+        notes=[
+            f"{rejected} calls refused with 429, {seen} seen on rows",
+            f"shortest 429 -> accepted gap {min(gaps):.2f}s" if gaps else "no row was accepted after a 429",
+            f"{attempts} attempts for {outcome.submitted} notifications, {attempts - calls} of them skipped fcm "
+            "because its breaker was open",
+        ],
+    )
+
+
+class RowWatcher:
+    """Polls notification rows every 50 ms and remembers each (attempt, failed with a 429) it sees."""
+
+    def __init__(self, stack: ChaosStack) -> None:
+        self.stack = stack
+        self.ids: list[str] = []
+        self._seen: dict[tuple[str, int], tuple[float, float | None]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def watch(self, ids: list[str]) -> None:
+        self.ids = list(ids)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def refusals(self) -> dict[str, list[tuple[float, float | None]]]:
+        """Per notification, (time the 429 was recorded, next attempt scheduled for), oldest first."""
+        by_id: dict[str, list] = {}
+        for (notification_id, _attempt), seen in sorted(self._seen.items()):
+            by_id.setdefault(notification_id, []).append(seen)
+        return by_id
+
+    def _run(self) -> None:
+        # Its own connection: the drill's thread queries the stack's at the same time.
+        import psycopg
+
+        with psycopg.connect(self.stack.database_url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                for notification_id, attempts, status, error, updated, next_at in conn.execute(
+                    "SELECT id::text, attempts, status, last_error, extract(epoch from updated_at)::float8, "
+                    "extract(epoch from next_attempt_at)::float8 FROM notifications_notification "
+                    "WHERE id = ANY(%s::uuid[])",
+                    (self.ids,),
+                ).fetchall():
+                    if status == "failed" and "HTTP 429" in error:
+                        self._seen.setdefault((notification_id, attempts), (updated, next_at))
+                time.sleep(0.05)
+
+
+def drill_poison(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """One message that SIGKILLs its worker process among normal ones: dead after exactly max attempts."""
+    priority = "transactional"
+    max_attempts = stack.settings["JOBS_RETRY_POLICIES"][priority]["max_attempts"]
+    tag = _tag(8)
+    bodies = burst_bodies(tag, plan.poison_companions, [(priority, "email"), (priority, "sms"), (priority, "push")])
+    poison_key = f"{tag}-poison"
+    bodies.insert(len(bodies) // 2, (poison_key, message_body(tag, 999, priority, "email", chaos="kill-worker")))
+    submitted_at = time.time()
+    submission = submit(stack, bodies)
+    wait_final(stack, submission.ids, plan.final_timeout)
+    outcome = tally(stack, submission.ids, fault_end=submitted_at, refused=submission.refused)
+    poison = next((r for r in outcome.rows.values() if r["key"].endswith(poison_key)), None)
+    others = [r for r in outcome.rows.values() if r is not poison]
+    letter = stack.query("SELECT message FROM jobs_deadletter WHERE subject_id = %s", (poison["id"],)) if poison else []
+    return result_row(
+        8,
+        "Poison message kills its worker",
+        outcome,
+        checks={
+            f"the poison is dead after exactly {max_attempts} attempts": bool(poison)
+            and poison["status"] == "dead"
+            and poison["attempts"] == max_attempts,
+            "the poison never reached a provider": bool(poison) and poison["key"] not in outcome.ledger,
+            "every other notification was sent": all(r["status"] == "sent" for r in others),
+        },
+        notes=[
+            f"poison: {poison['status'] if poison else 'missing'} after {poison['attempts'] if poison else '?'} "
+            f"attempts (max {max_attempts}), dead letter: {letter[0][0][:90] if letter else 'none'!r}",
+            "recovery = submit -> last final",
+        ],
+    )
+
+
+def drill_idempotency(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """The same Idempotency-Key and body from many clients at once: exactly one notification."""
+    key, body = burst_bodies(_tag(9), 1, [("transactional", "email")])[0]
+    clients = plan.idempotency_clients
+    barrier = threading.Barrier(clients)
+    answers: list[tuple[int | str, str | None]] = [("none", None)] * clients
+
+    def client(index: int) -> None:
+        session = api_session(stack)
+        barrier.wait()
+        try:
+            response = session.post(
+                f"{stack.api_url}/api/v1/notifications",
+                json=body,
+                headers={"Idempotency-Key": key},
+                timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+            answers[index] = (
+                response.status_code,
+                response.json().get("id") if response.status_code == 202 else response.text[:200],
+            )
+        except requests.RequestException as exc:
+            answers[index] = (type(exc).__name__, None)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    codes = Counter(code for code, _ in answers)
+    ids = sorted({value for code, value in answers if code == 202})
+    rows = stack.query("SELECT id::text FROM notifications_notification WHERE idempotency_key LIKE %s", (f"%:{key}",))
+    wait_final(stack, ids, plan.final_timeout)
+    outcome = tally(stack, ids)
+    return result_row(
+        9,
+        f"One Idempotency-Key, {clients} clients",
+        outcome,
+        checks={
+            f"all {clients} answered 202": codes == Counter({202: clients}),
+            "every answer named the same notification": len(ids) == 1,
+            "exactly one row in the database": len(rows) == 1,
+            "exactly one ledger entry": sum(len(e) for e in outcome.ledger.values()) == 1,
+        },
+        notes=[f"answers {dict(codes)}", f"{len(rows)} row(s)"],
+    )
+
+
+def drill_redis_down_at_submit(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """Redis down while clients submit: every call answers 202 fast; the relay publishes once Redis is back."""
+    before = stack.pids()
+    stack.stop_redis()
+    try:
+        submission = submit(stack, burst_bodies(_tag(10), plan.redis_down_submissions), retry_seconds=0)
+    finally:
+        stack.start_redis()
+    back_at = time.time()
+    wait_final(stack, submission.ids, plan.final_timeout)
+    outcome = tally(stack, submission.ids, fault_end=back_at, refused=submission.refused)
+    p50, p99 = percentile(submission.latencies, 0.5), percentile(submission.latencies, 0.99)
+    return result_row(
+        10,
+        "Redis down at submit",
+        outcome,
+        checks={
+            f"all {plan.redis_down_submissions} answered 202": submission.answers
+            == Counter({202: plan.redis_down_submissions}),
+            f"p99 under {REDIS_DOWN_P99_LIMIT_SECONDS * 1000:.0f} ms": p99 < REDIS_DOWN_P99_LIMIT_SECONDS,
+            "no process was restarted": stack.pids() == before and all(stack.alive().values()),
+        },
+        notes=[
+            f"submit latency p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms",
+            f"answers {dict(submission.answers)}",
+        ],
+    )
+
+
+DRILLS: dict[int, Callable[[ChaosStack, Plan, random.Random], DrillRow]] = {
+    1: drill_sigkill,
+    2: drill_sigterm,
+    3: drill_redis_restart,
+    4: drill_postgres_stop,
+    5: drill_provider_outage,
+    6: drill_half_errors,
+    7: drill_retry_after,
+    8: drill_poison,
+    9: drill_idempotency,
+    10: drill_redis_down_at_submit,
+}
+
+
+def run_drill(stack: ChaosStack, number: int, plan: Plan, rng: random.Random) -> DrillRow:
+    """One drill on a clean slate (empty ledger, no faults, breakers closed); a crash is a failed row.
+
+    Whatever the drill left down is brought back afterwards, so the next drill starts healthy.
+    """
+    drill = DRILLS[number]
+    stack.sandbox.clear()
+    stack.sandbox.clear_faults()
+    for key in stack.redis_client().scan_iter("jobs:breaker:*"):
+        stack.redis_client().delete(key)
+    started = time.monotonic()
+    try:
+        row = drill(stack, plan, rng)
+    except Exception as exc:
+        row = {
+            "drill": f"{number}. {drill.__name__}",
+            "submitted": None,
+            "sent": None,
+            "dead": None,
+            "lost": None,
+            "duplicates": None,
+            "recovery_seconds": None,
+            "notes": f"CRASHED: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}",
+            "checks": {},
+            "ok": False,
+        }
+    finally:
+        stack.heal()
+    replays = {name: counters["replays"] for name, counters in stack.sandbox.stats().items() if counters["replays"]}
+    if replays:
+        # A replay is a repeat the sandbox answered from its idempotency memory; a real
+        # SMTP server has none, so an smtp replay would be a duplicate in production.
+        row["notes"] += f"; sandbox replays (same key resent to the same provider): {replays}"
+    row["replays"] = replays
+    row["seconds"] = round(time.monotonic() - started, 1)
+    return row

@@ -1,0 +1,108 @@
+"""`make chaos`: run the fault drills on one isolated ChaosStack, print the table, write bench-results/chaos.json.
+
+Exits non-zero when any drill lost or duplicated a notification or failed its own checks.
+"""
+
+import json
+import os
+import platform
+import random
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from notifications.chaos.drills import DRILLS, FULL, QUICK, run_drill
+from notifications.chaos.stack import ChaosStack
+
+RESULTS = Path(settings.BASE_DIR) / "bench-results"
+COLUMNS = (
+    ("drill", "drill", 42),
+    ("submitted", "submitted", 9),
+    ("sent", "sent", 5),
+    ("dead", "dead", 5),
+    ("lost", "lost", 5),
+    ("duplicates", "duplicates", 10),
+    ("recovery_seconds", "recovery s", 10),
+    ("ok", "ok", 4),
+)
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table (it reads as well in a terminal as in the README)."""
+
+    def cell(row: dict, key: str) -> str:
+        value = row.get(key)
+        if key == "ok":
+            return "yes" if value else "NO"
+        return "–" if value is None else str(value)
+
+    lines = [
+        "| " + " | ".join(title.ljust(width) for _, title, width in COLUMNS) + " |",
+        "|" + "|".join("-" * (width + 2) for _, _, width in COLUMNS) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row, key).ljust(width) for key, _, width in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+class Command(BaseCommand):
+    help = "Run the fault drills against an isolated copy of the platform; print a table and write JSON."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--drill",
+            type=int,
+            action="append",
+            choices=sorted(DRILLS),
+            help="run only this drill (repeat for several); default: all",
+        )
+        parser.add_argument(
+            "--quick",
+            action="store_true",
+            help="smaller bursts, fewer repetitions, 20 s of errors instead of 60 (what `make test` runs)",
+        )
+        parser.add_argument("--seed", type=int, help="seed of the random kill moments and victims")
+        parser.add_argument("--output", default=str(RESULTS / "chaos.json"))
+        parser.add_argument("--keep-data", action="store_true", help="keep the isolated PostgreSQL data folder")
+
+    def handle(self, *args, drill, quick, seed, output, keep_data, **options) -> None:
+        numbers = drill or sorted(DRILLS)
+        plan = QUICK if quick else FULL
+        seed = seed if seed is not None else random.randrange(1 << 30)
+        rng = random.Random(seed)
+        started = time.monotonic()
+        stack = ChaosStack(keep_data=keep_data)
+        self.stdout.write(f"chaos: drills {numbers}, seed {seed}, logs in {stack.run_dir}")
+        rows = []
+        with stack:
+            self.stdout.write(f"stack up in {time.monotonic() - started:.0f}s")
+            for number in numbers:
+                row = run_drill(stack, number, plan, rng)
+                rows.append(row)
+                self.stdout.write(
+                    f"{row['drill']}: {'ok' if row['ok'] else 'FAILED'} in {row['seconds']}s; {row['notes']}"
+                )
+        seconds = time.monotonic() - started
+        self.stdout.write("\n" + format_table(rows) + "\n")
+        self.stdout.write(f"{len(rows)} drill(s) in {seconds:.0f}s; logs in {stack.run_dir}")
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(
+            json.dumps(
+                {
+                    "plan": "quick" if quick else "full",
+                    "seed": seed,
+                    "seconds": round(seconds, 1),
+                    "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                    "settings": stack.settings,
+                    "logs": str(stack.run_dir),
+                    "drills": rows,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        failed = [row["drill"] for row in rows if not row["ok"]]
+        if failed:
+            raise CommandError(f"{len(failed)} drill(s) failed: {', '.join(failed)}; logs in {stack.run_dir}")
