@@ -9,7 +9,8 @@ order, skipping any whose circuit breaker is open -> record the outcome.
 | permanent error (invalid recipient, 4xx) | dead letter at once, no retry                         |
 | transient error, outcome known           | next provider in the same attempt                     |
 | transient error, outcome unknown         | stop; retry later with the same key, same provider    |
-| every provider failed or open            | failed + next_attempt_at (backoff, >= Retry-After)    |
+| every provider failed                    | failed + next_attempt_at (backoff, >= Retry-After)    |
+| every provider's breaker open (no call)  | failed, attempt not counted, retry after a cool-down  |
 | attempts or time budget used up          | dead letter                                           |
 
 An unknown outcome (timeout after the request went out) is never sent to another
@@ -29,7 +30,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from jobs.breaker import OPEN, CircuitBreaker
+from jobs.breaker import OPEN, CircuitBreaker, breaker_config
 from jobs.deadletters import deadletter_record, register_replayer
 from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
 from jobs.models import DeadLetter
@@ -120,12 +121,14 @@ def notification_deliver(*, notification_id: str) -> None:
     errors: list[str] = []
     retry_after: float | None = None
     last_provider = notification.provider
+    called = False
     for provider in _provider_order(notification):
         breaker = breaker_for(provider)
         if breaker.allow() == OPEN:
             errors.append(f"{provider.name}: circuit open")
             continue
         last_provider = provider.name
+        called = True
         try:
             result = provider.send(message)
         except PermanentError as exc:
@@ -133,7 +136,10 @@ def notification_deliver(*, notification_id: str) -> None:
             _dead_letter(notification, exc, provider=provider.name)
             return
         except (TransientError, ConfigurationError) as exc:
-            breaker.record_failure(str(exc))
+            # A 429 says "slow down", not "down": Retry-After paces this message, and
+            # opening the breaker would only move the load onto the fallback's quota.
+            if getattr(exc, "status", None) != 429:
+                breaker.record_failure(str(exc))
             errors.append(f"{provider.name}: {type(exc).__name__}: {exc}")
             if isinstance(exc, TransientError):
                 retry_after = max(retry_after or 0.0, exc.retry_after or 0.0) or None
@@ -146,7 +152,18 @@ def notification_deliver(*, notification_id: str) -> None:
         breaker.record_success()
         _mark_sent(notification, provider.name, result.message_id)
         return
-    _schedule_retry(notification, "; ".join(errors) or "no provider available", last_provider, retry_after)
+    if not called:
+        # Every breaker was open: nothing was tried, so no attempt is used up; wait out
+        # a cool-down instead of the short backoff (the time budget still bounds this).
+        _schedule_retry(
+            notification,
+            "; ".join(errors),
+            last_provider,
+            max(retry_after or 0.0, breaker_config().cooldown_seconds),
+            refund_attempt=True,
+        )
+        return
+    _schedule_retry(notification, "; ".join(errors), last_provider, retry_after)
 
 
 def _provider_order(notification: Notification) -> list[BaseProvider]:
@@ -180,17 +197,21 @@ def _mark_sent(notification: Notification, provider: str, message_id: str) -> No
     )
 
 
-def _schedule_retry(notification: Notification, error: str, provider: str, retry_after: float | None) -> None:
+def _schedule_retry(
+    notification: Notification, error: str, provider: str, retry_after: float | None, refund_attempt: bool = False
+) -> None:
     now = timezone.now()
     policy = retry_policy(notification.priority)
+    attempts = notification.attempts - 1 if refund_attempt else notification.attempts
     moment = policy.next_attempt_at(
-        attempt=notification.attempts, created_at=notification.created_at, now=now, retry_after=retry_after
+        attempt=attempts, created_at=notification.created_at, now=now, retry_after=retry_after
     )
     if moment is None:
         _dead_letter(notification, TransientError(f"retries exhausted: {error}"), provider=provider)
         return
     Notification.objects.filter(pk=notification.pk, status=NotificationStatus.SENDING).update(
         status=NotificationStatus.FAILED,
+        attempts=attempts,
         provider=provider,
         last_error=error[:4000],
         next_attempt_at=moment,

@@ -158,7 +158,7 @@ def notification_send(
                 context=context,
                 created_by=created_by,
             )
-            notification_publish(notification)
+            notification_publish(notification, background=True)
     except IntegrityError:
         # A concurrent request with the same key committed first.
         existing = _existing_for_key(key, fingerprint) if idempotency_key else None
@@ -181,8 +181,12 @@ def _existing_for_key(key: str, fingerprint: str) -> Notification | None:
     return existing
 
 
-def notification_publish(notification: Notification) -> None:
-    """Publish to the notification's queue once the current transaction commits."""
+def notification_publish(notification: Notification, *, background: bool = False) -> None:
+    """Publish to the notification's queue once the current transaction commits.
+
+    `background` (the submit path) returns at once and publishes on a thread, so a
+    frozen broker cannot hold a web request; the relay covers a publish that never lands.
+    """
     from notifications.tasks import notification_deliver_task
 
     pk = notification.pk
@@ -192,4 +196,10 @@ def notification_publish(notification: Notification) -> None:
             status=NotificationStatus.QUEUED, queued_at=timezone.now()
         )
 
-    publish_after_commit(notification_deliver_task, args=[str(pk)], queue=notification.queue, on_published=mark_queued)
+    publish_after_commit(
+        notification_deliver_task,
+        args=[str(pk)],
+        queue=notification.queue,
+        on_published=mark_queued,
+        background=background,
+    )

@@ -24,6 +24,15 @@ def broker() -> redis.Redis:
     return client
 
 
+@pytest.fixture(scope="session", autouse=True)
+def publish_threads(django_db_setup):
+    """Stop the background publish threads before the test database is dropped."""
+    yield
+    from jobs.publishing import shutdown
+
+    shutdown()
+
+
 @pytest.fixture(scope="session")
 def sandbox(broker):
     from notifications.sandbox.process import SandboxProcess

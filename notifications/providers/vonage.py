@@ -49,6 +49,7 @@ class Provider(HttpProvider):
         if status == THROTTLED:
             raise TransientError(
                 f"{self.name}: throttled: {text}",
+                status=429,
                 retry_after=parse_retry_after(response.headers.get("Retry-After")) or 1.0,
             )
         if status in CONFIGURATION_STATUSES:

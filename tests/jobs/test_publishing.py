@@ -1,5 +1,6 @@
 """Publishing reaches the project's broker from any thread (web servers publish from worker threads)."""
 
+import socket
 import threading
 import time
 import uuid
@@ -24,3 +25,30 @@ def test_a_publish_from_another_thread_reaches_the_workers(workers):
     while time.monotonic() < deadline and redis_client().get(key) is None:
         time.sleep(0.05)
     assert int(redis_client().get(key) or 0) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_frozen_broker_does_not_hold_the_caller(settings):
+    """A broker that accepts connections and never answers (a SIGSTOPped Redis) must not block a request."""
+    from celery import Celery
+
+    from jobs.publishing import publish_after_commit, waiting_publishes
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    app = Celery("frozen", broker=f"redis://127.0.0.1:{silent.getsockname()[1]}/0", set_as_current=False)
+    app.conf.broker_transport_options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    task = app.task(name="frozen.noop", shared=False)(lambda: None)
+    published = threading.Event()
+    try:
+        # Outside a transaction the commit hook runs at once; the publish must not.
+        publish_after_commit(task, args=[], queue="frozen", on_published=published.set, background=True)
+        assert waiting_publishes() == 1, "the publish is still in flight when the caller gets control back"
+    finally:
+        silent.close()  # the waiting publish now fails fast
+    deadline = time.monotonic() + 30
+    while waiting_publishes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert waiting_publishes() == 0
+    assert not published.is_set(), "nothing was published; the row would be left for the relay"

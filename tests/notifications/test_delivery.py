@@ -182,3 +182,26 @@ def test_replay_from_the_dead_letter_table_keeps_the_idempotency_key(ledger, dja
     assert len(callbacks) == 1
     assert DeadLetter.objects.get(pk=letter.pk).status == "replayed"
     assert deadletter_replay(dead_letter=letter) is False, "a replayed letter is not replayed twice"
+
+
+def test_an_attempt_that_called_no_provider_is_not_counted(ledger):
+    ledger.set_fault("fcm", outage=True)
+    for i in range(settings.JOBS_CIRCUIT_BREAKER["failure_threshold"]):
+        deliver(submit(channel="push", to=f"device-token-warm-{i:04d}"))
+    assert CircuitBreaker("fcm").state()["state"] == OPEN
+    before = timezone.now()
+
+    notification = deliver(submit(channel="push", to="device-token-skipped-0001"))
+
+    assert notification.status == "failed"
+    assert notification.attempts == 0
+    assert "circuit open" in notification.last_error
+    cooldown = settings.JOBS_CIRCUIT_BREAKER["cooldown_seconds"]
+    assert notification.next_attempt_at >= before + timedelta(seconds=cooldown)
+
+
+def test_a_rate_limit_does_not_open_the_breaker(ledger):
+    ledger.set_fault("fcm", retry_after=1)
+    for i in range(settings.JOBS_CIRCUIT_BREAKER["failure_threshold"] + 1):
+        deliver(submit(channel="push", to=f"device-token-limited-{i:04d}"))
+    assert CircuitBreaker("fcm").state()["state"] == "closed"
