@@ -1,7 +1,9 @@
 """The base class of every task: late acks so a crashed worker's message comes back, no results kept."""
 
 from celery import Task
+from django.core.exceptions import ValidationError
 
+from jobs.errors import PermanentError
 from jobs.redis import redis_client
 from settings.celery_app import app
 
@@ -21,6 +23,25 @@ class JobTask(Task):
     #: PostgreSQL is the record; a result backend would only duplicate it.
     ignore_result = True
     typing = True
+
+    #: Failures that retrying cannot cure: the message itself is wrong.  They go to the
+    #: dead-letter table at once; anything else (database, network) is left to the
+    #: service's own retry and the relay.
+    dead_letter_on = (PermanentError, ValidationError, ValueError, TypeError)
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        if not isinstance(exc, self.dead_letter_on):
+            return
+        from jobs.deadletters import deadletter_record
+
+        delivery = getattr(self.request, "delivery_info", None) or {}
+        deadletter_record(
+            job_name=self.name,
+            arguments={"args": list(args or []), "kwargs": dict(kwargs or {})},
+            error=exc,
+            attempts=1,
+            queue=delivery.get("routing_key") or "",
+        )
 
 
 @app.task(base=JobTask, name="jobs.probe")

@@ -52,3 +52,19 @@ def test_a_frozen_broker_does_not_hold_the_caller(settings):
         time.sleep(0.05)
     assert waiting_publishes() == 0
     assert not published.is_set(), "nothing was published; the row would be left for the relay"
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_an_invalid_payload_is_dead_lettered_without_retry(workers):
+    from jobs.models import DeadLetter
+    from notifications.tasks import notification_deliver_task
+
+    assert publish(notification_deliver_task, args=["not-a-uuid"], queue="transactional.email")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not DeadLetter.objects.filter(job_name="notifications.deliver").exists():
+        time.sleep(0.1)
+    letter = DeadLetter.objects.get(job_name="notifications.deliver")
+    assert letter.arguments == {"args": ["not-a-uuid"], "kwargs": {}}
+    assert letter.queue == "transactional.email"
+    assert "not-a-uuid" in letter.message and letter.error_class.endswith("ValidationError")
