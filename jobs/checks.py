@@ -46,3 +46,18 @@ def check_broker_settings(app_configs, **kwargs) -> list[Error]:
             )
         )
     return errors
+
+
+@register()
+def check_rate_limits(app_configs, **kwargs) -> list[Error]:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from jobs.ratelimit import rate_limiter_for
+
+    errors: list[Error] = []
+    for name in getattr(settings, "JOBS_RATE_LIMITS", {}):
+        try:
+            rate_limiter_for(name)
+        except (ImproperlyConfigured, TypeError, ValueError) as exc:
+            errors.append(Error(f"JOBS_RATE_LIMITS[{name!r}]: {exc}", id="jobs.E005"))
+    return errors

@@ -11,6 +11,7 @@ order, skipping any whose circuit breaker is open -> record the outcome.
 | transient error, outcome unknown         | stop; retry later with the same key, same provider    |
 | every provider failed                    | failed + next_attempt_at (backoff, >= Retry-After)    |
 | every provider's breaker open (no call)  | failed, attempt not counted, retry after a cool-down  |
+| no token under the global rate limit     | failed, attempt not counted, retry when a token is due |
 | attempts or time budget used up          | dead letter                                           |
 
 An unknown outcome (timeout after the request went out) is never sent to another
@@ -34,6 +35,7 @@ from jobs.breaker import OPEN, CircuitBreaker, breaker_config
 from jobs.deadletters import deadletter_record, register_replayer
 from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
 from jobs.models import DeadLetter
+from jobs.ratelimit import rate_limiter_for
 from jobs.retry import retry_policy
 from notifications.models import Notification, NotificationStatus
 from notifications.providers.base import BaseProvider, OutboundMessage
@@ -122,11 +124,23 @@ def notification_deliver(*, notification_id: str) -> None:
     retry_after: float | None = None
     last_provider = notification.provider
     called = False
+    #: When nothing was called: how long to wait before the next try.
+    skip_wait = 0.0
     for provider in _provider_order(notification):
         breaker = breaker_for(provider)
         if breaker.allow() == OPEN:
             errors.append(f"{provider.name}: circuit open")
+            skip_wait = max(skip_wait, breaker_config().cooldown_seconds)
             continue
+        limiter = rate_limiter_for(provider.name)
+        if limiter is not None:
+            wait = limiter.acquire(1, share=limiter.share_for(notification.priority))
+            if wait > 0:
+                # Over the global rate: wait for a token rather than spill onto the
+                # fallback provider, and give the worker slot back meanwhile.
+                errors.append(f"{provider.name}: global rate limit, next token in {wait:.2f}s")
+                skip_wait = wait
+                break
         last_provider = provider.name
         called = True
         try:
@@ -140,6 +154,8 @@ def notification_deliver(*, notification_id: str) -> None:
             # opening the breaker would only move the load onto the fallback's quota.
             if getattr(exc, "status", None) != 429:
                 breaker.record_failure(str(exc))
+            elif limiter is not None:
+                limiter.penalize(exc.retry_after or 1.0)  # every worker slows down, not just this message
             errors.append(f"{provider.name}: {type(exc).__name__}: {exc}")
             if isinstance(exc, TransientError):
                 retry_after = max(retry_after or 0.0, exc.retry_after or 0.0) or None
@@ -153,14 +169,11 @@ def notification_deliver(*, notification_id: str) -> None:
         _mark_sent(notification, provider.name, result.message_id)
         return
     if not called:
-        # Every breaker was open: nothing was tried, so no attempt is used up; wait out
-        # a cool-down instead of the short backoff (the time budget still bounds this).
+        # Nothing was tried (breakers open, or no token under the global rate limit), so
+        # no attempt is used up; wait for the cool-down or the token instead of the
+        # backoff (the time budget still bounds this).
         _schedule_retry(
-            notification,
-            "; ".join(errors),
-            last_provider,
-            max(retry_after or 0.0, breaker_config().cooldown_seconds),
-            refund_attempt=True,
+            notification, "; ".join(errors), last_provider, max(retry_after or 0.0, skip_wait), refund_attempt=True
         )
         return
     _schedule_retry(notification, "; ".join(errors), last_provider, retry_after)

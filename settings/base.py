@@ -212,6 +212,13 @@ JOBS_CIRCUIT_BREAKER = {
     "cooldown_seconds": float(env_str("BREAKER_COOLDOWN_SECONDS", "10")),
     "probe_timeout_seconds": 15.0,
 }
+#: Global send rate per provider (jobs/ratelimit.py, GCRA on the Redis server's clock),
+#: shared by every worker.  Marketing may fill only `marketing_share` of the burst
+#: window, so security and transactional sends always find headroom.  Set the rate a
+#: few percent below the vendor's real limit: a 1-s window can exceed it by one batch.
+JOBS_RATE_LIMITS = {
+    "postmark": {"rate_per_second": env_int("POSTMARK_RATE_PER_SECOND", 1000), "marketing_share": 0.8},
+}
 #: A row still pending this long after it was written was never published (crash
 #: between commit and publish, broker down); the relay publishes it.
 RELAY_PENDING_AFTER_SECONDS = env_int("RELAY_PENDING_AFTER_SECONDS", 10)

@@ -205,3 +205,35 @@ def test_a_rate_limit_does_not_open_the_breaker(ledger):
     for i in range(settings.JOBS_CIRCUIT_BREAKER["failure_threshold"] + 1):
         deliver(submit(channel="push", to=f"device-token-limited-{i:04d}"))
     assert CircuitBreaker("fcm").state()["state"] == "closed"
+
+
+def test_without_a_token_under_the_global_rate_it_waits_without_using_an_attempt(ledger, settings):
+    from jobs.ratelimit import rate_limiter_for
+
+    settings.JOBS_RATE_LIMITS = {"fcm": {"rate_per_second": 0.2, "burst": 1}}
+    rate_limiter_for("fcm").reset()
+    before = timezone.now()
+
+    first = deliver(submit(channel="push", to="device-token-rate-0001"))
+    second = deliver(submit(channel="push", to="device-token-rate-0002"))
+
+    assert first.status == "sent"
+    assert (second.status, second.attempts) == ("failed", 0)
+    assert "global rate limit" in second.last_error
+    assert second.next_attempt_at >= before + timedelta(seconds=3)
+    assert len(ledger.entries(provider="fcm")) == 1
+    rate_limiter_for("fcm").reset()
+
+
+def test_a_provider_429_slows_every_worker_down(ledger, settings):
+    from jobs.ratelimit import rate_limiter_for
+
+    settings.JOBS_RATE_LIMITS = {"fcm": {"rate_per_second": 100}}
+    limiter = rate_limiter_for("fcm")
+    limiter.reset()
+    ledger.set_fault("fcm", retry_after=3)
+
+    deliver(submit(channel="push", to="device-token-limited-0001"))
+
+    assert rate_limiter_for("fcm").acquire(1) > 1.5, "another worker's next token waits out the Retry-After"
+    limiter.reset()

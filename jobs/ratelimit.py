@@ -1,0 +1,153 @@
+"""Global rate limits per provider, shared by every worker process: GCRA state in Redis, one atomic Lua script.
+
+    T   = 1 / rate                      emission interval (seconds per token)
+    tau = burst * T                     burst window: how far ahead of `now` the schedule may run
+    TAT = theoretical arrival time      the one number stored per limiter, in Redis µs
+
+    acquire(n, share):  new = max(TAT, now) + n*T
+                        new - now <= tau * share  ->  TAT = new, granted (wait 0)
+                        otherwise                 ->  refused, wait = new - tau*share - now
+
+    now ----|========= marketing (share 0.8) =========|== urgent only ==|----> time
+            now                                  now + 0.8*tau        now + tau
+
+Time comes from the Redis server's clock, so worker clocks do not matter.  A batch of n
+is granted whole or not at all.  `share` does not cap a caller's sustained rate: a
+low-share caller may use the whole rate while nobody else sends, but it can never fill
+the last (1 - share) of the burst window, so a full-share caller always finds
+(1 - share) * burst tokens ready and, while both are busy, gets every token it asks for
+(the schedule then stays beyond the low-share caller's limit).  `acquire` never sleeps:
+a refused caller reschedules its job for `wait` seconds and frees its worker slot.
+`penalize` (a provider answered 429) moves TAT so that nobody is granted a token before
+the penalty has passed; penalties from many workers overlap instead of adding up.
+If Redis is unreachable every request is granted: a broken limiter must not stop delivery.
+"""
+
+import logging
+import math
+
+import redis
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from jobs.redis import redis_client
+
+logger = logging.getLogger(__name__)
+
+#: Redis server time in microseconds: about 1.8e15, exact in a Lua double (2^53 ≈ 9e15).
+_NOW_US = "local t = redis.call('TIME') local now = t[1] * 1000000 + t[2] "
+
+# KEYS: TAT. ARGV: emission interval µs, burst window µs, tokens, share.
+# Returns {granted (1|0), wait µs, Redis now µs}.
+_ACQUIRE = (
+    _NOW_US
+    + """
+local interval, tau = tonumber(ARGV[1]), tonumber(ARGV[2])
+local n, share = tonumber(ARGV[3]), tonumber(ARGV[4])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local new_tat = tat + n * interval
+local excess = new_tat - now - tau * share
+if excess > 0 then
+  return {0, math.ceil(excess), now}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+return {1, 0, now}
+"""
+)
+
+# KEYS: TAT. ARGV: burst window µs, penalty µs. Returns the µs until the next token.
+_PENALIZE = (
+    _NOW_US
+    + """
+local tau, penalty = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now + tau + penalty)
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+return math.ceil(tat - tau - now)
+"""
+)
+
+
+class RateLimiter:
+    """The rate limit of one named dependency (a provider account), enforced across all workers."""
+
+    def __init__(
+        self,
+        name: str,
+        rate_per_second: float,
+        burst: int | None = None,
+        client: redis.Redis | None = None,
+        *,
+        marketing_share: float = 1.0,
+    ) -> None:
+        if rate_per_second <= 0:
+            raise ValueError(f"rate limiter {name}: rate_per_second must be positive, not {rate_per_second!r}")
+        if not 0 < marketing_share <= 1:
+            raise ValueError(f"rate limiter {name}: marketing_share must lie in (0, 1], not {marketing_share!r}")
+        self.name = name
+        self.rate_per_second = float(rate_per_second)
+        #: Tokens that may be taken at once after an idle spell; one second's worth by default.
+        self.burst = burst if burst is not None else max(1, math.ceil(rate_per_second))
+        #: Share of the burst window the marketing priority may fill (see the module docstring).
+        self.marketing_share = marketing_share
+        self.client = client or redis_client()
+        self.key = f"jobs:ratelimit:{name}"
+        self._interval_us = 1_000_000 / self.rate_per_second
+        self._tau_us = self.burst * self._interval_us
+        self._acquire = self.client.register_script(_ACQUIRE)
+        self._penalize = self.client.register_script(_PENALIZE)
+
+    def share_for(self, priority: str) -> float:
+        """The `share` a job of this priority passes to `acquire`."""
+        return self.marketing_share if priority == "marketing" else 1.0
+
+    def acquire(self, n: int = 1, *, share: float = 1.0) -> float:
+        """0.0 if n tokens were granted, else the seconds to wait before asking again.  Never blocks."""
+        return self.acquire_at(n, share=share)[0]
+
+    def acquire_at(self, n: int = 1, *, share: float = 1.0) -> tuple[float, float | None]:
+        """As `acquire`, with the Redis server time of the decision in seconds (None if Redis was unreachable)."""
+        if not 0 < share <= 1:
+            raise ValueError(f"rate limiter {self.name}: share must lie in (0, 1], not {share!r}")
+        # A batch that can never fit would be rescheduled for ever: refuse it loudly instead.
+        if n < 1 or n * self._interval_us > self._tau_us * share + 1e-6:
+            raise ValueError(
+                f"rate limiter {self.name}: a batch of {n} never fits a burst of {self.burst} at share {share}; "
+                f"send batches of at most {int(self.burst * share)}"
+            )
+        try:
+            granted, wait_us, now_us = self._acquire(
+                keys=[self.key], args=[repr(self._interval_us), repr(self._tau_us), n, repr(share)]
+            )
+        except redis.RedisError:
+            logger.warning("rate limiter %s: Redis unreachable; letting %d sends through", self.name, n)
+            return 0.0, None
+        return (0.0 if granted else wait_us / 1_000_000), now_us / 1_000_000
+
+    def penalize(self, seconds: float) -> None:
+        """The provider answered 429: grant nobody a token for `seconds`, then resume at the rate without a burst."""
+        try:
+            self._penalize(keys=[self.key], args=[repr(self._tau_us), int(seconds * 1_000_000)])
+        except redis.RedisError:
+            logger.warning("rate limiter %s: Redis unreachable; penalty of %.1fs not recorded", self.name, seconds)
+            return
+        logger.info("rate limiter %s: provider pushed back; pausing all workers for %.1fs", self.name, seconds)
+
+    def reset(self) -> None:
+        self.client.delete(self.key)
+
+
+_CONFIG_KEYS = {"rate_per_second", "burst", "marketing_share"}
+
+
+def rate_limiter_for(name: str) -> RateLimiter | None:
+    """The limiter `settings.JOBS_RATE_LIMITS` configures for `name`, or None when it has no limit."""
+    config = getattr(settings, "JOBS_RATE_LIMITS", {}).get(name)
+    if config is None:
+        return None
+    unknown = set(config) - _CONFIG_KEYS
+    if unknown or "rate_per_second" not in config:
+        raise ImproperlyConfigured(
+            f"JOBS_RATE_LIMITS[{name!r}] has keys {sorted(config)}; "
+            f"expected rate_per_second and optionally burst, marketing_share"
+        )
+    return RateLimiter(name, **config)
