@@ -5,6 +5,8 @@ import secrets
 import uuid
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import Q
 
@@ -29,7 +31,16 @@ class Recipient(models.Model):
     email_marketing_consent = models.BooleanField(default=False)
     sms_marketing_consent = models.BooleanField(default=False)
     push_marketing_consent = models.BooleanField(default=False)
+    #: Free-form labels that campaign audiences select on (`tags__contains=["vip"]`).
+    tags = ArrayField(models.CharField(max_length=50), default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            # Audience queries ask "has this tag" (@>, &&) across millions of rows;
+            # only GIN answers containment on an array without a full scan.
+            GinIndex(fields=["tags"], name="recipient_tags_gin_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.email or self.phone or f"recipient {self.pk}"
