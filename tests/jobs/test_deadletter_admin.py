@@ -11,38 +11,20 @@ from django.db import transaction
 from jobs import admin as jobs_admin
 from jobs import deadletters
 from jobs.breaker import BreakerConfig, CircuitBreaker
-from jobs.errors import PermanentError
 from jobs.models import DeadLetter
 from jobs.tasks import deadletters_replay_task
-from notifications.delivery import _dead_letter
 from notifications.models import Notification
-from notifications.services import notification_send
 from settings.celery_app import app
+from tests.support.deadletters import make_dead_letter
 
 pytestmark = pytest.mark.django_db
 LIST_URL = "/admin/jobs/deadletter/"
-ADDRESSES = {"email": "ada@example.com", "sms": "+14155550199", "push": "fGzA1b2c3d4e5f6g7h8:APA91bHxToken"}
 
 
 def dead_letter(
     *, channel: str = "sms", priority: str = "transactional", provider: str = "twilio", attempts: int = 3
 ) -> tuple[Notification, DeadLetter]:
-    """A notification sent through the service, then dead-lettered the way a worker does it."""
-    notification, _ = notification_send(
-        priority=priority,
-        channel=channel,
-        template="order_shipped",
-        to=ADDRESSES[channel],
-        context={"name": "Ada", "order_number": "A-1"},
-    )
-    Notification.objects.filter(pk=notification.pk).update(attempts=attempts)
-    notification.refresh_from_db()
-    try:  # raised, so the dead letter carries a real traceback
-        raise PermanentError(f"invalid recipient {notification.to}")
-    except PermanentError as exc:
-        _dead_letter(notification, exc, provider=provider)
-    notification.refresh_from_db()
-    return notification, DeadLetter.objects.get(subject_id=str(notification.pk))
+    return make_dead_letter(channel=channel, priority=priority, provider=provider, attempts=attempts)
 
 
 def action(name: str, *ids: int, **extra) -> dict:

@@ -10,30 +10,17 @@ from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from jobs.errors import PermanentError
 from jobs.models import DeadLetter
-from notifications.delivery import _dead_letter
 from notifications.models import Notification
-from notifications.services import notification_send
+from tests.support.deadletters import make_dead_letter
 
 pytestmark = pytest.mark.django_db
-ADDRESSES = {"email": "ada@example.com", "sms": "+14155550199", "push": "fGzA1b2c3d4e5f6g7h8:APA91bHxToken"}
 
 
 def dead_letter(
     *, channel: str = "sms", priority: str = "transactional", provider: str = "twilio"
 ) -> tuple[Notification, DeadLetter]:
-    """A notification sent through the service, then dead-lettered the way a worker does it."""
-    notification, _ = notification_send(
-        priority=priority,
-        channel=channel,
-        template="order_shipped",
-        to=ADDRESSES[channel],
-        context={"name": "Ada", "order_number": "A-1"},
-    )
-    _dead_letter(notification, PermanentError(f"invalid recipient {notification.to}"), provider=provider)
-    notification.refresh_from_db()
-    return notification, DeadLetter.objects.get(subject_id=str(notification.pk))
+    return make_dead_letter(channel=channel, priority=priority, provider=provider)
 
 
 def run(*args: str) -> str:
