@@ -27,7 +27,9 @@ def live_api(live_server, api_key):
     session = requests.Session()
     session.headers["Authorization"] = f"Token {api_key}"
     session.base_url = live_server.url
-    return session
+    yield session
+    # A kept-alive connection keeps a live-server thread (and its database session) alive.
+    session.close()
 
 
 @pytest.mark.parametrize(
