@@ -25,12 +25,19 @@ def broker() -> redis.Redis:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def publish_threads(django_db_setup):
-    """Stop the background publish threads before the test database is dropped."""
+def publish_threads(django_db_setup, django_db_blocker):
+    """Before the test database is dropped: stop the background publish threads, and end
+    sessions that threads of the suite (live-server request threads kept alive by a
+    client) still hold, so the drop does not fail."""
     yield
     from jobs.publishing import shutdown
 
     shutdown()
+    with django_db_blocker.unblock(), connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 @pytest.fixture(scope="session")
