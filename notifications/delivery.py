@@ -37,11 +37,12 @@ from jobs.errors import ConfigurationError, JobError, PermanentError, TransientE
 from jobs.models import DeadLetter
 from jobs.ratelimit import rate_limiter_for
 from jobs.retry import retry_policy
-from notifications.models import Notification, NotificationStatus
+from notifications.models import Channel, Notification, NotificationStatus, Priority
 from notifications.providers.base import BaseProvider, OutboundMessage
 from notifications.providers.registry import providers_for
 from notifications.rendering import render
 from notifications.services import notification_publish
+from notifications.unsubscribe import unsubscribe_headers
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +114,16 @@ def notification_deliver(*, notification_id: str) -> None:
     except ValidationError as exc:
         _dead_letter(notification, PermanentError(f"cannot render: {'; '.join(exc.messages)}"))
         return
+    headers = {}
+    if notification.priority == Priority.MARKETING and notification.channel == Channel.EMAIL:
+        headers = unsubscribe_headers(recipient_id=notification.recipient_id, channel=notification.channel)
     message = OutboundMessage(
         notification_id=str(notification.pk),
         idempotency_key=notification.idempotency_key,
         channel=notification.channel,
         to=notification.to,
         content=content,
+        headers=headers,
     )
     errors: list[str] = []
     retry_after: float | None = None

@@ -8,5 +8,6 @@ urlpatterns = [
     path("api/v1/notifications", api.notifications_create, name="api-notifications"),
     path("api/v1/notifications/<str:notification_id>", api.notifications_detail, name="api-notification-detail"),
     path("password-reset/", views.password_reset, name="password-reset"),
+    path("unsubscribe/<str:token>", views.unsubscribe, name="unsubscribe"),
     path("", views.index, name="index"),
 ]

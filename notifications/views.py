@@ -3,11 +3,16 @@
 import secrets
 
 from django import forms
+from django.core import signing
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
 
-from notifications.models import Channel, Priority
+from notifications.models import Channel, Priority, Recipient
 from notifications.services import notification_send
+from notifications.unsubscribe import SALT as UNSUBSCRIBE_SALT
+from notifications.unsubscribe import recipient_unsubscribe
 
 
 class PasswordResetForm(forms.Form):
@@ -36,6 +41,23 @@ def password_reset(request: HttpRequest) -> HttpResponse:
             )
         return render(request, "notifications/password_reset.html", {"form": form}, status=400)
     return render(request, "notifications/password_reset.html", {"form": PasswordResetForm()})
+
+
+@csrf_exempt  # RFC 8058: mail clients POST "List-Unsubscribe=One-Click" with no page and no cookie
+@require_http_methods(["GET", "POST"])
+def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
+    """GET asks (link scanners prefetch GETs, so GET changes nothing); POST unsubscribes."""
+    if request.method == "GET":
+        try:
+            signing.loads(token, salt=UNSUBSCRIBE_SALT)
+        except signing.BadSignature:
+            return render(request, "notifications/unsubscribe.html", {"invalid": True}, status=400)
+        return render(request, "notifications/unsubscribe.html", {"token": token})
+    try:
+        _, channel = recipient_unsubscribe(token=token)
+    except (signing.BadSignature, Recipient.DoesNotExist):
+        return render(request, "notifications/unsubscribe.html", {"invalid": True}, status=400)
+    return render(request, "notifications/unsubscribe.html", {"done": True, "channel": channel})
 
 
 def index(request: HttpRequest) -> HttpResponse:

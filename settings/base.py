@@ -235,6 +235,8 @@ SANDBOX_HTTP_URL = env_str("SANDBOX_HTTP_URL", "http://127.0.0.1:8025")
 SANDBOX_SMTP_HOST = env_str("SANDBOX_SMTP_HOST", "127.0.0.1")
 SANDBOX_SMTP_PORT = env_int("SANDBOX_SMTP_PORT", 1025)
 
+#: Where recipients reach this platform (unsubscribe links); https in production (RFC 8058).
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 NOTIFICATIONS_FROM_EMAIL = env_str("NOTIFICATIONS_FROM_EMAIL", "Notify <no-reply@notify.example>")
 NOTIFICATIONS_SMS_FROM = env_str("NOTIFICATIONS_SMS_FROM", "+15005550006")
 
