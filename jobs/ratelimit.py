@@ -25,6 +25,7 @@ If Redis is unreachable every request is granted: a broken limiter must not stop
 
 import logging
 import math
+from functools import lru_cache
 
 import redis
 from django.conf import settings
@@ -150,4 +151,10 @@ def rate_limiter_for(name: str) -> RateLimiter | None:
             f"JOBS_RATE_LIMITS[{name!r}] has keys {sorted(config)}; "
             f"expected rate_per_second and optionally burst, marketing_share"
         )
-    return RateLimiter(name, **config)
+    return _limiter(name, tuple(sorted(config.items())))
+
+
+@lru_cache(maxsize=64)
+def _limiter(name: str, config: tuple) -> RateLimiter:
+    # Called on every send: build (and register the scripts) once per process and configuration.
+    return RateLimiter(name, **dict(config))

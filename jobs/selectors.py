@@ -2,6 +2,7 @@
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
@@ -54,29 +55,9 @@ def deadletters_filter(
     return queryset
 
 
-def deadletters_matching(
-    *,
-    status: str | None = None,
-    channel: str | None = None,
-    priority: str | None = None,
-    provider: str | None = None,
-    error_class: str | None = None,
-    job_name: str | None = None,
-    since: dt.date | dt.datetime | None = None,
-    until: dt.date | dt.datetime | None = None,
-) -> QuerySet[DeadLetter]:
-    """Dead letters matching every filter given, most recent failure first."""
-    return deadletters_filter(
-        DeadLetter.objects.all(),
-        status=status,
-        channel=channel,
-        priority=priority,
-        provider=provider,
-        error_class=error_class,
-        job_name=job_name,
-        since=since,
-        until=until,
-    )
+def deadletters_matching(**filters: Any) -> QuerySet[DeadLetter]:
+    """Dead letters matching every filter given (the keywords of `deadletters_filter`), most recent first."""
+    return deadletters_filter(DeadLetter.objects.all(), **filters)
 
 
 def queue_priority_channel(queue: str) -> tuple[str, str] | None:

@@ -91,7 +91,7 @@ def notification_claim(*, notification_id: str) -> Notification | None:
         updated_at=now,
     )
     if updated:
-        return Notification.objects.select_related("recipient").get(pk=notification_id)
+        return Notification.objects.get(pk=notification_id)
     exhausted = Notification.objects.filter(_claimable(now), pk=notification_id, attempts__gte=max_attempts).first()
     if exhausted is not None:
         _dead_letter(
