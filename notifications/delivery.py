@@ -129,6 +129,7 @@ def notification_deliver(*, notification_id: str) -> None:
     retry_after: float | None = None
     last_provider = notification.provider
     called = False
+    outcome_unknown = False
     #: When nothing was called: how long to wait before the next try.
     skip_wait = 0.0
     for provider in _provider_order(notification):
@@ -166,6 +167,7 @@ def notification_deliver(*, notification_id: str) -> None:
                 retry_after = max(retry_after or 0.0, exc.retry_after or 0.0) or None
                 if exc.unknown_outcome:
                     errors.append("outcome unknown: retrying with the same key")
+                    outcome_unknown = True
                     break
             else:
                 logger.error("notification %s: provider %s is misconfigured: %s", notification.pk, provider.name, exc)
@@ -181,13 +183,13 @@ def notification_deliver(*, notification_id: str) -> None:
             notification, "; ".join(errors), last_provider, max(retry_after or 0.0, skip_wait), refund_attempt=True
         )
         return
-    _schedule_retry(notification, "; ".join(errors), last_provider, retry_after)
+    _schedule_retry(notification, "; ".join(errors), last_provider, retry_after, outcome_unknown=outcome_unknown)
 
 
 def _provider_order(notification: Notification) -> list[BaseProvider]:
     """The channel's providers, primary first; after an unknown outcome, that provider first."""
     providers = list(providers_for(notification.channel))
-    if notification.provider and "outcome unknown" in notification.last_error:
+    if notification.provider and notification.outcome_unknown:
         providers.sort(key=lambda p: p.name != notification.provider)
     return providers
 
@@ -198,6 +200,7 @@ def _mark_sent(notification: Notification, provider: str, message_id: str) -> No
         status=NotificationStatus.SENT,
         provider=provider,
         provider_message_id=message_id,
+        outcome_unknown=False,
         sent_at=now,
         lease_expires_at=None,
         next_attempt_at=None,
@@ -216,8 +219,15 @@ def _mark_sent(notification: Notification, provider: str, message_id: str) -> No
 
 
 def _schedule_retry(
-    notification: Notification, error: str, provider: str, retry_after: float | None, refund_attempt: bool = False
+    notification: Notification,
+    error: str,
+    provider: str,
+    retry_after: float | None,
+    refund_attempt: bool = False,
+    outcome_unknown: bool | None = None,
 ) -> None:
+    """Set the next attempt; `outcome_unknown` None keeps what an earlier attempt recorded
+    (an attempt that called nobody learns nothing about the last provider's outcome)."""
     now = timezone.now()
     policy = retry_policy(notification.priority)
     attempts = notification.attempts - 1 if refund_attempt else notification.attempts
@@ -233,6 +243,7 @@ def _schedule_retry(
         provider=provider,
         last_error=error[:4000],
         next_attempt_at=moment,
+        **({} if outcome_unknown is None else {"outcome_unknown": outcome_unknown}),
         first_failed_at=notification.first_failed_at or now,
         lease_expires_at=None,
         updated_at=now,

@@ -106,6 +106,9 @@ class Notification(models.Model):
     #: While failed: when the relay publishes it again.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     first_failed_at = models.DateTimeField(null=True, blank=True)
+    #: The last provider may have accepted it (timeout after sending): the next attempt
+    #: goes to that provider first, with the same idempotency key.
+    outcome_unknown = models.BooleanField(default=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
