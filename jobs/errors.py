@@ -44,7 +44,17 @@ class TransientError(JobError):
 
 
 class PermanentError(JobError):
-    """Retrying cannot help: the input itself is refused."""
+    """Retrying cannot help: the input itself is refused.
+
+    `recipient_refused` means the address itself is bad (invalid, hard-bounced): callers
+    stop sending to it, not just this message.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, response_text: str = "", recipient_refused: bool = False
+    ) -> None:
+        super().__init__(message, status=status, response_text=response_text)
+        self.recipient_refused = recipient_refused
 
 
 class ConfigurationError(Exception):

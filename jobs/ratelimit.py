@@ -1,30 +1,31 @@
 """Global rate limits per provider, shared by every worker process: GCRA state in Redis, one atomic Lua script.
 
     T   = 1 / rate                      emission interval (seconds per token)
-    tau = burst * T                     burst window: how far ahead of `now` the schedule may run
-    TAT = theoretical arrival time      the one number stored per limiter, in Redis µs
+    tau = burst * T                     how far ahead of `now` the schedule may run
+    TAT = theoretical arrival time      the one number stored per key, in Redis µs
 
-    acquire(n, share):  new = max(TAT, now) + n*T
-                        new - now <= tau * share  ->  TAT = new, granted (wait 0)
-                        otherwise                 ->  refused, wait = new - tau*share - now
-
-    now ----|========= marketing (share 0.8) =========|== urgent only ==|----> time
-            now                                  now + 0.8*tau        now + tau
+    acquire(n):  new = max(TAT, now) + n*T
+                 new - now <= tau  ->  TAT = new, granted (wait 0)
+                 otherwise         ->  refused, wait = new - tau - now
 
 Time comes from the Redis server's clock, so worker clocks do not matter.  A batch of n
-is granted whole or not at all.  `share` does not cap a caller's sustained rate: a
-low-share caller may use the whole rate while nobody else sends, but it can never fill
-the last (1 - share) of the burst window, so a full-share caller always finds
-(1 - share) * burst tokens ready and, while both are busy, gets every token it asks for
-(the schedule then stays beyond the low-share caller's limit).  `acquire` never sleeps:
-a refused caller reschedules its job for `wait` seconds and frees its worker slot.
-`penalize` (a provider answered 429) moves TAT so that nobody is granted a token before
-the penalty has passed; penalties from many workers overlap instead of adding up.
+is granted whole or not at all; in any window of W seconds at most rate*W + burst tokens
+are granted, so `burst` is also the largest batch and the overshoot of a 1-s window.
+
+A caller limited to a `share` of the rate (marketing, e.g. 0.8) acquires on two keys in
+the same script: the provider's key and a second key running at rate*share with a burst
+of burst*share.  Both grant or neither does, so such callers never take more than their
+share, in a burst or in the long run, and urgent callers (share 1, the provider's key
+only) always find the rest free.
+`acquire` never sleeps; `acquire_within` sleeps for short waits.  `penalize` (a provider
+answered 429) moves TAT so that nobody is granted a token before the penalty has passed;
+penalties from many workers overlap instead of adding up.
 If Redis is unreachable every request is granted: a broken limiter must not stop delivery.
 """
 
 import logging
 import math
+import time
 from functools import lru_cache
 
 import redis
@@ -38,20 +39,25 @@ logger = logging.getLogger(__name__)
 #: Redis server time in microseconds: about 1.8e15, exact in a Lua double (2^53 ≈ 9e15).
 _NOW_US = "local t = redis.call('TIME') local now = t[1] * 1000000 + t[2] "
 
-# KEYS: TAT. ARGV: emission interval µs, burst window µs, tokens, share.
+# KEYS: TAT of the provider [, TAT of the share].  ARGV: tokens, then per key: interval µs, tau µs.
 # Returns {granted (1|0), wait µs, Redis now µs}.
 _ACQUIRE = (
     _NOW_US
     + """
-local interval, tau = tonumber(ARGV[1]), tonumber(ARGV[2])
-local n, share = tonumber(ARGV[3]), tonumber(ARGV[4])
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-local new_tat = tat + n * interval
-local excess = new_tat - now - tau * share
-if excess > 0 then
-  return {0, math.ceil(excess), now}
+local n = tonumber(ARGV[1])
+local news, wait = {}, 0
+for i, key in ipairs(KEYS) do
+  local interval, tau = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local new_tat = math.max(tonumber(redis.call('GET', key) or '0'), now) + n * interval
+  news[i] = new_tat
+  wait = math.max(wait, new_tat - now - tau)
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+if wait > 0 then
+  return {0, math.ceil(wait), now}
+end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, string.format('%.0f', news[i]), 'PX', math.ceil((news[i] - now) / 1000) + 1000)
+end
 return {1, 0, now}
 """
 )
@@ -88,7 +94,7 @@ class RateLimiter:
         self.rate_per_second = float(rate_per_second)
         #: Tokens that may be taken at once after an idle spell; one second's worth by default.
         self.burst = burst if burst is not None else max(1, math.ceil(rate_per_second))
-        #: Share of the burst window the marketing priority may fill (see the module docstring).
+        #: Share of the rate the marketing priority may use (see the module docstring).
         self.marketing_share = marketing_share
         self.client = client or redis_client()
         self.key = f"jobs:ratelimit:{name}"
@@ -96,6 +102,10 @@ class RateLimiter:
         self._tau_us = self.burst * self._interval_us
         self._acquire = self.client.register_script(_ACQUIRE)
         self._penalize = self.client.register_script(_PENALIZE)
+
+    def max_batch(self, share: float = 1.0) -> int:
+        """The most tokens one call at this share may ask for."""
+        return max(1, int(self.burst * share + 1e-9))
 
     def share_for(self, priority: str) -> float:
         """The `share` a job of this priority passes to `acquire`."""
@@ -105,20 +115,37 @@ class RateLimiter:
         """0.0 if n tokens were granted, else the seconds to wait before asking again.  Never blocks."""
         return self.acquire_at(n, share=share)[0]
 
+    def acquire_within(self, n: int = 1, *, share: float = 1.0, max_wait: float) -> float:
+        """Like `acquire`, but sleeps through waits while they total at most `max_wait` seconds.
+
+        0.0 once granted; otherwise the wait the caller must arrange itself (it frees its
+        worker slot instead of sleeping longer).
+        """
+        deadline = time.monotonic() + max_wait
+        while True:
+            wait = self.acquire(n, share=share)
+            if wait <= 0 or time.monotonic() + wait > deadline:
+                return wait
+            time.sleep(wait)
+
     def acquire_at(self, n: int = 1, *, share: float = 1.0) -> tuple[float, float | None]:
         """As `acquire`, with the Redis server time of the decision in seconds (None if Redis was unreachable)."""
         if not 0 < share <= 1:
             raise ValueError(f"rate limiter {self.name}: share must lie in (0, 1], not {share!r}")
         # A batch that can never fit would be rescheduled for ever: refuse it loudly instead.
-        if n < 1 or n * self._interval_us > self._tau_us * share + 1e-6:
+        if not 1 <= n <= self.max_batch(share):
             raise ValueError(
-                f"rate limiter {self.name}: a batch of {n} never fits a burst of {self.burst} at share {share}; "
-                f"send batches of at most {int(self.burst * share)}"
+                f"rate limiter {self.name}: a batch of {n} never fits a burst of {self.burst} at share {share:g}; "
+                f"send batches of 1 to {self.max_batch(share)}"
             )
+        keys = [self.key]
+        args = [n, repr(self._interval_us), repr(self._tau_us)]
+        if share < 1:
+            # The same tau at a longer interval: the share's burst is burst * share tokens.
+            keys.append(f"{self.key}:share:{share:g}")
+            args += [repr(self._interval_us / share), repr(self._tau_us)]
         try:
-            granted, wait_us, now_us = self._acquire(
-                keys=[self.key], args=[repr(self._interval_us), repr(self._tau_us), n, repr(share)]
-            )
+            granted, wait_us, now_us = self._acquire(keys=keys, args=args)
         except redis.RedisError:
             logger.warning("rate limiter %s: Redis unreachable; letting %d sends through", self.name, n)
             return 0.0, None
@@ -134,7 +161,7 @@ class RateLimiter:
         logger.info("rate limiter %s: provider pushed back; pausing all workers for %.1fs", self.name, seconds)
 
     def reset(self) -> None:
-        self.client.delete(self.key)
+        self.client.delete(self.key, *self.client.keys(f"{self.key}:share:*"))
 
 
 _CONFIG_KEYS = {"rate_per_second", "burst", "marketing_share"}

@@ -27,3 +27,22 @@ def redis_client() -> redis.Redis:
         health_check_interval=10,
         retry=RETRY,
     )
+
+
+@lru_cache(maxsize=1)
+def broker_client() -> redis.Redis:
+    """A plain client on the Celery broker (it may be another Redis than REDIS_URL), to read queue depths."""
+    return redis.Redis.from_url(
+        settings.CELERY_BROKER_URL,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        retry=RETRY,
+    )
+
+
+def queue_length(name: str) -> int | None:
+    """Messages waiting in a Celery queue on the Redis broker (a list named after the queue); None if unknown."""
+    try:
+        return int(broker_client().llen(name))
+    except redis.RedisError:
+        return None

@@ -1,4 +1,5 @@
-"""Admin for notifications, recipients and API tokens; a notification added here goes through the service."""
+"""Admin for notifications, recipients, campaigns (start/pause/resume/cancel, progress), suppressed addresses and
+API tokens; what is added here goes through the same services as the API."""
 
 import json
 
@@ -6,8 +7,29 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
+from django.utils.html import format_html
 
-from notifications.models import ApiToken, Channel, Notification, Priority, PushDevice, Recipient
+from notifications.campaigns import (
+    CampaignStateError,
+    campaign_cancel,
+    campaign_create,
+    campaign_pause,
+    campaign_progress,
+    campaign_resume,
+    campaign_start,
+    campaign_validate,
+)
+from notifications.models import (
+    ApiToken,
+    Campaign,
+    CampaignStatus,
+    Channel,
+    Notification,
+    Priority,
+    PushDevice,
+    Recipient,
+    Suppression,
+)
 from notifications.rendering import template_names
 from notifications.services import notification_send, notification_validate
 
@@ -161,3 +183,173 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"Revoked {count} token(s).")
+
+
+class CampaignForm(forms.ModelForm):
+    """The admin's campaign form: validated by the same service function as the API."""
+
+    template = forms.ChoiceField(choices=[])
+    context_json = forms.CharField(
+        label="Context",
+        widget=forms.Textarea(attrs={"rows": 4}),
+        initial="{}",
+        help_text='JSON object with the template\'s variables, e.g. {"headline": "Spring sale", "body": "…"}.',
+    )
+
+    class Meta:
+        model = Campaign
+        fields = ["name", "template", "channel", "audience_locale", "audience_tag"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["template"].choices = [(name, name) for name in template_names()]
+        if self.instance.pk:
+            self.fields["context_json"].initial = json.dumps(self.instance.context)
+
+    def clean_context_json(self) -> dict:
+        try:
+            value = json.loads(self.cleaned_data["context_json"] or "{}")
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise ValidationError("must be a JSON object")
+        return value
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            campaign_validate(
+                name=data["name"],
+                template=data["template"],
+                channel=data["channel"],
+                context=data["context_json"],
+                audience_locale=data.get("audience_locale") or "",
+                audience_tag=data.get("audience_tag") or "",
+            )
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                target = {
+                    "context": "context_json",
+                    "audience.locale": "audience_locale",
+                    "audience.tag": "audience_tag",
+                }
+                self.add_error(target.get(field, field) if target.get(field, field) in self.fields else None, errors)
+        return data
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+@admin.register(Campaign)
+class CampaignAdmin(admin.ModelAdmin):
+    form = CampaignForm
+    list_display = ("name", "status", "channel", "template", "progress", "rate", "eta", "started_at")
+    list_filter = ("status", "channel")
+    search_fields = ("name",)
+    actions = ["start", "pause", "resume", "cancel"]
+    progress_fields = ("progress", "rate", "eta", "materialized_count", "sent_count", "dead_count", "skipped_count")
+
+    def get_fields(self, request: HttpRequest, obj=None) -> list[str]:
+        fields = ["name", "template", "channel", "context_json", "audience_locale", "audience_tag"]
+        if obj is not None and obj.status != CampaignStatus.DRAFT:
+            return ["name", "status", *self.progress_fields, "template", "channel", "context", "audience_locale",
+                    "audience_tag", "started_at", "finished_at", "created_by"]  # fmt: skip
+        return fields if obj is None else ["status", *fields]
+
+    def get_readonly_fields(self, request: HttpRequest, obj=None) -> list[str]:
+        if obj is None:
+            return []
+        if obj.status == CampaignStatus.DRAFT:
+            return ["status"]
+        return self.get_fields(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: Campaign, form: CampaignForm, change: bool) -> None:
+        data = form.cleaned_data
+        if change:
+            obj.context = data["context_json"]
+            obj.save()
+            return
+        campaign = campaign_create(
+            name=data["name"],
+            template=data["template"],
+            channel=data["channel"],
+            context=data["context_json"],
+            audience_locale=data.get("audience_locale") or "",
+            audience_tag=data.get("audience_tag") or "",
+            created_by=request.user,
+        )
+        obj.pk = campaign.pk
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        # A started campaign's notifications point at it: it stays as their record.
+        return super().has_delete_permission(request, obj) and (obj is None or obj.status == CampaignStatus.DRAFT)
+
+    @admin.display(description="progress")
+    def progress(self, obj: Campaign) -> str:
+        total = obj.materialized_count
+        done = obj.done_count
+        label = (
+            f"{obj.sent_count:,} sent · {obj.dead_count:,} failed · {obj.skipped_count:,} skipped · "
+            f"{obj.remaining_count:,} remaining"
+        )
+        if obj.status == CampaignStatus.RUNNING and obj.fanout_completed_at is None:
+            label += f" · writing recipients ({obj.segments_done}/{obj.segments_total} segments)"
+        return format_html(
+            '<progress class="campaign-progress" value="{}" max="{}" style="width: 14em"></progress> {}% <br><small>{}</small>',
+            done,
+            max(total, 1),
+            f"{100 * done / total:.1f}" if total else "0.0",
+            label,
+        )
+
+    @admin.display(description="send rate")
+    def rate(self, obj: Campaign) -> str:
+        return f"{campaign_progress(obj)['rate_per_second']:,.0f}/s" if obj.status == CampaignStatus.RUNNING else "–"
+
+    @admin.display(description="time to finish")
+    def eta(self, obj: Campaign) -> str:
+        return _duration(campaign_progress(obj)["eta_seconds"]) if obj.status == CampaignStatus.RUNNING else "–"
+
+    def _act(self, request: HttpRequest, queryset, service, verb: str) -> None:
+        done = 0
+        for campaign in queryset:
+            try:
+                service(campaign_id=campaign.pk)
+                done += 1
+            except CampaignStateError as exc:
+                self.message_user(request, str(exc), level=messages.WARNING)
+        if done:
+            self.message_user(request, f"{verb} {done} campaign(s).")
+
+    @admin.action(description="Start selected campaigns", permissions=["change"])
+    def start(self, request: HttpRequest, queryset) -> None:
+        self._act(request, queryset, campaign_start, "Started")
+
+    @admin.action(description="Pause selected campaigns", permissions=["change"])
+    def pause(self, request: HttpRequest, queryset) -> None:
+        self._act(request, queryset, campaign_pause, "Paused")
+
+    @admin.action(description="Resume selected campaigns", permissions=["change"])
+    def resume(self, request: HttpRequest, queryset) -> None:
+        self._act(request, queryset, campaign_resume, "Resumed")
+
+    @admin.action(description="Cancel selected campaigns", permissions=["change"])
+    def cancel(self, request: HttpRequest, queryset) -> None:
+        self._act(request, queryset, campaign_cancel, "Cancelled")
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(admin.ModelAdmin):
+    """Suppressed addresses; deleting one lets marketing and transactional mail reach it again."""
+
+    list_display = ("address", "channel", "reason", "created_at")
+    list_filter = ("channel",)
+    search_fields = ("=address",)
+    readonly_fields = ("created_at",)

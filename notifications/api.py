@@ -1,4 +1,5 @@
-"""The JSON HTTP API: submit a notification (202 + status URL) and read its status. Token auth."""
+"""The JSON HTTP API: submit a notification (202 + status URL) and read its status; create, start, pause,
+resume and cancel campaigns and read their progress. Token auth; campaigns need the model permissions."""
 
 import json
 import re
@@ -14,7 +15,8 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from notifications.models import ApiToken, Notification
+from notifications import campaigns
+from notifications.models import ApiToken, Campaign, Notification
 from notifications.services import IdempotencyConflict, notification_send, request_fingerprint
 
 #: Fields a POST body may have, with the JSON type each must be.
@@ -70,7 +72,8 @@ def api_view(*methods: str) -> Callable:
     return decorator
 
 
-def _parse_body(request: HttpRequest) -> tuple[dict[str, Any] | None, JsonResponse | None]:
+def _read_json(request: HttpRequest) -> tuple[dict[str, Any] | None, JsonResponse | None]:
+    """The body as a JSON object, or the 400/413 answer that says what is wrong with it."""
     limit = settings.API_MAX_BODY_BYTES
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -90,6 +93,13 @@ def _parse_body(request: HttpRequest) -> tuple[dict[str, Any] | None, JsonRespon
         return None, error(400, "malformed JSON", {"body": f"not valid JSON: {exc}"})
     if not isinstance(payload, dict):
         return None, error(400, "invalid request", {"body": "must be a JSON object"})
+    return payload, None
+
+
+def _parse_body(request: HttpRequest) -> tuple[dict[str, Any] | None, JsonResponse | None]:
+    payload, problem = _read_json(request)
+    if problem is not None:
+        return None, problem
     fields: dict[str, str] = {}
     for name in payload:
         if name not in FIELDS:
@@ -179,3 +189,111 @@ def notifications_detail(request: HttpRequest, notification_id: str) -> JsonResp
             "last_error": notification.last_error or None,
         }
     )
+
+
+# --- campaigns ----------------------------------------------------------------------
+
+CAMPAIGN_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "template": str,
+    "channel": str,
+    "context": dict,
+    "audience": dict,
+}
+AUDIENCE_FIELDS = ("locale", "tag")
+CAMPAIGN_ACTIONS = {
+    "start": campaigns.campaign_start,
+    "pause": campaigns.campaign_pause,
+    "resume": campaigns.campaign_resume,
+    "cancel": campaigns.campaign_cancel,
+}
+
+
+def _forbidden(permission: str) -> JsonResponse:
+    return error(403, f"this token's user lacks the permission {permission!r}")
+
+
+def _campaign_body(request: HttpRequest) -> tuple[dict[str, Any] | None, JsonResponse | None]:
+    payload, problem = _read_json(request)
+    if problem is not None:
+        return None, problem
+    fields: dict[str, str] = {}
+    for name in payload:
+        if name not in CAMPAIGN_FIELDS:
+            fields[name] = f"unknown field; allowed: {', '.join(CAMPAIGN_FIELDS)}"
+    for name, expected in CAMPAIGN_FIELDS.items():
+        value = payload.get(name)
+        if value is None:
+            if name in ("name", "template", "channel"):
+                fields[name] = "this field is required"
+            continue
+        if not isinstance(value, expected) or isinstance(value, bool):
+            fields[name] = f"must be {JSON_TYPE_NAMES[expected]}"
+    audience = payload.get("audience") or {}
+    if isinstance(audience, dict):
+        for name, value in audience.items():
+            if name not in AUDIENCE_FIELDS:
+                fields[f"audience.{name}"] = f"unknown field; allowed: {', '.join(AUDIENCE_FIELDS)}"
+            elif not isinstance(value, str):
+                fields[f"audience.{name}"] = "must be a string"
+    if fields:
+        return None, error(400, "invalid request", fields)
+    return payload, None
+
+
+def _campaign_json(request: HttpRequest, campaign: Campaign) -> dict[str, Any]:
+    return {
+        **campaigns.campaign_progress(campaign),
+        "url": request.build_absolute_uri(reverse("api-campaign-detail", args=[campaign.pk])),
+    }
+
+
+@api_view("POST")
+def campaigns_create(request: HttpRequest) -> JsonResponse:
+    if not request.user.has_perm("notifications.add_campaign"):
+        return _forbidden("notifications.add_campaign")
+    payload, problem = _campaign_body(request)
+    if problem is not None:
+        return problem
+    audience = payload.get("audience") or {}
+    try:
+        campaign = campaigns.campaign_create(
+            name=payload["name"],
+            template=payload["template"],
+            channel=payload["channel"],
+            context=payload.get("context") or {},
+            audience_locale=audience.get("locale", ""),
+            audience_tag=audience.get("tag", ""),
+            created_by=request.user,
+        )
+    except ValidationError as exc:
+        return error(400, "invalid request", {name: " ".join(messages) for name, messages in exc.message_dict.items()})
+    response = JsonResponse(_campaign_json(request, campaign), status=201)
+    response["Location"] = reverse("api-campaign-detail", args=[campaign.pk])
+    return response
+
+
+@api_view("GET")
+def campaigns_detail(request: HttpRequest, campaign_id: int) -> JsonResponse:
+    if not request.user.has_perm("notifications.view_campaign"):
+        return _forbidden("notifications.view_campaign")
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is None:
+        return error(404, f"no campaign {campaign_id}")
+    return JsonResponse(_campaign_json(request, campaign))
+
+
+@api_view("POST")
+def campaigns_action(request: HttpRequest, campaign_id: int, action: str) -> JsonResponse:
+    """start, pause, resume or cancel; 202 at once (the work happens in the workers), 409 if the state forbids it."""
+    if action not in CAMPAIGN_ACTIONS:
+        return error(404, f"unknown action {action!r}; use one of {', '.join(CAMPAIGN_ACTIONS)}")
+    if not request.user.has_perm("notifications.change_campaign"):
+        return _forbidden("notifications.change_campaign")
+    try:
+        campaign = CAMPAIGN_ACTIONS[action](campaign_id=campaign_id)
+    except Campaign.DoesNotExist:
+        return error(404, f"no campaign {campaign_id}")
+    except campaigns.CampaignStateError as exc:
+        return error(409, str(exc))
+    return JsonResponse(_campaign_json(request, campaign), status=202)

@@ -11,8 +11,14 @@ order, skipping any whose circuit breaker is open -> record the outcome.
 | transient error, outcome unknown         | stop; retry later with the same key, same provider    |
 | every provider failed                    | failed + next_attempt_at (backoff, >= Retry-After)    |
 | every provider's breaker open (no call)  | failed, attempt not counted, retry after a cool-down  |
-| no token under the global rate limit     | failed, attempt not counted, retry when a token is due |
+| no token under the global rate limit     | waits up to 1 s for it; else failed, attempt not      |
+|                                          | counted, retry when a token is due                     |
 | attempts or time budget used up          | dead letter                                           |
+
+Marketing is checked again at every attempt: a withdrawn consent, a suppressed address
+or a cancelled campaign makes the row skipped; quiet hours or a paused campaign make it
+wait (no attempt counted).  A suppressed address gets no transactional mail either;
+security alerts are always tried.
 
 An unknown outcome (timeout after the request went out) is never sent to another
 provider in the same attempt: the first may have accepted it.  The next attempt goes
@@ -36,8 +42,11 @@ from jobs.deadletters import deadletter_record, register_replayer
 from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
 from jobs.models import DeadLetter
 from jobs.ratelimit import rate_limiter_for
+from jobs.rates import RollingCounter
 from jobs.retry import retry_policy
-from notifications.models import Channel, Notification, NotificationStatus, Priority
+from notifications.campaigns import campaign_count, campaign_finish_if_done, campaign_rate
+from notifications.consent import address_suppress, marketing_consent, quiet_until, suppression_reason
+from notifications.models import Campaign, CampaignStatus, Channel, Notification, NotificationStatus, Priority
 from notifications.providers.base import BaseProvider, OutboundMessage
 from notifications.providers.registry import providers_for
 from notifications.rendering import render
@@ -47,6 +56,10 @@ from notifications.unsubscribe import unsubscribe_headers
 logger = logging.getLogger(__name__)
 
 JOB_NAME = "notifications.deliver"
+#: Longest a worker sleeps for a rate-limit token; a longer wait goes back to PostgreSQL and frees the slot.
+INLINE_TOKEN_WAIT_SECONDS = 1.0
+#: How long a marketing row of a paused campaign waits before it looks again.
+PAUSED_RECHECK_SECONDS = 5.0
 _breakers: dict[str, CircuitBreaker] = {}
 
 
@@ -94,7 +107,7 @@ def notification_claim(*, notification_id: str) -> Notification | None:
         return Notification.objects.get(pk=notification_id)
     exhausted = Notification.objects.filter(_claimable(now), pk=notification_id, attempts__gte=max_attempts).first()
     if exhausted is not None:
-        _dead_letter(
+        dead_letter(
             exhausted,
             f"gave up after {exhausted.attempts} attempts; the last did not finish (its worker died or timed out)",
             provider=exhausted.provider,
@@ -109,17 +122,19 @@ def notification_deliver(*, notification_id: str) -> None:
         logger.info("notification %s: not claimable (done, owned by another worker, or not due)", notification_id)
         return
     _chaos_hook(notification)
+    if _held(notification):
+        return
     try:
         content = render(template=notification.template, channel=notification.channel, context=notification.context)
     except ValidationError as exc:
-        _dead_letter(notification, PermanentError(f"cannot render: {'; '.join(exc.messages)}"))
+        dead_letter(notification, PermanentError(f"cannot render: {'; '.join(exc.messages)}"))
         return
     headers = {}
     if notification.priority == Priority.MARKETING and notification.channel == Channel.EMAIL:
         headers = unsubscribe_headers(recipient_id=notification.recipient_id, channel=notification.channel)
     message = OutboundMessage(
         notification_id=str(notification.pk),
-        idempotency_key=notification.idempotency_key,
+        idempotency_key=notification.delivery_key,
         channel=notification.channel,
         to=notification.to,
         content=content,
@@ -140,7 +155,9 @@ def notification_deliver(*, notification_id: str) -> None:
             continue
         limiter = rate_limiter_for(provider.name)
         if limiter is not None:
-            wait = limiter.acquire(1, share=limiter.share_for(notification.priority))
+            wait = limiter.acquire_within(
+                1, share=limiter.share_for(notification.priority), max_wait=INLINE_TOKEN_WAIT_SECONDS
+            )
             if wait > 0:
                 # Over the global rate: wait for a token rather than spill onto the
                 # fallback provider, and give the worker slot back meanwhile.
@@ -153,7 +170,9 @@ def notification_deliver(*, notification_id: str) -> None:
             result = provider.send(message)
         except PermanentError as exc:
             breaker.record_success()  # the provider is up; it refused this message
-            _dead_letter(notification, exc, provider=provider.name)
+            if exc.recipient_refused:
+                address_suppress(channel=notification.channel, address=notification.to, reason=str(exc))
+            dead_letter(notification, exc, provider=provider.name)
             return
         except (TransientError, ConfigurationError) as exc:
             # A 429 says "slow down", not "down": Retry-After paces this message, and
@@ -179,11 +198,65 @@ def notification_deliver(*, notification_id: str) -> None:
         # Nothing was tried (breakers open, or no token under the global rate limit), so
         # no attempt is used up; wait for the cool-down or the token instead of the
         # backoff (the time budget still bounds this).
-        _schedule_retry(
+        schedule_retry(
             notification, "; ".join(errors), last_provider, max(retry_after or 0.0, skip_wait), refund_attempt=True
         )
         return
-    _schedule_retry(notification, "; ".join(errors), last_provider, retry_after, outcome_unknown=outcome_unknown)
+    schedule_retry(notification, "; ".join(errors), last_provider, retry_after, outcome_unknown=outcome_unknown)
+
+
+def _held(notification: Notification) -> bool:
+    """Skip or postpone a claimed notification the recipient no longer wants now; True if it was."""
+    if notification.priority == Priority.SECURITY:
+        return False
+    now = timezone.now()
+    reason = suppression_reason(notification.channel, notification.to)
+    if reason is not None:
+        _skip(notification, f"not sent: address suppressed ({reason})")
+        return True
+    if notification.priority != Priority.MARKETING:
+        return False
+    if notification.campaign_id is not None:
+        status = Campaign.objects.filter(pk=notification.campaign_id).values_list("status", flat=True).first()
+        if status == CampaignStatus.PAUSED:
+            _postpone(notification, now + timedelta(seconds=PAUSED_RECHECK_SECONDS), "campaign paused")
+            return True
+        if status == CampaignStatus.CANCELLED:
+            _skip(notification, "not sent: campaign cancelled")
+            return True
+    if not marketing_consent(notification.recipient, notification.channel):
+        _skip(notification, f"not sent: the recipient withdrew marketing consent for {notification.channel}")
+        return True
+    until = quiet_until(notification.recipient.timezone, now)
+    if until is not None:
+        _postpone(notification, until, f"quiet hours in {notification.recipient.timezone}")
+        return True
+    return False
+
+
+def _skip(notification: Notification, reason: str) -> None:
+    with transaction.atomic():
+        updated = Notification.objects.filter(pk=notification.pk, status=NotificationStatus.SENDING).update(
+            status=NotificationStatus.SKIPPED, last_error=reason, lease_expires_at=None, updated_at=timezone.now()
+        )
+        if updated and notification.campaign_id:
+            campaign_count(notification.campaign_id, skipped=1)
+    logger.info("notification %s skipped priority=%s: %s", notification.pk, notification.priority, reason)
+    if notification.campaign_id:
+        campaign_finish_if_done(campaign_id=notification.campaign_id)
+
+
+def _postpone(notification: Notification, until, reason: str) -> None:
+    """Wait without using an attempt or the retry budget (the wait is the recipient's wish, not a failure)."""
+    Notification.objects.filter(pk=notification.pk, status=NotificationStatus.SENDING).update(
+        status=NotificationStatus.FAILED,
+        attempts=F("attempts") - 1,
+        next_attempt_at=until,
+        last_error=f"waiting: {reason} until {until.isoformat()}",
+        lease_expires_at=None,
+        updated_at=timezone.now(),
+    )
+    logger.info("notification %s postponed until %s: %s", notification.pk, until.isoformat(), reason)
 
 
 def _provider_order(notification: Notification) -> list[BaseProvider]:
@@ -196,17 +269,24 @@ def _provider_order(notification: Notification) -> list[BaseProvider]:
 
 def _mark_sent(notification: Notification, provider: str, message_id: str) -> None:
     now = timezone.now()
-    Notification.objects.filter(pk=notification.pk, status=NotificationStatus.SENDING).update(
-        status=NotificationStatus.SENT,
-        provider=provider,
-        provider_message_id=message_id,
-        outcome_unknown=False,
-        sent_at=now,
-        lease_expires_at=None,
-        next_attempt_at=None,
-        last_error="",
-        updated_at=now,
-    )
+    with transaction.atomic():
+        updated = Notification.objects.filter(pk=notification.pk, status=NotificationStatus.SENDING).update(
+            status=NotificationStatus.SENT,
+            provider=provider,
+            provider_message_id=message_id,
+            outcome_unknown=False,
+            sent_at=now,
+            lease_expires_at=None,
+            next_attempt_at=None,
+            last_error="",
+            updated_at=now,
+        )
+        if updated and notification.campaign_id:
+            campaign_count(notification.campaign_id, sent=1)
+    RollingCounter(f"provider:{provider}:sent").add(1)
+    if notification.campaign_id:
+        campaign_rate(notification.campaign_id).add(1)
+        campaign_finish_if_done(campaign_id=notification.campaign_id)
     logger.info(
         "notification %s sent priority=%s channel=%s provider=%s attempt=%s id=%s",
         notification.pk,
@@ -218,7 +298,7 @@ def _mark_sent(notification: Notification, provider: str, message_id: str) -> No
     )
 
 
-def _schedule_retry(
+def schedule_retry(
     notification: Notification,
     error: str,
     provider: str,
@@ -231,11 +311,12 @@ def _schedule_retry(
     now = timezone.now()
     policy = retry_policy(notification.priority)
     attempts = notification.attempts - 1 if refund_attempt else notification.attempts
-    moment = policy.next_attempt_at(
-        attempt=attempts, created_at=notification.created_at, now=now, retry_after=retry_after
-    )
+    # A campaign row may wait hours for its turn (rate limit, quiet hours): its retry
+    # budget runs from its first failure, not from the fan-out.
+    started = (notification.first_failed_at or now) if notification.campaign_id else notification.created_at
+    moment = policy.next_attempt_at(attempt=attempts, created_at=started, now=now, retry_after=retry_after)
     if moment is None:
-        _dead_letter(notification, TransientError(f"retries exhausted: {error}"), provider=provider)
+        dead_letter(notification, TransientError(f"retries exhausted: {error}"), provider=provider)
         return
     Notification.objects.filter(pk=notification.pk, status=NotificationStatus.SENDING).update(
         status=NotificationStatus.FAILED,
@@ -260,7 +341,7 @@ def _schedule_retry(
     )
 
 
-def _dead_letter(notification: Notification, error: JobError | str, provider: str = "") -> None:
+def dead_letter(notification: Notification, error: JobError | str, provider: str = "") -> None:
     now = timezone.now()
     with transaction.atomic():
         updated = (
@@ -278,6 +359,8 @@ def _dead_letter(notification: Notification, error: JobError | str, provider: st
         )
         if not updated:
             return
+        if notification.campaign_id:
+            campaign_count(notification.campaign_id, dead=1)
         deadletter_record(
             job_name=JOB_NAME,
             arguments={"args": [str(notification.pk)], "to": notification.to, "template": notification.template},
@@ -297,18 +380,23 @@ def _dead_letter(notification: Notification, error: JobError | str, provider: st
         notification.attempts,
         error,
     )
+    if notification.campaign_id:
+        campaign_finish_if_done(campaign_id=notification.campaign_id)
 
 
 def notification_replay(dead_letter: DeadLetter) -> None:
     """Replayer of the dead-letter table: back to queued with fresh attempts and the same idempotency key."""
     notification = Notification.objects.get(pk=dead_letter.subject_id)
-    Notification.objects.filter(pk=notification.pk, status=NotificationStatus.DEAD).update(
-        status=NotificationStatus.QUEUED,
-        attempts=0,
-        next_attempt_at=None,
-        queued_at=timezone.now(),
-        updated_at=timezone.now(),
-    )
+    with transaction.atomic():
+        replayed = Notification.objects.filter(pk=notification.pk, status=NotificationStatus.DEAD).update(
+            status=NotificationStatus.QUEUED,
+            attempts=0,
+            next_attempt_at=None,
+            queued_at=timezone.now(),
+            updated_at=timezone.now(),
+        )
+        if replayed and notification.campaign_id:
+            campaign_count(notification.campaign_id, dead=-1)
     notification_publish(notification)
 
 

@@ -1,4 +1,5 @@
-"""The notification domain's tables: recipients, their push devices, notifications (also the outbox) and API tokens."""
+"""The notification domain's tables: recipients, push devices, notifications (also the outbox), campaigns,
+their batches, suppressed addresses and API tokens."""
 
 import hashlib
 import secrets
@@ -70,6 +71,9 @@ class NotificationStatus(models.TextChoices):
     SENT = "sent", "sent (accepted by a provider)"
     FAILED = "failed", "failed (waiting for its next attempt)"
     DEAD = "dead", "dead (in the dead-letter table)"
+    #: Campaign rows wait here, outside the relay's index, until their batch sends them.
+    SCHEDULED = "scheduled", "scheduled (in a campaign batch, not yet sent)"
+    SKIPPED = "skipped", "skipped (consent withdrawn, address suppressed or campaign cancelled)"
 
 
 class Notification(models.Model):
@@ -80,12 +84,15 @@ class Notification(models.Model):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    idempotency_key = models.CharField(max_length=255, unique=True)
+    #: The caller's key (API Idempotency-Key, scoped per user); campaign rows have none, their
+    #: primary key is unique per (campaign, recipient) already.  See `delivery_key`.
+    idempotency_key = models.CharField(max_length=255, blank=True, default="")
     #: Hash of the request that created the row, so a key reused for a different request is refused.
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
     priority = models.CharField(max_length=16, choices=Priority.choices)
     channel = models.CharField(max_length=8, choices=Channel.choices)
-    recipient = models.ForeignKey(Recipient, on_delete=models.PROTECT, related_name="notifications")
+    # Indexed by notif_recipient_idx (recipient, -created_at); a second index would slow every insert.
+    recipient = models.ForeignKey(Recipient, on_delete=models.PROTECT, related_name="notifications", db_index=False)
     #: The address the message goes to, fixed at submit time.
     to = models.CharField(max_length=512)
     template = models.CharField(max_length=100)
@@ -96,7 +103,7 @@ class Notification(models.Model):
     provider_message_id = models.CharField(max_length=255, blank=True, default="")
     last_error = models.TextField(blank=True, default="")
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
     )
     created_at = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(null=True, blank=True)
@@ -109,6 +116,19 @@ class Notification(models.Model):
     #: The last provider may have accepted it (timeout after sending): the next attempt
     #: goes to that provider first, with the same idempotency key.
     outcome_unknown = models.BooleanField(default=False)
+    #: The campaign that materialised this row; its pk encodes (campaign, recipient), see campaigns.py.
+    # No index and no database constraint: a per-row constraint check would halve the fan-out's
+    # insert rate, and a campaign's rows are found by primary-key range (see campaigns.py).
+    # Started campaigns are never deleted (the admin refuses).
+    campaign = models.ForeignKey(
+        "Campaign",
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        related_name="notifications",
+        db_index=False,
+        db_constraint=False,
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -116,7 +136,13 @@ class Notification(models.Model):
         indexes = [
             # The admin's default list and its filters.
             models.Index(fields=["-created_at"], name="notif_created_idx"),
-            models.Index(fields=["status", "priority", "channel"], name="notif_status_prio_chan_idx"),
+            # Not for scheduled campaign rows: millions of entries nobody filters on (a campaign's rows
+            # are found by key range), and a planner with stale statistics would scan them.
+            models.Index(
+                fields=["status", "priority", "channel"],
+                name="notif_status_prio_chan_idx",
+                condition=~Q(status="scheduled"),
+            ),
             models.Index(fields=["recipient", "-created_at"], name="notif_recipient_idx"),
             # The relay scans only unfinished rows; a partial index keeps that scan
             # small when the table holds millions of sent notifications.
@@ -130,6 +156,16 @@ class Notification(models.Model):
                 name="notif_retry_due_idx",
                 condition=Q(status="failed"),
             ),
+            # The API's "my notifications" filter; campaign rows (millions, no creator) stay out.
+            models.Index(fields=["created_by"], name="notif_created_by_idx", condition=Q(created_by__isnull=False)),
+        ]
+        constraints = [
+            # A constraint, not unique=True: that would add a second (LIKE) index on the key.
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                name="notif_idempotency_key_unique",
+                condition=~Q(idempotency_key=""),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -138,6 +174,139 @@ class Notification(models.Model):
     @property
     def queue(self) -> str:
         return f"{self.priority}.{self.channel}"
+
+    @property
+    def delivery_key(self) -> str:
+        """The idempotency key sent to providers: the caller's key, else one derived from the id."""
+        return self.idempotency_key or f"notification:{self.pk}"
+
+
+class CampaignStatus(models.TextChoices):
+    DRAFT = "draft"
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"
+
+
+class Campaign(models.Model):
+    """One marketing message to an audience: every recipient with marketing consent for the
+    channel, optionally narrowed to a locale and a tag.  Counters are kept by the workers in
+    the same transactions that change the rows they count."""
+
+    name = models.CharField(max_length=200)
+    template = models.CharField(max_length=100)
+    channel = models.CharField(max_length=8, choices=Channel.choices, default=Channel.EMAIL)
+    context = models.JSONField(default=dict, blank=True)
+    audience_locale = models.CharField(max_length=16, blank=True, default="", help_text="Only this locale (optional).")
+    audience_tag = models.CharField(max_length=50, blank=True, default="", help_text="Only this tag (optional).")
+    status = models.CharField(max_length=16, choices=CampaignStatus.choices, default=CampaignStatus.DRAFT)
+    #: Notifications written so far; final once fanout_completed_at is set.
+    materialized_count = models.BigIntegerField(default=0)
+    sent_count = models.BigIntegerField(default=0)
+    dead_count = models.BigIntegerField(default=0)
+    skipped_count = models.BigIntegerField(default=0)
+    #: The fan-out splits the recipient ids into segments written in parallel (CampaignSegment).
+    segments_total = models.PositiveIntegerField(default=0)
+    segments_done = models.PositiveIntegerField(default=0)
+    fanout_completed_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+    @property
+    def done_count(self) -> int:
+        return self.sent_count + self.dead_count + self.skipped_count
+
+    @property
+    def remaining_count(self) -> int:
+        return max(0, self.materialized_count - self.done_count)
+
+
+class CampaignSegment(models.Model):
+    """A range of recipient ids whose notifications one fan-out task writes (set-based) and splits into batches."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="segments")
+    first_recipient_id = models.BigIntegerField()
+    last_recipient_id = models.BigIntegerField()
+    queued_at = models.DateTimeField(null=True, blank=True)
+    #: Set in the transaction that wrote the segment's rows, so a segment is written once.
+    done_at = models.DateTimeField(null=True, blank=True)
+    materialized_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "first_recipient_id"], name="campaign_segment_unique_start")
+        ]
+
+    def __str__(self) -> str:
+        return f"campaign {self.campaign_id} segment {self.first_recipient_id}..{self.last_recipient_id}"
+
+
+class BatchStatus(models.TextChoices):
+    QUEUED = "queued", "queued (its message is in the broker)"
+    SENDING = "sending", "sending (a worker holds it)"
+    DEFERRED = "deferred", "deferred (quiet hours or rate limit; the relay publishes it when due)"
+    PAUSED = "paused", "paused (published again on resume)"
+    DONE = "done"
+
+
+class CampaignBatch(models.Model):
+    """A chunk of a campaign: the recipients first..last (by id); one broker message points at it.
+
+    The row, not the message, is the record: a lost message is published again by the relay.
+    """
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="batches")
+    first_recipient_id = models.BigIntegerField()
+    last_recipient_id = models.BigIntegerField()
+    size = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=BatchStatus.choices, default=BatchStatus.QUEUED)
+    runs = models.PositiveIntegerField(default=0)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "first_recipient_id"], name="campaign_batch_unique_start")
+        ]
+        indexes = [
+            models.Index(
+                fields=["status", "updated_at"],
+                name="campaign_batch_open_idx",
+                condition=~Q(status="done"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"campaign {self.campaign_id} recipients {self.first_recipient_id}..{self.last_recipient_id}"
+
+
+class Suppression(models.Model):
+    """An address nothing but security alerts is sent to any more (hard bounce, refused as invalid, complaint)."""
+
+    channel = models.CharField(max_length=8, choices=Channel.choices)
+    address = models.CharField(max_length=512)
+    reason = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["channel", "address"], name="suppression_unique_address")]
+
+    def __str__(self) -> str:
+        return f"{self.channel}:{self.address}"
 
 
 def _hash_key(key: str) -> str:

@@ -42,8 +42,12 @@ def _validate_address(channel: str, to: str) -> str:
     return to
 
 
-def recipient_resolve(*, channel: str, to: str | None = None, recipient_id: int | None = None) -> tuple[Recipient, str]:
-    """The recipient and the address to use: an existing recipient by id, or found/created by address."""
+def recipient_resolve(
+    *, channel: str, to: str | None = None, recipient_id: int | None = None, defaults: dict[str, Any] | None = None
+) -> tuple[Recipient, str]:
+    """The recipient and the address to use: an existing recipient by id, or found/created by address
+    (a created recipient gets `defaults`)."""
+    defaults = defaults or {}
     if (to is None) == (recipient_id is None):
         raise ValidationError({"to": "give exactly one of 'to' and 'recipient_id'"})
     if recipient_id is not None:
@@ -56,27 +60,27 @@ def recipient_resolve(*, channel: str, to: str | None = None, recipient_id: int 
         return recipient, address
     address = _validate_address(channel, to)
     if channel == Channel.EMAIL:
-        recipient = _recipient_by(email=address)
+        recipient = _recipient_by(defaults, email=address)
     elif channel == Channel.SMS:
-        recipient = _recipient_by(phone=address)
+        recipient = _recipient_by(defaults, phone=address)
     else:
         device = PushDevice.objects.select_related("recipient").filter(token=address).first()
         if device is None:
             try:
                 with transaction.atomic():
-                    device = PushDevice.objects.create(token=address, recipient=Recipient.objects.create())
+                    device = PushDevice.objects.create(token=address, recipient=Recipient.objects.create(**defaults))
             except IntegrityError:  # registered concurrently
                 device = PushDevice.objects.select_related("recipient").get(token=address)
         recipient = device.recipient
     return recipient, address
 
 
-def _recipient_by(**lookup: str) -> Recipient:
+def _recipient_by(defaults: dict[str, Any], **lookup: str) -> Recipient:
     """get_or_create without a savepoint: two round trips fewer on the submit path."""
     recipient = Recipient.objects.filter(**lookup).first()
     if recipient is None:
         # A concurrent insert of the same address wins quietly; then we read it.
-        Recipient.objects.bulk_create([Recipient(**lookup)], ignore_conflicts=True)
+        Recipient.objects.bulk_create([Recipient(**lookup, **defaults)], ignore_conflicts=True)
         recipient = Recipient.objects.get(**lookup)
     return recipient
 
@@ -146,7 +150,9 @@ def notification_send(
         # No savepoint around the insert: a duplicate key aborts this whole block,
         # and the recipient it may have created is rolled back with it.
         with transaction.atomic():
-            recipient, address = recipient_resolve(channel=channel, to=to, recipient_id=recipient_id)
+            recipient, address = recipient_resolve(
+                channel=channel, to=to, recipient_id=recipient_id, defaults=_new_recipient_defaults(priority, channel)
+            )
             notification = Notification.objects.create(
                 idempotency_key=key,
                 request_fingerprint=fingerprint,
@@ -167,6 +173,14 @@ def notification_send(
         return existing, False
     logger.info("notification %s created %s/%s template=%s", notification.pk, priority, channel, template)
     return notification, True
+
+
+def _new_recipient_defaults(priority: str, channel: str) -> dict[str, Any]:
+    """A caller who sends marketing to an address we have never seen asserts its consent; an
+    address that exists keeps what it chose (an unsubscribe is never overridden by a submit)."""
+    if priority != Priority.MARKETING:
+        return {}
+    return {f"{channel}_marketing_consent": True}
 
 
 def _existing_for_key(key: str, fingerprint: str) -> Notification | None:

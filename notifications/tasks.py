@@ -1,7 +1,7 @@
 """Celery tasks of the notification domain: thin shells around services."""
 
 from jobs.tasks import JobTask
-from notifications import delivery
+from notifications import campaign_delivery, campaigns, delivery
 from settings.celery_app import app
 
 
@@ -13,3 +13,14 @@ def notification_deliver_task(notification_id: str) -> None:
 @app.task(base=JobTask, name="notifications.relay")
 def notification_relay_task() -> None:
     delivery.notification_relay()
+    campaigns.campaign_relay()
+
+
+@app.task(base=JobTask, name="notifications.campaign_fanout")
+def campaign_fanout_task(segment_id: int) -> None:
+    campaigns.campaign_fanout_segment(segment_id=segment_id)
+
+
+@app.task(base=JobTask, name="notifications.campaign_batch")
+def campaign_batch_task(batch_id: int) -> None:
+    campaign_delivery.campaign_batch_send(batch_id=batch_id)

@@ -12,6 +12,9 @@ CHANNELS = ("email", "sms", "push")
 #: Queue for job-runtime housekeeping (outbox relay, periodic sweeps); consumed
 #: by the transactional pool so it never competes with security sends.
 DEFAULT_QUEUE = "jobs.default"
+#: Campaign fan-out tasks (write a segment of a campaign's notifications); consumed by
+#: the marketing pool beside its send queues, so a fan-out never waits behind batches.
+FANOUT_QUEUE = "marketing.fanout"
 
 
 def queue_name(priority: str, channel: str) -> str:
@@ -23,7 +26,7 @@ def queue_name(priority: str, channel: str) -> str:
 
 
 def all_queue_names() -> list[str]:
-    return [queue_name(p, c) for p in PRIORITIES for c in CHANNELS] + [DEFAULT_QUEUE]
+    return [queue_name(p, c) for p in PRIORITIES for c in CHANNELS] + [DEFAULT_QUEUE, FANOUT_QUEUE]
 
 
 def pool_queues(priority: str) -> list[str]:
@@ -31,6 +34,8 @@ def pool_queues(priority: str) -> list[str]:
     queues = [queue_name(priority, c) for c in CHANNELS]
     if priority == "transactional":
         queues.append(DEFAULT_QUEUE)
+    if priority == "marketing":
+        queues.append(FANOUT_QUEUE)
     return queues
 
 

@@ -42,6 +42,8 @@ class BaseProvider:
     channel: ClassVar[str]
     #: The vendor, as the sandbox and logs name it.
     vendor: ClassVar[str]
+    #: Most messages `send_batch` takes per call (vendors with a batch endpoint raise it).
+    max_batch: ClassVar[int] = 50
 
     def __init__(self, *, name: str, timeout: float, **options: Any) -> None:
         self.name = name

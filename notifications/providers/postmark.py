@@ -1,7 +1,10 @@
-"""E-mail through Postmark's HTTP API, sent by django-anymail's Postmark backend."""
+"""E-mail through Postmark's HTTP API: single sends by django-anymail's Postmark backend, batches
+(up to 500 messages per call) through Postmark's batch endpoint with anymail's payloads."""
 
+import json
 from typing import Any
 
+import requests
 from anymail.backends.postmark import EmailBackend
 from anymail.exceptions import (
     AnymailAPIError,
@@ -11,7 +14,7 @@ from anymail.exceptions import (
     AnymailRequestsAPIError,
 )
 
-from jobs.errors import ConfigurationError, PermanentError, TransientError
+from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
 from notifications.providers._email import build_email
 from notifications.providers.base import (
     BaseProvider,
@@ -21,10 +24,15 @@ from notifications.providers.base import (
     classify_request_exception,
 )
 
+#: Postmark's per-message error codes that say the address itself is bad: 300 invalid
+#: address, 406 inactive recipient (it hard-bounced or complained before).
+RECIPIENT_ERROR_CODES = {300, 406}
+
 
 class Provider(BaseProvider):
     channel = "email"
     vendor = "postmark"
+    max_batch = 500
 
     def __init__(self, *, api_url: str, server_token: str, from_email: str | None = None, **options: Any) -> None:
         super().__init__(**options)
@@ -43,9 +51,9 @@ class Provider(BaseProvider):
         try:
             email.send()
         except AnymailRecipientsRefused as exc:
-            raise PermanentError(f"{self.name}: recipient refused: {exc}") from exc
+            raise PermanentError(f"{self.name}: recipient refused: {exc}", recipient_refused=True) from exc
         except AnymailInvalidAddress as exc:
-            raise PermanentError(f"{self.name}: invalid address: {exc}") from exc
+            raise PermanentError(f"{self.name}: invalid address: {exc}", recipient_refused=True) from exc
         except AnymailRequestsAPIError as exc:
             raise self._classify(exc) from exc
         except AnymailAPIError as exc:
@@ -58,6 +66,59 @@ class Provider(BaseProvider):
             recipient = status.recipients.get(message.to)
             message_id = recipient.message_id if recipient else ""
         return SendResult(message_id=message_id or "")
+
+    def send_batch(self, messages: list[OutboundMessage]) -> list[SendResult | JobError]:
+        """One call to /email/batch; Postmark answers one result per message, in order."""
+        if len(messages) > self.max_batch:
+            raise ValueError(f"{self.name}: a batch holds at most {self.max_batch} messages, not {len(messages)}")
+        payloads = []
+        for message in messages:
+            email = build_email(message, connection=self.backend, from_email=self.from_email)
+            email.metadata = {"idempotency_key": message.idempotency_key, "notification_id": message.notification_id}
+            payloads.append(self.backend.build_message_payload(email, self.backend.send_defaults))
+        request = payloads[0].get_request_params(self.backend.api_url)
+        try:
+            response = self.backend.session.post(
+                self.backend.api_url + "email/batch",
+                data=json.dumps([payload.data for payload in payloads]),
+                headers=request["headers"],
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            error = classify_request_exception(exc, what=self.name)
+            return [error] * len(messages)
+        if response.status_code != 200:
+            error = self._classify(AnymailRequestsAPIError(response=response))
+            if isinstance(error, ConfigurationError):
+                raise error
+            return [error] * len(messages)
+        try:
+            answers = response.json()
+        except ValueError:
+            answers = None
+        if not isinstance(answers, list) or len(answers) != len(messages):
+            # The call went through but the answer cannot be matched to messages: unknown outcome.
+            error = TransientError(
+                f"{self.name}: batch answer does not list {len(messages)} results",
+                status=response.status_code,
+                response_text=response.text,
+                unknown_outcome=True,
+            )
+            return [error] * len(messages)
+        return [self._batch_result(answer) for answer in answers]
+
+    def _batch_result(self, answer: Any) -> SendResult | JobError:
+        code = answer.get("ErrorCode") if isinstance(answer, dict) else None
+        if code == 0:
+            return SendResult(message_id=str(answer.get("MessageID") or ""))
+        text = str(answer.get("Message", "")) if isinstance(answer, dict) else str(answer)
+        if code in RECIPIENT_ERROR_CODES:
+            return PermanentError(f"{self.name}: recipient refused (code {code}): {text}", recipient_refused=True)
+        if code in (10, 400, 401):
+            return ConfigurationError(f"{self.name}: Postmark refused the server token or sender (code {code})")
+        if code == 429:
+            return TransientError(f"{self.name}: rate limited (code {code})", status=429, retry_after=1.0)
+        return PermanentError(f"{self.name}: Postmark error {code}: {text}")
 
     def _classify(self, exc: AnymailRequestsAPIError) -> Exception:
         response = exc.response

@@ -84,8 +84,10 @@ def test_a_batch_is_granted_whole_or_not_at_all(name):
     wait = limiter.acquire(5)
     assert 0.2 < wait <= 0.3  # three tokens short at 10/s
     assert limiter.acquire(2) == 0.0  # the refused batch took nothing
-    with pytest.raises(ValueError, match="at most 10"):
+    with pytest.raises(ValueError, match="batches of 1 to 10"):
         limiter.acquire(11)
+    with pytest.raises(ValueError, match="batches of 1 to 8"):
+        limiter.acquire(9, share=0.8)
 
 
 def test_marketing_share_leaves_headroom_for_urgent_work(name):
@@ -96,10 +98,44 @@ def test_marketing_share_leaves_headroom_for_urgent_work(name):
     granted = 0
     while limiter.acquire(1, share=marketing) == 0.0:
         granted += 1
-    assert 8 <= granted <= 9  # 80 % of the burst (a ninth only if the loop outlived a 100 ms refill)
+    assert 8 <= granted <= 9  # 80 % of the burst (a ninth only if the loop outlived a refill)
     assert limiter.acquire(1, share=marketing) > 0.0
     # Marketing is saturated, yet a security send still goes out now: the last 20 % was kept.
     assert limiter.acquire(2, share=limiter.share_for("security")) == 0.0
+
+
+def test_marketing_share_caps_the_sustained_rate_and_urgent_sends_get_through(name):
+    limiter = RateLimiter(name, 200, burst=10, marketing_share=0.5)
+    seconds, micros = limiter.client.time()
+    start = seconds + micros / 1_000_000
+    marketing, urgent, urgent_refused = [], [], 0
+    next_urgent = start
+    while True:
+        # Marketing asks as fast as it can; it must never get more than its half.
+        wait, at = limiter.acquire_at(5, share=0.5)
+        if at >= start + 2.0:
+            break
+        if wait == 0.0:
+            marketing.append(at)
+        if at >= next_urgent:  # an urgent send every 20 ms (50/s)
+            next_urgent += 0.02
+            if limiter.acquire(1) == 0.0:
+                urgent.append(at)
+            else:
+                urgent_refused += 1
+        time.sleep(0.0005)
+    in_last_second = 5 * sum(1 for g in marketing if start + 1.0 <= g < start + 2.0)
+    assert 90 <= in_last_second <= 105
+    assert urgent_refused == 0 and len(urgent) >= 90
+
+
+def test_acquire_within_sleeps_through_short_waits_only(name):
+    limiter = RateLimiter(name, 10, burst=2)
+    assert limiter.acquire(2) == 0.0
+    started = time.monotonic()
+    assert limiter.acquire_within(1, max_wait=0.5) == 0.0  # about 0.1 s slept
+    assert time.monotonic() - started >= 0.05
+    assert limiter.acquire_within(2, max_wait=0.05) > 0.05  # too long: the caller reschedules
 
 
 def test_a_full_share_caller_is_not_limited_by_the_marketing_share(name):
@@ -116,7 +152,7 @@ def test_a_429_pauses_every_worker(name):
     limiter.penalize(0.5)  # several workers see the same 429: the pauses overlap, not add up
     wait = other_worker.acquire(1)
     assert 0.5 < wait <= 0.5 + 1 / 20
-    assert other_worker.acquire(1, share=0.8) > wait
+    assert other_worker.acquire(1, share=0.8) > 0.4  # marketing is paused as well
     time.sleep(wait)
     assert other_worker.acquire(1) == 0.0
     assert other_worker.acquire(1) > 0.0  # after the pause the rate resumes without a burst
@@ -135,11 +171,11 @@ def test_unreachable_redis_lets_sends_through():
 
 
 @override_settings(
-    JOBS_RATE_LIMITS={"postmark": {"rate_per_second": 1000, "marketing_share": 0.8}, "typo": {"rate": 5}}
+    JOBS_RATE_LIMITS={"postmark": {"rate_per_second": 1000, "burst": 10, "marketing_share": 0.8}, "typo": {"rate": 5}}
 )
 def test_limits_come_from_settings():
     limiter = rate_limiter_for("postmark")
-    assert (limiter.rate_per_second, limiter.burst, limiter.share_for("marketing")) == (1000, 1000, 0.8)
+    assert (limiter.rate_per_second, limiter.burst, limiter.share_for("marketing")) == (1000, 10, 0.8)
     assert rate_limiter_for("twilio") is None
     with pytest.raises(ImproperlyConfigured, match="rate_per_second"):
         rate_limiter_for("typo")

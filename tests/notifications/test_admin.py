@@ -54,3 +54,59 @@ def test_notifications_cannot_be_edited_in_the_admin(admin_client):
     notification.refresh_from_db()
     assert notification.status == "pending"
     assert response.status_code in (200, 403)
+
+
+CAMPAIGN_ADD_URL = "/admin/notifications/campaign/add/"
+
+
+def campaign_form(**overrides) -> dict:
+    return {
+        "name": "Spring sale",
+        "template": "newsletter",
+        "channel": "email",
+        "context_json": '{"headline": "Spring", "body": "Hello"}',
+        "audience_locale": "",
+        "audience_tag": "",
+        **overrides,
+    }
+
+
+def test_a_campaign_is_created_in_the_admin_and_started_by_an_action(admin_client):
+    from notifications.models import Campaign, Recipient
+
+    Recipient.objects.create(email="r@example.com", email_marketing_consent=True)
+    assert admin_client.post(CAMPAIGN_ADD_URL, campaign_form()).status_code == 302
+    campaign = Campaign.objects.get()
+    assert campaign.status == "draft" and campaign.context == {"headline": "Spring", "body": "Hello"}
+
+    response = admin_client.post(
+        "/admin/notifications/campaign/",
+        {"action": "start", "_selected_action": [campaign.pk]},
+        follow=True,
+    )
+
+    assert "Started 1 campaign(s)" in response.content.decode()
+    campaign.refresh_from_db()
+    assert campaign.status == "running" and campaign.segments_total == 1
+
+
+def test_the_campaign_list_shows_progress_rate_and_time_to_finish(admin_client):
+    from notifications.models import Campaign
+
+    Campaign.objects.create(
+        name="Big one", template="newsletter", channel="email", status="running",
+        materialized_count=1000, sent_count=250, dead_count=5, skipped_count=45, segments_total=1, segments_done=1,
+    )  # fmt: skip
+    page = admin_client.get("/admin/notifications/campaign/").content.decode()
+    assert '<progress class="campaign-progress" value="300" max="1000"' in page
+    assert "250 sent · 5 failed · 45 skipped · 700 remaining" in page
+    assert "Send rate" in page and "Time to finish" in page
+
+
+def test_a_campaign_with_a_bad_context_is_refused_with_the_reason(admin_client):
+    from notifications.models import Campaign
+
+    response = admin_client.post(CAMPAIGN_ADD_URL, campaign_form(context_json='{"headline": "x"}'))
+    assert response.status_code == 200
+    assert "missing variable(s)" in response.content.decode()
+    assert not Campaign.objects.exists()

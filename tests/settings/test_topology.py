@@ -16,7 +16,7 @@ def test_nine_notification_queues_named_priority_dot_channel():
     names = [q.name for q in settings.CELERY_TASK_QUEUES]
     expected = {f"{p}.{c}" for p in ("security", "transactional", "marketing") for c in ("email", "sms", "push")}
     assert expected <= set(names)
-    assert set(names) - expected == {topology.DEFAULT_QUEUE}
+    assert set(names) - expected == {topology.DEFAULT_QUEUE, topology.FANOUT_QUEUE}
 
 
 def test_each_pool_consumes_only_its_priority():

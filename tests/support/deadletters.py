@@ -2,7 +2,7 @@
 
 from jobs.errors import PermanentError
 from jobs.models import DeadLetter
-from notifications.delivery import _dead_letter
+from notifications.delivery import dead_letter
 from notifications.models import Notification
 from notifications.services import notification_send
 
@@ -25,6 +25,6 @@ def make_dead_letter(
     try:  # raised, so the dead letter carries a real traceback
         raise PermanentError(f"invalid recipient {notification.to}")
     except PermanentError as exc:
-        _dead_letter(notification, exc, provider=provider)
+        dead_letter(notification, exc, provider=provider)
     notification.refresh_from_db()
     return notification, DeadLetter.objects.get(subject_id=str(notification.pk))

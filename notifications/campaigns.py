@@ -1,0 +1,482 @@
+"""Campaigns: create, start, pause, resume, cancel, and the set-based fan-out that materialises their notifications.
+
+    start -> segments (ranges of recipient ids, ~100k each), one fan-out task per segment
+    fan-out task -> INSERT ... SELECT the segment's notifications (status scheduled)
+                    + its batches (BATCH_SIZE recipients each), one broker message per batch
+    batch task -> claim, check consent / suppression / quiet hours, send under the global
+                  rate limit through the provider's batch endpoint (campaign_delivery.py)
+
+A campaign notification's primary key is derived from (campaign, recipient), so rows are
+written in key order (cheap inserts), a batch is a key range (no extra index), and
+writing a segment twice cannot write a recipient twice.
+"""
+
+import logging
+import re
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from jobs.publishing import publish, publish_after_commit
+from jobs.rates import RollingCounter
+from jobs.redis import queue_length
+from notifications.models import (
+    BatchStatus,
+    Campaign,
+    CampaignBatch,
+    CampaignSegment,
+    CampaignStatus,
+    Channel,
+    Notification,
+)
+from notifications.rendering import render
+from settings.topology import FANOUT_QUEUE, queue_name
+
+logger = logging.getLogger(__name__)
+
+#: Recipient ids per fan-out task: about a second of INSERT ... SELECT, far inside a task's time limit.
+SEGMENT_SIZE = 100_000
+#: Notifications per batch message: 5 M recipients make 10,000 messages of ~1 KB in the broker.
+BATCH_SIZE = 500
+#: The address and marketing-consent columns of each channel (fixed names, never user input).
+CONSENT_COLUMN = {
+    Channel.EMAIL: "email_marketing_consent",
+    Channel.SMS: "sms_marketing_consent",
+    Channel.PUSH: "push_marketing_consent",
+}
+LABEL = re.compile(r"^[A-Za-z0-9_.:-]{1,50}$")
+
+
+# --- keys ---------------------------------------------------------------------------
+
+
+def _key_prefix(campaign_id: int) -> str:
+    # 12 hex digits of campaign, then version 8 (RFC 9562: custom) and variant bits, so a
+    # campaign key never equals a random uuid4 key (version 4).
+    return f"{campaign_id:012x}8000"
+
+
+def campaign_notification_id(campaign_id: int, recipient_id: int) -> uuid.UUID:
+    """The primary key of the notification of `campaign_id` to `recipient_id`."""
+    return uuid.UUID(f"{_key_prefix(campaign_id)}8{recipient_id:015x}")
+
+
+def batch_key_range(batch: CampaignBatch) -> tuple[uuid.UUID, uuid.UUID]:
+    return (
+        campaign_notification_id(batch.campaign_id, batch.first_recipient_id),
+        campaign_notification_id(batch.campaign_id, batch.last_recipient_id),
+    )
+
+
+def campaign_notifications(campaign: Campaign):
+    """All notifications of a campaign, found by key range (the campaign column has no index)."""
+    return Notification.objects.filter(
+        pk__gte=campaign_notification_id(campaign.pk, 0),
+        pk__lte=uuid.UUID(f"{_key_prefix(campaign.pk)}8{'f' * 15}"),
+    )
+
+
+def campaign_rate(campaign_id: int) -> RollingCounter:
+    """Sends per second of one campaign (every worker adds to it)."""
+    return RollingCounter(f"campaign:{campaign_id}:sent")
+
+
+#: Seconds the displayed send rate averages over.
+RATE_WINDOW_SECONDS = 10
+
+
+def campaign_progress(campaign: Campaign) -> dict[str, Any]:
+    """What an operator wants to see: counts, percent done, current rate and time to finish."""
+    total = campaign.materialized_count
+    rate = campaign_rate(campaign.pk).rate(RATE_WINDOW_SECONDS) if campaign.status == CampaignStatus.RUNNING else 0.0
+    remaining = campaign.remaining_count
+    return {
+        "id": campaign.pk,
+        "name": campaign.name,
+        "status": campaign.status,
+        "fanout_complete": campaign.fanout_completed_at is not None,
+        "segments": {"done": campaign.segments_done, "total": campaign.segments_total},
+        "recipients": total,
+        "sent": campaign.sent_count,
+        "failed": campaign.dead_count,
+        "skipped": campaign.skipped_count,
+        "remaining": remaining,
+        "percent_done": round(100 * campaign.done_count / total, 1) if total else 0.0,
+        "rate_per_second": round(rate, 1),
+        "eta_seconds": round(remaining / rate) if rate > 0 and remaining else None,
+        "started_at": campaign.started_at.isoformat() if campaign.started_at else None,
+        "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
+    }
+
+
+# --- lifecycle ----------------------------------------------------------------------
+
+
+def campaign_validate(
+    *, name: str, template: str, channel: str, context: dict[str, Any], audience_locale: str, audience_tag: str
+) -> None:
+    """Raise ValidationError (field -> reason) unless a campaign with these values can be sent."""
+    errors: dict[str, str] = {}
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        errors["name"] = "1 to 200 characters"
+    if channel not in Channel.values:
+        errors["channel"] = f"unknown channel {channel!r}; expected one of {', '.join(Channel.values)}"
+    if not isinstance(context, dict):
+        errors["context"] = "must be a JSON object"
+    if audience_locale and not LABEL.match(audience_locale) or len(audience_locale) > 16:
+        errors["audience.locale"] = "a locale like 'en' or 'de-CH' (letters, digits, - _ . :), at most 16 characters"
+    if audience_tag and not LABEL.match(audience_tag):
+        errors["audience.tag"] = "a tag of 1 to 50 letters, digits or - _ . :"
+    if errors:
+        raise ValidationError(errors)
+    # Every recipient gets the same content; a template that cannot render is refused now.
+    render(template=template, channel=channel, context=context)
+
+
+def campaign_create(
+    *,
+    name: str,
+    template: str,
+    channel: str,
+    context: dict[str, Any] | None = None,
+    audience_locale: str = "",
+    audience_tag: str = "",
+    created_by=None,
+) -> Campaign:
+    """A campaign in draft; nothing is sent until `campaign_start`."""
+    context = context if context is not None else {}
+    campaign_validate(
+        name=name,
+        template=template,
+        channel=channel,
+        context=context,
+        audience_locale=audience_locale,
+        audience_tag=audience_tag,
+    )
+    return Campaign.objects.create(
+        name=name.strip(),
+        template=template,
+        channel=channel,
+        context=context,
+        audience_locale=audience_locale,
+        audience_tag=audience_tag,
+        created_by=created_by,
+    )
+
+
+class CampaignStateError(Exception):
+    """The campaign is not in a state that allows this action."""
+
+
+def _transition(campaign_id: int, allowed: tuple[str, ...], action: str) -> Campaign:
+    campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
+    if campaign is None:
+        raise Campaign.DoesNotExist(f"no campaign {campaign_id}")
+    if campaign.status not in allowed:
+        raise CampaignStateError(
+            f"campaign {campaign.pk} is {campaign.status}; only a {' or '.join(allowed)} campaign can be {action}"
+        )
+    return campaign
+
+
+def campaign_start(*, campaign_id: int) -> Campaign:
+    """Draft -> running: split the recipient ids into segments and queue one fan-out task each.
+
+    Answers in milliseconds whatever the audience size; the fan-out runs in the workers.
+    The audience is the recipients that exist now (ids up to the current maximum).
+    """
+    from notifications.tasks import campaign_fanout_task
+
+    now = timezone.now()
+    with transaction.atomic():
+        campaign = _transition(campaign_id, (CampaignStatus.DRAFT,), "started")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT min(id), max(id) FROM notifications_recipient")
+            low, high = cursor.fetchone()
+            segment_ids: list[int] = []
+            if low is not None:
+                cursor.execute(
+                    """
+                    INSERT INTO notifications_campaignsegment
+                        (campaign_id, first_recipient_id, last_recipient_id, queued_at, materialized_count)
+                    SELECT %s, s, LEAST(s + %s - 1, %s), %s, 0 FROM generate_series(%s::bigint, %s::bigint, %s) s
+                    RETURNING id
+                    """,
+                    [campaign.pk, SEGMENT_SIZE, high, now, low, high, SEGMENT_SIZE],
+                )
+                segment_ids = [row[0] for row in cursor.fetchall()]
+        segments = len(segment_ids)
+        campaign.status = CampaignStatus.RUNNING
+        campaign.started_at = now
+        campaign.segments_total = segments
+        if segments == 0:
+            campaign.fanout_completed_at = now
+            campaign.status = CampaignStatus.COMPLETED
+            campaign.finished_at = now
+        campaign.save()
+        for segment_id in segment_ids:
+            publish_after_commit(campaign_fanout_task, args=[segment_id], queue=FANOUT_QUEUE, background=True)
+    logger.info("campaign %s started: %s fan-out segment(s)", campaign.pk, segments)
+    return campaign
+
+
+def campaign_pause(*, campaign_id: int) -> Campaign:
+    """Running -> paused.  Workers check the status before every provider call, so sending stops within a call."""
+    with transaction.atomic():
+        campaign = _transition(campaign_id, (CampaignStatus.RUNNING,), "paused")
+        campaign.status = CampaignStatus.PAUSED
+        campaign.save(update_fields=["status", "updated_at"])
+    logger.info("campaign %s paused", campaign.pk)
+    return campaign
+
+
+def campaign_resume(*, campaign_id: int) -> Campaign:
+    """Paused -> running: the batches that were handed back while paused are queued again."""
+    with transaction.atomic():
+        campaign = _transition(campaign_id, (CampaignStatus.PAUSED,), "resumed")
+        campaign.status = CampaignStatus.RUNNING
+        campaign.save(update_fields=["status", "updated_at"])
+        batch_ids = list(
+            CampaignBatch.objects.filter(campaign=campaign, status=BatchStatus.PAUSED).values_list("pk", flat=True)
+        )
+        CampaignBatch.objects.filter(pk__in=batch_ids).update(
+            status=BatchStatus.QUEUED, queued_at=timezone.now(), updated_at=timezone.now()
+        )
+        _publish_batches(campaign, batch_ids, background=True)
+    logger.info("campaign %s resumed: %s batch(es) queued again", campaign.pk, len(batch_ids))
+    return campaign
+
+
+def campaign_cancel(*, campaign_id: int) -> Campaign:
+    """Running or paused -> cancelled: nothing more is sent; the unsent rows become skipped."""
+    with transaction.atomic():
+        campaign = _transition(
+            campaign_id, (CampaignStatus.DRAFT, CampaignStatus.RUNNING, CampaignStatus.PAUSED), "cancelled"
+        )
+        campaign.status = CampaignStatus.CANCELLED
+        campaign.finished_at = timezone.now()
+        campaign.save(update_fields=["status", "finished_at", "updated_at"])
+        # Batches nobody will pick up (handed back while paused, or waiting out quiet
+        # hours) are queued once more; their task marks the rows skipped.
+        batch_ids = list(
+            CampaignBatch.objects.filter(
+                campaign=campaign, status__in=[BatchStatus.PAUSED, BatchStatus.DEFERRED]
+            ).values_list("pk", flat=True)
+        )
+        CampaignBatch.objects.filter(pk__in=batch_ids).update(
+            status=BatchStatus.QUEUED, queued_at=timezone.now(), next_attempt_at=None, updated_at=timezone.now()
+        )
+        _publish_batches(campaign, batch_ids, background=True)
+    logger.info("campaign %s cancelled", campaign.pk)
+    return campaign
+
+
+def _publish_batches(campaign: Campaign, batch_ids: list[int], *, background: bool = False) -> None:
+    from notifications.tasks import campaign_batch_task
+
+    queue = queue_name("marketing", campaign.channel)
+    if background:
+        for batch_id in batch_ids:
+            publish_after_commit(campaign_batch_task, args=[batch_id], queue=queue, background=True)
+        return
+
+    def _now() -> None:
+        for batch_id in batch_ids:
+            publish(campaign_batch_task, args=[batch_id], queue=queue)
+
+    transaction.on_commit(_now, robust=True)
+
+
+# --- fan-out ----------------------------------------------------------------------
+
+_FANOUT_SQL = """
+WITH chosen AS MATERIALIZED (
+    SELECT r.id, {address} AS address
+    FROM notifications_recipient r
+    WHERE r.id BETWEEN %(first)s AND %(last)s
+      AND r.{consent}
+      AND {address} IS NOT NULL AND {address} <> ''
+      {audience}
+),
+written AS (
+    INSERT INTO notifications_notification
+        (id, idempotency_key, request_fingerprint, priority, channel, recipient_id, "to", template, context,
+         status, attempts, provider, provider_message_id, last_error, outcome_unknown, campaign_id,
+         created_at, updated_at)
+    SELECT (%(prefix)s || '8' || lpad(to_hex(c.id), 15, '0'))::uuid, '', '', 'marketing', %(channel)s, c.id,
+           c.address, %(template)s, '{{}}'::jsonb, 'scheduled', 0, '', '', '', false, %(campaign)s, %(now)s, %(now)s
+    FROM chosen c
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+),
+bounds AS (
+    SELECT min(id) AS first_id, max(id) AS last_id, count(*) AS size
+    FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / %(batch_size)s AS batch FROM chosen) numbered
+    GROUP BY batch
+),
+batches AS (
+    INSERT INTO notifications_campaignbatch
+        (campaign_id, first_recipient_id, last_recipient_id, size, status, runs, queued_at, updated_at)
+    SELECT %(campaign)s, first_id, last_id, size, 'queued', 0, %(now)s, %(now)s FROM bounds
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM written), (SELECT coalesce(array_agg(id ORDER BY id), '{{}}') FROM batches)
+"""
+
+_PUSH_ADDRESS = (
+    "(SELECT d.token FROM notifications_pushdevice d WHERE d.recipient_id = r.id ORDER BY d.created_at DESC LIMIT 1)"
+)
+
+
+def campaign_fanout_segment(*, segment_id: int) -> int:
+    """Write one segment's notifications and batches in one transaction, then queue the batches.
+
+    Returns the number of notifications written.  A segment already written (a message
+    delivered twice) or being written by another worker is left alone.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        segment = (
+            CampaignSegment.objects.select_for_update(skip_locked=True)
+            .filter(pk=segment_id, done_at__isnull=True)
+            .select_related("campaign")
+            .first()
+        )
+        if segment is None:
+            return 0
+        campaign = segment.campaign
+        written, batch_ids = 0, []
+        if campaign.status != CampaignStatus.CANCELLED:
+            written, batch_ids = _materialise(campaign, segment, now)
+        segment.done_at = now
+        segment.materialized_count = written
+        segment.save(update_fields=["done_at", "materialized_count"])
+        Campaign.objects.filter(pk=campaign.pk).update(
+            materialized_count=F("materialized_count") + written,
+            segments_done=F("segments_done") + 1,
+            updated_at=now,
+        )
+        Campaign.objects.filter(pk=campaign.pk, segments_done__gte=F("segments_total")).update(fanout_completed_at=now)
+        _publish_batches(campaign, batch_ids)
+    logger.info(
+        "campaign %s segment %s..%s: %s notification(s), %s batch(es)",
+        campaign.pk,
+        segment.first_recipient_id,
+        segment.last_recipient_id,
+        written,
+        len(batch_ids),
+    )
+    campaign_finish_if_done(campaign_id=campaign.pk)
+    return written
+
+
+def _materialise(campaign: Campaign, segment: CampaignSegment, now) -> tuple[int, list[int]]:
+    address = {Channel.EMAIL: "r.email", Channel.SMS: "r.phone", Channel.PUSH: _PUSH_ADDRESS}[campaign.channel]
+    audience, params = "", {}
+    if campaign.audience_locale:
+        audience += " AND r.locale = %(locale)s"
+        params["locale"] = campaign.audience_locale
+    if campaign.audience_tag:
+        audience += " AND r.tags @> ARRAY[%(tag)s]::varchar(50)[]"
+        params["tag"] = campaign.audience_tag
+    sql = _FANOUT_SQL.format(address=address, consent=CONSENT_COLUMN[campaign.channel], audience=audience)
+    params.update(
+        first=segment.first_recipient_id,
+        last=segment.last_recipient_id,
+        prefix=_key_prefix(campaign.pk),
+        channel=campaign.channel,
+        template=campaign.template,
+        campaign=campaign.pk,
+        now=now,
+        batch_size=BATCH_SIZE,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        written, batch_ids = cursor.fetchone()
+    return written, list(batch_ids)
+
+
+def campaign_finish_if_done(*, campaign_id: int) -> bool:
+    """Running -> completed once the fan-out is over and every notification is sent, dead or skipped."""
+    now = timezone.now()
+    return bool(
+        Campaign.objects.filter(
+            pk=campaign_id,
+            status=CampaignStatus.RUNNING,
+            fanout_completed_at__isnull=False,
+            materialized_count__lte=F("sent_count") + F("dead_count") + F("skipped_count"),
+        ).update(status=CampaignStatus.COMPLETED, finished_at=now, updated_at=now)
+    )
+
+
+def campaign_count(campaign_id: int, *, sent: int = 0, dead: int = 0, skipped: int = 0) -> None:
+    """Add to a campaign's counters; call it in the transaction that changed the rows."""
+    if sent or dead or skipped:
+        Campaign.objects.filter(pk=campaign_id).update(
+            sent_count=F("sent_count") + sent,
+            dead_count=F("dead_count") + dead,
+            skipped_count=F("skipped_count") + skipped,
+        )
+
+
+# --- relay --------------------------------------------------------------------------
+
+
+def campaign_relay(*, now=None, queue_lengths=queue_length) -> int:
+    """Publish again the fan-out segments and batches no worker will otherwise pick up.
+
+    Deferred batches that are due, and batches whose worker died (lease expired), go
+    back at once.  A queued batch or segment may have lost its message (Redis restarted),
+    but thousands legitimately wait their turn, so those are published again only when
+    their queue is empty.  `queue_lengths(name)` reads a queue's depth.
+    """
+    from notifications.tasks import campaign_fanout_task
+
+    now = now or timezone.now()
+    queued_after = timedelta(seconds=settings.RELAY_QUEUED_AFTER_SECONDS)
+    published = 0
+    with transaction.atomic():
+        due = list(
+            CampaignBatch.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(status__in=[BatchStatus.DEFERRED], next_attempt_at__lte=now)
+            .select_related("campaign")[:1000]
+        ) + list(
+            CampaignBatch.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(status=BatchStatus.SENDING, lease_expires_at__lt=now)
+            .select_related("campaign")[:1000]
+        )
+        stale = now - queued_after
+        for channel in Channel.values:
+            if queue_lengths(queue_name("marketing", channel)) == 0:
+                due += list(
+                    CampaignBatch.objects.select_for_update(skip_locked=True, of=("self",))
+                    .filter(status=BatchStatus.QUEUED, queued_at__lt=stale, campaign__channel=channel)
+                    .select_related("campaign")
+                    .order_by("pk")[:1000]
+                )
+        for batch in due:
+            CampaignBatch.objects.filter(pk=batch.pk).update(
+                status=BatchStatus.QUEUED, queued_at=now, next_attempt_at=None, lease_expires_at=None, updated_at=now
+            )
+            _publish_batches(batch.campaign, [batch.pk])
+        published += len(due)
+        if queue_lengths(FANOUT_QUEUE) == 0:
+            segments = list(
+                CampaignSegment.objects.select_for_update(skip_locked=True).filter(
+                    done_at__isnull=True, queued_at__lt=stale
+                )[:100]
+            )
+            for segment in segments:
+                CampaignSegment.objects.filter(pk=segment.pk).update(queued_at=now)
+                publish_after_commit(campaign_fanout_task, args=[segment.pk], queue=FANOUT_QUEUE)
+            published += len(segments)
+    if published:
+        logger.info("campaign relay: published %s batch(es) or segment(s) again", published)
+    return published
