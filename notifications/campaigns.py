@@ -1,8 +1,8 @@
 """Campaigns: create, start, pause, resume, cancel, and the set-based fan-out that materialises their notifications.
 
-    start -> segments (ranges of recipient ids, ~100k each), one fan-out task per segment
+    start -> segments (ranges of CAMPAIGN_SEGMENT_SIZE recipient ids), one fan-out task per segment
     fan-out task -> INSERT ... SELECT the segment's notifications (status scheduled)
-                    + its batches (BATCH_SIZE recipients each), one broker message per batch
+                    + its batches (CAMPAIGN_BATCH_SIZE recipients each), one broker message per batch
     batch task -> claim, check consent / suppression / quiet hours, send under the global
                   rate limit through the provider's batch endpoint (campaign_delivery.py)
 
@@ -40,10 +40,7 @@ from settings.topology import FANOUT_QUEUE, queue_name
 
 logger = logging.getLogger(__name__)
 
-#: Recipient ids per fan-out task: about a second of INSERT ... SELECT, far inside a task's time limit.
-SEGMENT_SIZE = 100_000
-#: Notifications per batch message: 5 M recipients make 10,000 messages of ~1 KB in the broker.
-BATCH_SIZE = 500
+
 #: The address and marketing-consent columns of each channel (fixed names, never user input).
 CONSENT_COLUMN = {
     Channel.EMAIL: "email_marketing_consent",
@@ -208,7 +205,7 @@ def campaign_start(*, campaign_id: int) -> Campaign:
                     SELECT %s, s, LEAST(s + %s - 1, %s), %s, 0 FROM generate_series(%s::bigint, %s::bigint, %s) s
                     RETURNING id
                     """,
-                    [campaign.pk, SEGMENT_SIZE, high, now, low, high, SEGMENT_SIZE],
+                    [campaign.pk, settings.CAMPAIGN_SEGMENT_SIZE, high, now, low, high, settings.CAMPAIGN_SEGMENT_SIZE],
                 )
                 segment_ids = [row[0] for row in cursor.fetchall()]
         segments = len(segment_ids)
@@ -344,7 +341,8 @@ def campaign_fanout_segment(*, segment_id: int) -> int:
     now = timezone.now()
     with transaction.atomic():
         segment = (
-            CampaignSegment.objects.select_for_update(skip_locked=True)
+            # of=self: locking the joined campaign row too would make concurrent segments skip each other.
+            CampaignSegment.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(pk=segment_id, done_at__isnull=True)
             .select_related("campaign")
             .first()
@@ -395,7 +393,7 @@ def _materialise(campaign: Campaign, segment: CampaignSegment, now) -> tuple[int
         template=campaign.template,
         campaign=campaign.pk,
         now=now,
-        batch_size=BATCH_SIZE,
+        batch_size=settings.CAMPAIGN_BATCH_SIZE,
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

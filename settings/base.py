@@ -242,6 +242,11 @@ SANDBOX_SMTP_PORT = env_int("SANDBOX_SMTP_PORT", 1025)
 
 #: Where recipients reach this platform (unsubscribe links); https in production (RFC 8058).
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
+#: Recipient ids per campaign fan-out task: about a second of INSERT ... SELECT, far
+#: inside a task's time limit; segments are written in parallel by the marketing pool.
+CAMPAIGN_SEGMENT_SIZE = env_int("CAMPAIGN_SEGMENT_SIZE", 100_000)
+#: Notifications per campaign batch message: 5 M recipients make 10,000 small messages.
+CAMPAIGN_BATCH_SIZE = env_int("CAMPAIGN_BATCH_SIZE", 500)
 #: Local hours (recipient's time zone) in which marketing waits: "21-8" holds it from
 #: 21:00 to 08:00.  Empty turns quiet hours off.  Security and transactional never wait.
 MARKETING_QUIET_HOURS = env_str("MARKETING_QUIET_HOURS", "21-8")

@@ -19,6 +19,9 @@ os.environ.setdefault("BREAKER_FAILURE_THRESHOLD", "3")
 os.environ.setdefault("CHAOS_DRILLS_ENABLED", "true")
 # Off, so a test's outcome never depends on the hour CI runs; the quiet-hours tests set it.
 os.environ.setdefault("MARKETING_QUIET_HOURS", "")
+# Small, so a test campaign of a few thousand recipients has several segments and batches.
+os.environ.setdefault("CAMPAIGN_SEGMENT_SIZE", "1000")
+os.environ.setdefault("CAMPAIGN_BATCH_SIZE", "200")
 
 from settings.base import *  # noqa: E402,F403
 

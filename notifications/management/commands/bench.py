@@ -1,13 +1,15 @@
-"""`make bench`: end-to-end throughput of notifications next to a raw-Celery baseline, measured in one run.
+"""`make bench`: end-to-end throughput next to a raw-Celery baseline, then the campaign scenarios
+(5 M fan-out, global rate limit, security under a marketing blast; notifications/benchmarks.py).
 
-Starts its own sandbox and worker pool (on the Redis database and ports the Makefile
-gives it, so a running `make run` is not disturbed), prints a table and writes JSON.
+Starts its own sandbox, web server and worker pools on the database, Redis database and
+ports the Makefile gives it, so a running `make run` is not disturbed; prints tables and
+writes JSON to bench-results/.
 """
 
 import json
 import multiprocessing
 import os
-import platform
+import platform as platform_module
 import time
 import uuid
 from pathlib import Path
@@ -20,11 +22,13 @@ from django.db import connections
 from jobs.processes import WorkerProcess
 from jobs.redis import redis_client
 from jobs.tasks import probe
+from notifications import benchmarks
 from notifications.models import Notification, NotificationStatus, Recipient
 from notifications.sandbox.process import SandboxProcess
 from notifications.services import notification_send
 
 RESULTS = Path(settings.BASE_DIR) / "bench-results"
+SCENARIOS = ("throughput", "fanout", "limiter", "blast")
 QUEUE = "transactional.email"
 
 
@@ -48,18 +52,82 @@ class Command(BaseCommand):
             "--submitters", type=int, default=2, help="processes submitting in parallel, like web workers (default 2)"
         )
         parser.add_argument("--output", default=str(RESULTS / "throughput.json"))
+        parser.add_argument(
+            "--scenarios",
+            default=",".join(SCENARIOS),
+            help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all)",
+        )
+        parser.add_argument("--recipients", type=int, default=5_000_000, help="fan-out audience (default 5,000,000)")
+        parser.add_argument("--duration", type=float, default=60.0, help="seconds of the limiter and blast runs")
+        parser.add_argument("--marketing-workers", type=int, default=4, help="marketing worker processes (default 4)")
 
     def handle(self, *args, count: int, concurrency: int, submitters: int, output: str, **options) -> None:
         if count < 1 or concurrency < 1 or submitters < 1:
             raise CommandError("--count, --concurrency and --submitters must be at least 1")
+        scenarios = [s.strip() for s in options["scenarios"].split(",") if s.strip()]
+        unknown = set(scenarios) - set(SCENARIOS)
+        if unknown:
+            raise CommandError(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+        if options["recipients"] < 1 or options["duration"] <= 0 or options["marketing_workers"] < 1:
+            raise CommandError("--recipients, --duration and --marketing-workers must be positive")
         self.submitters = submitters
         redis_client().ping()
         log_dir = RESULTS / "logs"
         sandbox = SandboxProcess(
             http_port=urlparse(settings.SANDBOX_HTTP_URL).port, smtp_port=settings.SANDBOX_SMTP_PORT
         )
-        worker = WorkerProcess("bench", queues=[QUEUE], log_path=log_dir / "worker.log", concurrency=concurrency)
         sandbox.start()
+        try:
+            if "throughput" in scenarios:
+                self._throughput(sandbox, log_dir, count, concurrency, output)
+            campaign = [s for s in scenarios if s != "throughput"]
+            if campaign:
+                self._campaigns(sandbox, log_dir, campaign, options)
+        finally:
+            sandbox.stop()
+
+    def _campaigns(self, sandbox: SandboxProcess, log_dir: Path, scenarios: list[str], options: dict) -> None:
+        platform = benchmarks.Platform(log_dir, sandbox)
+        web = benchmarks.Platform(log_dir, sandbox).web()
+        results: dict[str, dict] = {}
+        workers = options["marketing_workers"]
+        try:
+            if "fanout" in scenarios or not benchmarks.Campaign.objects.filter(status="running").exists():
+                results["fanout"] = benchmarks.fanout(
+                    recipients=options["recipients"], platform=platform, web=web, concurrency=workers
+                )
+                platform.stop()
+                self._print(results["fanout"])
+            if "limiter" in scenarios:
+                results["limiter"] = benchmarks.limiter(
+                    platform=platform, duration=options["duration"], concurrency=workers
+                )
+                platform.stop()
+                self._print(results["limiter"])
+            if "blast" in scenarios:
+                results["blast"] = benchmarks.blast(
+                    platform=platform, web=web, duration=options["duration"], per_second=5, concurrency=workers
+                )
+                platform.stop()
+                self._print(results["blast"])
+        finally:
+            platform.stop()
+            web.stop()
+            benchmarks.reset_campaigns()
+        results["machine"] = {"cpus": os.cpu_count(), "python": platform_module.python_version()}
+        results["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        path = RESULTS / "campaigns.json"
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        self.stdout.write(f"written to {path}")
+
+    def _print(self, result: dict) -> None:
+        self.stdout.write(f"\n== {result['scenario']}")
+        for key, value in result.items():
+            if key != "scenario":
+                self.stdout.write(f"  {key:<40}{value}")
+
+    def _throughput(self, sandbox: SandboxProcess, log_dir: Path, count: int, concurrency: int, output: str) -> None:
+        worker = WorkerProcess("bench", queues=[QUEUE], log_path=log_dir / "worker.log", concurrency=concurrency)
         try:
             worker.start()
             # Warm up both paths (child processes, connections, caches) before measuring.
@@ -69,13 +137,12 @@ class Command(BaseCommand):
             notifications = self._notifications(count, sandbox)
         finally:
             worker.stop()
-            sandbox.stop()
         result = {
             "scenario": "end-to-end throughput, transactional e-mail",
             "count": count,
             "worker_processes": concurrency,
-            "submitting_processes": submitters,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "submitting_processes": self.submitters,
+            "machine": {"cpus": os.cpu_count(), "python": platform_module.python_version()},
             "baseline_celery_noop_per_s": round(baseline["rate"], 1),
             "notifications_per_s": round(notifications["rate"], 1),
             "ratio": round(notifications["rate"] / baseline["rate"], 3),
@@ -94,7 +161,7 @@ class Command(BaseCommand):
                     f"{'notifications, submit -> sandbox':<40}{result['notifications_per_s']:>12.1f}",
                     f"{'ratio notifications / baseline':<40}{result['ratio']:>12.3f}",
                     f"{'submit only (service function)':<40}{result['submit_per_s']:>12.1f}",
-                    f"{count} messages each, {concurrency} worker processes, {submitters} submitting processes",
+                    f"{count} messages each, {concurrency} worker processes, {self.submitters} submitting processes",
                     f"ledger entries {result['ledger_entries']} for {count} notifications, duplicates {result['duplicates']}",
                     f"written to {output}",
                 ]

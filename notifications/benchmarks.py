@@ -1,0 +1,302 @@
+"""The campaign benchmarks of `make bench`: a 5 M-recipient fan-out, the global rate limit held by 4 worker
+processes, and security alerts submitted over HTTP while marketing saturates the e-mail provider.
+
+Every figure comes from real processes (gunicorn, `celery worker` pools, the sandbox) on the bench's own
+database and Redis database; nothing here is asserted, it is measured and written to bench-results/.
+"""
+
+import bisect
+import statistics
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.core.management import call_command
+from django.db import connection
+
+from jobs.processes import WebProcess, WorkerProcess
+from jobs.redis import broker_client
+from notifications.models import ApiToken, Campaign, CampaignBatch, Recipient
+from notifications.sandbox.process import SandboxProcess, free_port
+from settings.topology import FANOUT_QUEUE, pool_queues
+
+MARKETING_QUEUE = "marketing.email"
+#: The kombu Redis transport keeps reserved-but-unacknowledged messages in these keys.
+UNACKED_KEYS = ("unacked", "unacked_index")
+
+
+class Platform:
+    """The processes one scenario needs; stopped together."""
+
+    def __init__(self, log_dir: Path, sandbox: SandboxProcess) -> None:
+        self.log_dir = log_dir
+        self.sandbox = sandbox
+        self.processes: list[Any] = []
+
+    def pool(self, priority: str, *, concurrency: int, env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(
+            f"bench-{priority}-{uuid.uuid4().hex[:6]}",
+            queues=pool_queues(priority),
+            log_path=self.log_dir / f"worker-{priority}.log",
+            concurrency=concurrency,
+            env=env,
+        )
+        self.processes.append(worker.start())
+        return worker
+
+    def web(self) -> WebProcess:
+        web = WebProcess(port=free_port(), log_path=self.log_dir / "web.log")
+        self.processes.append(web.start())
+        return web
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+
+
+def reset_campaigns() -> None:
+    """Empty the campaign tables of the bench database (never the development one: see the Makefile)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE notifications_notification, notifications_campaign, notifications_campaignsegment, "
+            "notifications_campaignbatch, notifications_suppression, jobs_deadletter"
+        )
+    broker_client().flushdb()
+
+
+def ensure_recipients(count: int) -> float | None:
+    """At least `count` recipients in the bench database; seconds spent seeding (None if none were needed)."""
+    have = Recipient.objects.count()
+    if have >= count:
+        return None
+    started = time.monotonic()
+    call_command("seed_recipients", count - have)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE notifications_recipient")
+    return time.monotonic() - started
+
+
+def api_session(base_url: str) -> requests.Session:
+    user, _ = get_user_model().objects.get_or_create(username="bench")
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["add_campaign", "change_campaign"]))
+    _, key = ApiToken.issue(user)
+    session = requests.Session()
+    session.headers["Authorization"] = f"Token {key}"
+    session.base_url = base_url
+    return session
+
+
+class RedisSampler(threading.Thread):
+    """Samples the broker every 100 ms: Redis memory, and the memory and length of the campaign queues."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.client = broker_client()
+        self.baseline = int(self.client.info("memory")["used_memory"])
+        self.peak_used = self.baseline
+        self.peak_queue_bytes = 0
+        self.peak_queue_length = 0
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.info("memory")
+            for key in (MARKETING_QUEUE, FANOUT_QUEUE, *UNACKED_KEYS):
+                pipe.memory_usage(key, samples=0)
+            pipe.llen(MARKETING_QUEUE)
+            info, *usages, length = pipe.execute()
+            self.peak_used = max(self.peak_used, int(info["used_memory"]))
+            self.peak_queue_bytes = max(self.peak_queue_bytes, sum(u or 0 for u in usages))
+            self.peak_queue_length = max(self.peak_queue_length, int(length))
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(5)
+
+
+def _published_batches(campaign: Campaign) -> int:
+    """Batch messages published so far: still queued in Redis, reserved by a worker, or already taken."""
+    client = broker_client()
+    taken = CampaignBatch.objects.filter(campaign=campaign).exclude(status="queued").count()
+    return int(client.llen(MARKETING_QUEUE)) + int(client.hlen("unacked")) + taken
+
+
+def fanout(*, recipients: int, platform: Platform, web: WebProcess, concurrency: int) -> dict[str, Any]:
+    """Scenario 1: start a campaign to every consenting recipient; time the answer, the fan-out, the broker's memory."""
+    seeded = ensure_recipients(recipients)
+    reset_campaigns()
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE notifications_notification")
+    platform.pool("marketing", concurrency=concurrency)
+    api = api_session(web.url)
+    created = api.post(
+        f"{web.url}/api/v1/campaigns",
+        json={"name": "bench fan-out", "template": "newsletter", "channel": "email",
+              "context": {"headline": "Benchmark", "body": "Hello"}},
+        timeout=10,
+    )  # fmt: skip
+    created.raise_for_status()
+    campaign_id = created.json()["id"]
+    sampler = RedisSampler()
+    sampler.start()
+    started = time.monotonic()
+    answer = api.post(f"{web.url}/api/v1/campaigns/{campaign_id}/start", json={}, timeout=30)
+    answered = time.monotonic()
+    answer.raise_for_status()
+    campaign = Campaign.objects.get(pk=campaign_id)
+    deadline = started + 600
+    while True:
+        campaign.refresh_from_db()
+        if campaign.fanout_completed_at is not None:
+            total_batches = CampaignBatch.objects.filter(campaign=campaign).count()
+            if _published_batches(campaign) >= total_batches:
+                break
+        if time.monotonic() > deadline:
+            raise RuntimeError("the fan-out did not finish within 10 minutes")
+        time.sleep(0.05)
+    enqueued = time.monotonic()
+    time.sleep(1.0)
+    sampler.stop()
+    campaign.refresh_from_db()
+    return {
+        "scenario": "fan-out of one campaign",
+        "recipients_in_database": Recipient.objects.count(),
+        "seeded_seconds": round(seeded, 1) if seeded is not None else None,
+        "notifications_materialised": campaign.materialized_count,
+        "batches": total_batches,
+        "segments": campaign.segments_total,
+        "marketing_worker_processes": concurrency,
+        "start_answer_seconds": round(answered - started, 3),
+        "materialised_and_enqueued_seconds": round(enqueued - started, 1),
+        "rows_per_second": round(campaign.materialized_count / (enqueued - started)),
+        "sent_meanwhile": campaign.sent_count,
+        "peak_redis_used_memory_delta_mb": round((sampler.peak_used - sampler.baseline) / 2**20, 1),
+        "peak_queue_memory_mb": round(sampler.peak_queue_bytes / 2**20, 1),
+        "peak_queue_length": sampler.peak_queue_length,
+        "campaign_id": campaign.pk,
+    }
+
+
+def _ledger_since(sandbox: SandboxProcess, seq: int) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    while True:
+        page = sandbox.entries(since_seq=seq, limit=10_000)
+        if not page:
+            return entries
+        entries.extend(page)
+        seq = page[-1]["seq"]
+
+
+def _last_seq(sandbox: SandboxProcess) -> int:
+    entries = _ledger_since(sandbox, 0)
+    return entries[-1]["seq"] if entries else 0
+
+
+def _busiest_window(moments: list[float], width: float = 1.0) -> int:
+    moments = sorted(moments)
+    return max((bisect.bisect_left(moments, t + width) - i for i, t in enumerate(moments)), default=0)
+
+
+def limiter(*, platform: Platform, duration: float, concurrency: int) -> dict[str, Any]:
+    """Scenario 2: marketing e-mail from `concurrency` worker processes against the global limit, for `duration` s.
+
+    Marketing's share is set to 1 for this run, so the figure is the limiter's, not the share's.
+    """
+    rate = settings.JOBS_RATE_LIMITS["postmark"]["rate_per_second"]
+    platform.pool("marketing", concurrency=concurrency, env={"POSTMARK_MARKETING_SHARE": "1.0"})
+    sandbox = platform.sandbox
+    # Measure the steady state: the window opens once sends flow.
+    start_seq = _last_seq(sandbox)
+    deadline = time.monotonic() + 60
+    while not sandbox.entries(since_seq=start_seq, limit=1):
+        if time.monotonic() > deadline:
+            raise RuntimeError("no marketing e-mail reached the sandbox within 60 s")
+        time.sleep(0.1)
+    time.sleep(2.0)
+    window_start = time.time()
+    time.sleep(duration)
+    window_end = time.time()
+    entries = [e for e in _ledger_since(sandbox, start_seq) if window_start <= e["accepted_ts"] < window_end]
+    moments = [e["accepted_ts"] for e in entries]
+    per_second: dict[int, int] = {}
+    for moment in moments:
+        per_second[int(moment)] = per_second.get(int(moment), 0) + 1
+    keys = [e["idempotency_key"] for e in entries]
+    return {
+        "scenario": "global rate limit, marketing e-mail",
+        "limit_per_second": rate,
+        "burst": settings.JOBS_RATE_LIMITS["postmark"].get("burst"),
+        "worker_processes": concurrency,
+        "seconds": round(window_end - window_start, 1),
+        "sent": len(entries),
+        "achieved_per_second": round(len(entries) / (window_end - window_start), 1),
+        "achieved_share_of_limit": round(len(entries) / (window_end - window_start) / rate, 4),
+        "max_in_any_1s_window": _busiest_window(moments),
+        "max_in_a_calendar_second": max(per_second.values(), default=0),
+        "duplicates": len(keys) - len(set(keys)),
+    }
+
+
+def blast(*, platform: Platform, web: WebProcess, duration: float, per_second: float, concurrency: int) -> dict:
+    """Scenario 3: security alerts through the HTTP API at `per_second` while marketing saturates its share."""
+    platform.pool("marketing", concurrency=concurrency)
+    platform.pool("security", concurrency=2)
+    sandbox = platform.sandbox
+    start_seq = _last_seq(sandbox)
+    time.sleep(3.0)  # marketing at full speed before the first alert
+    api = api_session(web.url)
+    run = uuid.uuid4().hex[:8]
+    submitted: dict[str, float] = {}
+    statuses: list[int] = []
+    started = time.time()
+    for i in range(int(duration * per_second)):
+        moment = started + i / per_second
+        time.sleep(max(0.0, moment - time.time()))
+        to = f"alert-{run}-{i}@example.com"
+        submitted[to] = time.time()
+        response = api.post(
+            f"{web.url}/api/v1/notifications",
+            json={"priority": "security", "channel": "email", "template": "password_reset", "to": to,
+                  "context": {"code": f"{i:06d}"}},
+            timeout=10,
+        )  # fmt: skip
+        statuses.append(response.status_code)
+    deadline = time.time() + 60
+    accepted: dict[str, float] = {}
+    marketing_moments: list[float] = []
+    while time.time() < deadline:
+        entries = _ledger_since(sandbox, start_seq)
+        accepted = {e["to"]: e["accepted_ts"] for e in entries if e["to"] in submitted}
+        if len(accepted) == len(submitted):
+            marketing_moments = [e["accepted_ts"] for e in entries if e["to"] not in submitted]
+            break
+        time.sleep(1.0)
+    latencies = sorted(accepted[to] - submitted[to] for to in accepted)
+    in_window = [m for m in marketing_moments if started <= m < started + duration]
+
+    def percentile(q: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1) if latencies else -1
+
+    return {
+        "scenario": "security alerts under a marketing blast",
+        "alerts_submitted": len(submitted),
+        "http_202": statuses.count(202),
+        "alerts_delivered": len(accepted),
+        "submit_to_provider_ms": {
+            "p50": round(statistics.median(latencies) * 1000, 1) if latencies else -1,
+            "p99": percentile(0.99),
+            "max": round(latencies[-1] * 1000, 1) if latencies else -1,
+        },
+        "marketing_per_second_meanwhile": round(len(in_window) / duration, 1),
+        "marketing_share_cap_per_second": settings.JOBS_RATE_LIMITS["postmark"]["rate_per_second"]
+        * settings.JOBS_RATE_LIMITS["postmark"]["marketing_share"],
+    }
