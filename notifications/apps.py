@@ -9,4 +9,5 @@ class NotificationsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from notifications import checks, delivery  # noqa: F401  (system checks; the dead-letter replayer)
+        # System checks, the dead-letter replayer, the provider's bounce webhook receiver.
+        from notifications import bounces, checks, delivery  # noqa: F401

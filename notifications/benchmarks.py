@@ -103,10 +103,10 @@ class RedisSampler(threading.Thread):
         self.peak_used = self.baseline
         self.peak_queue_bytes = 0
         self.peak_queue_length = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             pipe = self.client.pipeline(transaction=False)
             pipe.info("memory")
             for key in (MARKETING_QUEUE, FANOUT_QUEUE, *UNACKED_KEYS):
@@ -119,7 +119,7 @@ class RedisSampler(threading.Thread):
             time.sleep(0.1)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
 
 

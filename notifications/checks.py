@@ -67,3 +67,19 @@ def check_providers(app_configs, **kwargs) -> list[Error]:
                     )
                 )
     return errors
+
+
+@register()
+def check_campaign_settings(app_configs, **kwargs) -> list[Error]:
+    """Quiet hours and campaign sizes are parsed at start-up, not on the first send."""
+    from notifications.consent import parse_quiet_hours
+
+    errors: list[Error] = []
+    try:
+        parse_quiet_hours(settings.MARKETING_QUIET_HOURS)
+    except ValueError as exc:
+        errors.append(Error(str(exc), id="notifications.E008"))
+    for name in ("CAMPAIGN_SEGMENT_SIZE", "CAMPAIGN_BATCH_SIZE"):
+        if getattr(settings, name) < 1:
+            errors.append(Error(f"{name} must be at least 1, not {getattr(settings, name)}.", id="notifications.E009"))
+    return errors

@@ -92,7 +92,11 @@ class Notification(models.Model):
     priority = models.CharField(max_length=16, choices=Priority.choices)
     channel = models.CharField(max_length=8, choices=Channel.choices)
     # Indexed by notif_recipient_idx (recipient, -created_at); a second index would slow every insert.
-    recipient = models.ForeignKey(Recipient, on_delete=models.PROTECT, related_name="notifications", db_index=False)
+    # No database constraint: its per-row check was a quarter of a campaign fan-out's insert time.
+    # Django's collector still enforces PROTECT (a recipient with notifications cannot be deleted).
+    recipient = models.ForeignKey(
+        Recipient, on_delete=models.PROTECT, related_name="notifications", db_index=False, db_constraint=False
+    )
     #: The address the message goes to, fixed at submit time.
     to = models.CharField(max_length=512)
     template = models.CharField(max_length=100)
@@ -102,8 +106,15 @@ class Notification(models.Model):
     provider = models.CharField(max_length=64, blank=True, default="")
     provider_message_id = models.CharField(max_length=255, blank=True, default="")
     last_error = models.TextField(blank=True, default="")
+    # As for recipient: the collector applies SET_NULL; a per-row check would cost every campaign row.
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     created_at = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(null=True, blank=True)

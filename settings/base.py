@@ -247,6 +247,9 @@ PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 CAMPAIGN_SEGMENT_SIZE = env_int("CAMPAIGN_SEGMENT_SIZE", 100_000)
 #: Notifications per campaign batch message: 5 M recipients make 10,000 small messages.
 CAMPAIGN_BATCH_SIZE = env_int("CAMPAIGN_BATCH_SIZE", 500)
+#: django-anymail: the tracking webhook (hard bounces -> suppression) requires basic auth
+#: with this "user:password"; give the same in the webhook URL at the provider.
+ANYMAIL = {"WEBHOOK_SECRET": env_str("ANYMAIL_WEBHOOK_SECRET", "local-webhook:change-me")}
 #: Local hours (recipient's time zone) in which marketing waits: "21-8" holds it from
 #: 21:00 to 08:00.  Empty turns quiet hours off.  Security and transactional never wait.
 MARKETING_QUIET_HOURS = env_str("MARKETING_QUIET_HOURS", "21-8")

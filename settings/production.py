@@ -15,3 +15,10 @@ if SECRET_KEY == "local-insecure-key-change-me":  # noqa: F405
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set in production (a long random string).")
 
 CHAOS_DRILLS_ENABLED = False
+
+if ANYMAIL["WEBHOOK_SECRET"] == "local-webhook:change-me":  # noqa: F405
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "ANYMAIL_WEBHOOK_SECRET must be set in production (user:password the provider's bounce webhook sends)."
+    )

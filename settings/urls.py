@@ -1,4 +1,4 @@
-"""Root URLs: the admin, a health check, and the notification domain."""
+"""Root URLs: the admin, a health check, the provider webhooks, and the notification domain."""
 
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
@@ -12,5 +12,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz),
+    # The e-mail provider's tracking webhook (bounces, complaints): /anymail/postmark/tracking/,
+    # protected by ANYMAIL["WEBHOOK_SECRET"] (basic auth in the webhook URL).
+    path("anymail/", include("anymail.urls")),
     path("", include("notifications.urls")),
 ]

@@ -6,13 +6,17 @@ from django.core.mail import EmailMultiAlternatives
 from notifications.providers.base import OutboundMessage
 
 
-def build_email(message: OutboundMessage, *, connection, from_email: str | None = None) -> EmailMultiAlternatives:
-    headers = {
+def email_headers(message: OutboundMessage) -> dict[str, str]:
+    return {
         # Our own id, so the SMTP provider can report it and support can find a message.
         "Message-ID": f"<{message.notification_id}@notify>",
         "X-Idempotency-Key": message.idempotency_key,
         **message.headers,
     }
+
+
+def build_email(message: OutboundMessage, *, connection, from_email: str | None = None) -> EmailMultiAlternatives:
+    headers = email_headers(message)
     email = EmailMultiAlternatives(
         subject=message.content.subject,
         body=message.content.text,

@@ -108,3 +108,11 @@ def test_only_marketing_waits_for_quiet_hours(ledger, priority, waits):
     else:
         assert notification.status == "sent"
         assert len(ledger.entries(idempotency_key=notification.idempotency_key)) == 1
+
+
+def test_a_misspelt_quiet_hours_setting_is_refused_at_start_up(settings):
+    from django.core.checks import run_checks
+
+    settings.MARKETING_QUIET_HOURS = "21:00-08:00"
+    errors = [e for e in run_checks() if e.id == "notifications.E008"]
+    assert len(errors) == 1 and "'21-8'" in errors[0].msg

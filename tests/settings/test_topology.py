@@ -46,6 +46,20 @@ def test_procfile_security_pool_has_prefetch_one_and_its_queues():
     assert "-Q security.email,security.sms,security.push" in security
 
 
+@pytest.mark.parametrize("priority", topology.PRIORITIES)
+def test_every_pool_in_the_procfile_and_compose_consumes_exactly_its_topology_queues(priority):
+    import re
+
+    expected = set(topology.pool_queues(priority))
+    procfile = (REPO / "platform" / "Procfile").read_text()
+    line = next(line for line in procfile.splitlines() if line.startswith(f"{priority}:"))
+    assert set(re.search(r"-Q (\S+)", line).group(1).split(",")) == expected
+    compose = (REPO / "docker-compose.yml").read_text()
+    block = compose.split(f"  {priority}-worker:")[1].split("\n  ")[0:3]
+    queues = re.search(r'"-Q", "([^"]+)"', "".join(block)).group(1)
+    assert set(queues.split(",")) == expected
+
+
 def test_platform_folder_holds_no_python():
     """A `platform` package would shadow the standard library module and break Django."""
     found = [p for p in (REPO / "platform").rglob("*") if p.suffix == ".py" or p.name == "__init__.py"]
