@@ -319,8 +319,9 @@ bounds AS (
 ),
 batches AS (
     INSERT INTO notifications_campaignbatch
-        (campaign_id, first_recipient_id, last_recipient_id, size, status, runs, queued_at, updated_at)
-    SELECT %(campaign)s, first_id, last_id, size, 'queued', 0, %(now)s, %(now)s FROM bounds
+        (campaign_id, first_recipient_id, last_recipient_id, size, status, runs, sent_count, dead_count,
+         skipped_count, queued_at, updated_at)
+    SELECT %(campaign)s, first_id, last_id, size, 'queued', 0, 0, 0, 0, %(now)s, %(now)s FROM bounds
     ON CONFLICT DO NOTHING
     RETURNING id
 )
@@ -414,14 +415,51 @@ def campaign_finish_if_done(*, campaign_id: int) -> bool:
     )
 
 
-def campaign_count(campaign_id: int, *, sent: int = 0, dead: int = 0, skipped: int = 0) -> None:
-    """Add to a campaign's counters; call it in the transaction that changed the rows."""
-    if sent or dead or skipped:
-        Campaign.objects.filter(pk=campaign_id).update(
-            sent_count=F("sent_count") + sent,
-            dead_count=F("dead_count") + dead,
-            skipped_count=F("skipped_count") + skipped,
+_RECOUNT_SQL = """
+SELECT count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE status = 'dead'),
+       count(*) FILTER (WHERE status = 'skipped')
+FROM notifications_notification WHERE id BETWEEN %s AND %s
+"""
+
+
+def campaign_batch_recount(*, batch_id: int) -> None:
+    """Recount a batch's rows by outcome and add the difference to its campaign's counters.
+
+    Called at the end of every batch run and after a single-send outcome of a campaign row,
+    in the transaction that changed the rows when there is one: counters cannot drift, and a
+    recount after a crash repairs what the crash left.  One update of the campaign row per
+    call, not per message.
+    """
+    with transaction.atomic():
+        batch = CampaignBatch.objects.select_for_update().filter(pk=batch_id).first()
+        if batch is None:
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(_RECOUNT_SQL, batch_key_range(batch))
+            sent, dead, skipped = cursor.fetchone()
+        delta = (sent - batch.sent_count, dead - batch.dead_count, skipped - batch.skipped_count)
+        if not any(delta):
+            return
+        CampaignBatch.objects.filter(pk=batch.pk).update(sent_count=sent, dead_count=dead, skipped_count=skipped)
+        Campaign.objects.filter(pk=batch.campaign_id).update(
+            sent_count=F("sent_count") + delta[0],
+            dead_count=F("dead_count") + delta[1],
+            skipped_count=F("skipped_count") + delta[2],
         )
+
+
+def campaign_recount_for(notification: Notification) -> None:
+    """Recount the batch a campaign notification belongs to (its recipient id lies in the batch's range)."""
+    batch_id = (
+        CampaignBatch.objects.filter(
+            campaign_id=notification.campaign_id, first_recipient_id__lte=notification.recipient_id
+        )
+        .order_by("-first_recipient_id")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if batch_id is not None:
+        campaign_batch_recount(batch_id=batch_id)
 
 
 # --- relay --------------------------------------------------------------------------

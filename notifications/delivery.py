@@ -44,7 +44,7 @@ from jobs.models import DeadLetter
 from jobs.ratelimit import rate_limiter_for
 from jobs.rates import RollingCounter
 from jobs.retry import retry_policy
-from notifications.campaigns import campaign_count, campaign_finish_if_done, campaign_rate
+from notifications.campaigns import campaign_finish_if_done, campaign_rate, campaign_recount_for
 from notifications.consent import address_suppress, marketing_consent, quiet_until, suppression_reason
 from notifications.models import Campaign, CampaignStatus, Channel, Notification, NotificationStatus, Priority
 from notifications.providers.base import BaseProvider, OutboundMessage
@@ -240,7 +240,7 @@ def _skip(notification: Notification, reason: str) -> None:
             status=NotificationStatus.SKIPPED, last_error=reason, lease_expires_at=None, updated_at=timezone.now()
         )
         if updated and notification.campaign_id:
-            campaign_count(notification.campaign_id, skipped=1)
+            campaign_recount_for(notification)
     logger.info("notification %s skipped priority=%s: %s", notification.pk, notification.priority, reason)
     if notification.campaign_id:
         campaign_finish_if_done(campaign_id=notification.campaign_id)
@@ -282,7 +282,7 @@ def _mark_sent(notification: Notification, provider: str, message_id: str) -> No
             updated_at=now,
         )
         if updated and notification.campaign_id:
-            campaign_count(notification.campaign_id, sent=1)
+            campaign_recount_for(notification)
     RollingCounter(f"provider:{provider}:sent").add(1)
     if notification.campaign_id:
         campaign_rate(notification.campaign_id).add(1)
@@ -360,7 +360,7 @@ def dead_letter(notification: Notification, error: JobError | str, provider: str
         if not updated:
             return
         if notification.campaign_id:
-            campaign_count(notification.campaign_id, dead=1)
+            campaign_recount_for(notification)
         deadletter_record(
             job_name=JOB_NAME,
             arguments={"args": [str(notification.pk)], "to": notification.to, "template": notification.template},
@@ -396,7 +396,7 @@ def notification_replay(dead_letter: DeadLetter) -> None:
             updated_at=timezone.now(),
         )
         if replayed and notification.campaign_id:
-            campaign_count(notification.campaign_id, dead=-1)
+            campaign_recount_for(notification)
     notification_publish(notification)
 
 

@@ -202,8 +202,8 @@ class CampaignStatus(models.TextChoices):
 
 class Campaign(models.Model):
     """One marketing message to an audience: every recipient with marketing consent for the
-    channel, optionally narrowed to a locale and a tag.  Counters are kept by the workers in
-    the same transactions that change the rows they count."""
+    channel, optionally narrowed to a locale and a tag.  The counters are the sums of the
+    batches' counters, updated in the transaction that recounts a batch."""
 
     name = models.CharField(max_length=200)
     template = models.CharField(max_length=100)
@@ -283,6 +283,11 @@ class CampaignBatch(models.Model):
     last_recipient_id = models.BigIntegerField()
     size = models.PositiveIntegerField()
     status = models.CharField(max_length=16, choices=BatchStatus.choices, default=BatchStatus.QUEUED)
+    #: The batch's rows by outcome, recounted from the rows (campaign_batch_recount); the
+    #: campaign's counters are their sum, so workers never contend on the campaign row per send.
+    sent_count = models.PositiveIntegerField(default=0)
+    dead_count = models.PositiveIntegerField(default=0)
+    skipped_count = models.PositiveIntegerField(default=0)
     runs = models.PositiveIntegerField(default=0)
     queued_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)

@@ -60,6 +60,11 @@ class Command(BaseCommand):
         parser.add_argument("--recipients", type=int, default=5_000_000, help="fan-out audience (default 5,000,000)")
         parser.add_argument("--duration", type=float, default=60.0, help="seconds of the limiter and blast runs")
         parser.add_argument("--marketing-workers", type=int, default=4, help="marketing worker processes (default 4)")
+        parser.add_argument(
+            "--keep-campaign",
+            action="store_true",
+            help="leave the fanned-out campaign for the next run (which then skips the fan-out unless asked)",
+        )
 
     def handle(self, *args, count: int, concurrency: int, submitters: int, output: str, **options) -> None:
         if count < 1 or concurrency < 1 or submitters < 1:
@@ -113,7 +118,8 @@ class Command(BaseCommand):
         finally:
             platform.stop()
             web.stop()
-            benchmarks.reset_campaigns()
+            if not options["keep_campaign"]:
+                benchmarks.reset_campaigns()
         results["machine"] = {"cpus": os.cpu_count(), "python": platform_module.python_version()}
         results["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         path = RESULTS / "campaigns.json"
@@ -123,7 +129,7 @@ class Command(BaseCommand):
     def _print(self, result: dict) -> None:
         self.stdout.write(f"\n== {result['scenario']}")
         for key, value in result.items():
-            if key != "scenario":
+            if key not in ("scenario", "per_second"):
                 self.stdout.write(f"  {key:<40}{value}")
 
     def _throughput(self, sandbox: SandboxProcess, log_dir: Path, count: int, concurrency: int, output: str) -> None:
