@@ -35,9 +35,9 @@ test: $(BIN)/.installed
 
 # Its own database (it keeps the 5 M seeded recipients between runs), Redis database and
 # sandbox ports, so a running `make run` is not disturbed; quiet hours off, so the figures
-# do not depend on the hour.  BENCH_ARGS="--scenarios fanout,blast --duration 30" picks.
+# do not depend on the hour; DEBUG off, as in production.  BENCH_ARGS="--scenarios fanout,blast --duration 30" picks.
 BENCH_ENV := DATABASE_URL=postgres://postgres@127.0.0.1:5432/notify_bench REDIS_URL=redis://127.0.0.1:6379/14 \
-	SANDBOX_HTTP_URL=http://127.0.0.1:28025 SANDBOX_SMTP_PORT=21025 MARKETING_QUIET_HOURS=
+	SANDBOX_HTTP_URL=http://127.0.0.1:28025 SANDBOX_SMTP_PORT=21025 MARKETING_QUIET_HOURS= DJANGO_DEBUG=false
 bench: $(BIN)/.installed
 	$(BENCH_ENV) $(BIN)/python manage.py check_services
 	$(BENCH_ENV) $(BIN)/python manage.py migrate --no-input -v 0

@@ -1,11 +1,27 @@
 """The base class of every task: late acks so a crashed worker's message comes back, no results kept."""
 
 from celery import Task
+from celery.signals import task_postrun, task_prerun
 from django.core.exceptions import ValidationError
+from django.db import close_old_connections
 
 from jobs.errors import PermanentError
 from jobs.redis import redis_client
 from settings.celery_app import app
+
+
+@task_prerun.connect(dispatch_uid="jobs.recycle_connections_before")
+@task_postrun.connect(dispatch_uid="jobs.recycle_connections_after")
+def _recycle_database_connections(task: Task | None = None, **kwargs) -> None:
+    """Django's per-request rule for tasks: keep the connection (CONN_MAX_AGE) unless it is broken or old.
+
+    Celery's Django fixup would close every connection before and after each task instead
+    (unless CELERY_DB_REUSE_MAX is set, see settings), a new PostgreSQL session per task.
+    An eager task runs inside its caller's transaction, which must not be touched.
+    """
+    if task is not None and getattr(task.request, "is_eager", False):
+        return
+    close_old_connections()
 
 
 class JobTask(Task):

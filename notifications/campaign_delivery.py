@@ -141,8 +141,13 @@ def _run(batch: CampaignBatch) -> None:
         _set_batch(batch, BatchStatus.DONE)
 
 
+#: Rows claimed per statement, sent in several provider calls: one claim (the consent and
+#: pause check) per CLAIM_CALLS calls keeps PostgreSQL's share of a send small.
+CLAIM_CALLS = 10
+
+
 def _send_rows(batch: CampaignBatch, campaign: Campaign, ready: list[uuid.UUID]) -> str | None:
-    """Send `ready` in sub-batches; None when all went, else why the batch stopped (already recorded)."""
+    """Send `ready` in provider calls; None when all went, else why the batch stopped (already recorded)."""
     content = render(template=campaign.template, channel=campaign.channel, context=campaign.context)
     deadline = time.monotonic() + _time_budget()
     position = 0
@@ -163,38 +168,38 @@ def _send_rows(batch: CampaignBatch, campaign: Campaign, ready: list[uuid.UUID])
         # Half the burst per call: the other half lets tokens accumulate while this worker
         # is busy with PostgreSQL, instead of going unused (the limit would not be reached).
         size = min(max(1, limiter.max_batch(share) // 2) if limiter else provider.max_batch, provider.max_batch)
-        chunk = ready[position : position + size]
+        chunk = ready[position : position + size * CLAIM_CALLS]
         claimed = _claim_rows(campaign, chunk)
         if claimed is None:
             return _stopped(batch)
         position += len(chunk)
-        if not claimed:
-            continue
-        messages = [
-            OutboundMessage(
-                notification_id=str(pk),
-                idempotency_key=f"notification:{pk}",
-                channel=campaign.channel,
-                to=to,
-                content=content,
-                headers=unsubscribe_headers(recipient_id=recipient_id, channel=campaign.channel)
-                if campaign.channel == Channel.EMAIL
-                else {},
-            )
-            for pk, to, recipient_id in claimed
-        ]
-        if limiter is not None:
-            # Tokens last, just before the call: the provider sees the pace the limiter granted.
-            wait = limiter.acquire_within(len(claimed), share=share, max_wait=INLINE_TOKEN_WAIT_SECONDS)
-            if wait > 0:
-                _release_rows([pk for pk, _, _ in claimed])
-                _set_batch(batch, BatchStatus.DEFERRED, next_attempt_at=timezone.now() + timedelta(seconds=wait))
-                return "no token under the global rate limit"
-        try:
-            results = provider.send_batch(messages)
-        except ConfigurationError as exc:
-            results = [exc] * len(messages)
-        _record(campaign, provider, limiter, claimed, results)
+        for start in range(0, len(claimed), size):
+            call = claimed[start : start + size]
+            messages = [
+                OutboundMessage(
+                    notification_id=str(pk),
+                    idempotency_key=f"notification:{pk}",
+                    channel=campaign.channel,
+                    to=to,
+                    content=content,
+                    headers=unsubscribe_headers(recipient_id=recipient_id, channel=campaign.channel)
+                    if campaign.channel == Channel.EMAIL
+                    else {},
+                )
+                for pk, to, recipient_id in call
+            ]
+            if limiter is not None:
+                # Tokens last, just before the call: the provider sees the pace the limiter granted.
+                wait = limiter.acquire_within(len(call), share=share, max_wait=INLINE_TOKEN_WAIT_SECONDS)
+                if wait > 0:
+                    _release_rows([pk for pk, _, _ in claimed[start:]])
+                    _set_batch(batch, BatchStatus.DEFERRED, next_attempt_at=timezone.now() + timedelta(seconds=wait))
+                    return "no token under the global rate limit"
+            try:
+                results = provider.send_batch(messages)
+            except ConfigurationError as exc:
+                results = [exc] * len(messages)
+            _record(campaign, provider, limiter, call, results)
     return None
 
 

@@ -10,6 +10,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.db.models import Case, F, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from jobs.publishing import publish_after_commit
@@ -206,8 +208,12 @@ def notification_publish(notification: Notification, *, background: bool = False
     pk = notification.pk
 
     def mark_queued() -> None:
-        Notification.objects.filter(pk=pk, status=NotificationStatus.PENDING).update(
-            status=NotificationStatus.QUEUED, queued_at=timezone.now()
+        # A fast worker may have claimed the row already: keep its status, still record queued_at.
+        Notification.objects.filter(pk=pk).update(
+            status=Case(
+                When(status=NotificationStatus.PENDING, then=Value(NotificationStatus.QUEUED)), default=F("status")
+            ),
+            queued_at=Coalesce(F("queued_at"), Value(timezone.now())),
         )
 
     publish_after_commit(

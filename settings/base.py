@@ -156,6 +156,10 @@ CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup closes every database connection around every task unless this
+# is set; jobs/tasks.py applies Django's CONN_MAX_AGE and health checks instead, so a
+# worker keeps its PostgreSQL session and still replaces a broken one.
+CELERY_DB_REUSE_MAX = 1_000_000_000
 
 #: Seconds a reserved but unacknowledged message stays invisible before Redis
 #: redelivers it.  Short, so a SIGKILLed worker's messages come back within a
