@@ -16,6 +16,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import models, transaction
 from django.utils import timezone
 
+from jobs.metrics import DEAD_LETTERS
 from jobs.models import DeadLetter, DeadLetterStatus
 from jobs.publishing import publish, publish_after_commit
 
@@ -42,6 +43,8 @@ def deadletter_record(
 ) -> DeadLetter:
     """Store a final failure with its reason; one open row per subject (a repeat updates it)."""
     now = timezone.now()
+    # Counted when the caller's transaction commits, so a rolled-back failure is not an alert.
+    transaction.on_commit(lambda: DEAD_LETTERS.inc(queue or "none"), robust=True)
     if isinstance(error, BaseException):
         error_class = f"{type(error).__module__}.{type(error).__qualname__}"
         message = str(error) or error_class

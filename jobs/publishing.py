@@ -7,12 +7,15 @@ that fails or never finishes loses nothing: the relay publishes the row again.
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Task
 from django.db import close_old_connections, connection, transaction
+
+from jobs.metrics import PUBLISHED_AT_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,14 @@ _waiting = 0
 def publish(task: Task, *, args: Sequence[Any], queue: str) -> bool:
     """Send one message now; False (logged) when the broker cannot take it."""
     try:
-        task.apply_async(args=list(args), queue=queue, retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+        task.apply_async(
+            args=list(args),
+            queue=queue,
+            retry=True,
+            retry_policy=PUBLISH_RETRY_POLICY,
+            # Read back by the metrics (age of the oldest message per queue).
+            headers={PUBLISHED_AT_HEADER: time.time()},
+        )
     except Exception as exc:  # any broker failure: the row stays the record, the relay retries
         logger.warning(
             "publish of %s to %s failed (%s: %s); left for the relay", task.name, queue, type(exc).__name__, exc

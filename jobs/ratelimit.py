@@ -32,6 +32,7 @@ import redis
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from jobs.metrics import RATELIMIT_WAIT_SECONDS, RATELIMIT_WAITS
 from jobs.redis import redis_client
 
 logger = logging.getLogger(__name__)
@@ -121,10 +122,15 @@ class RateLimiter:
         0.0 once granted; otherwise the wait the caller must arrange itself (it frees its
         worker slot instead of sleeping longer).
         """
-        deadline = time.monotonic() + max_wait
+        started = time.monotonic()
+        deadline = started + max_wait
         while True:
             wait = self.acquire(n, share=share)
             if wait <= 0 or time.monotonic() + wait > deadline:
+                waited = time.monotonic() - started + max(wait, 0.0)
+                if waited > 0.001:
+                    RATELIMIT_WAITS.inc(self.name)
+                    RATELIMIT_WAIT_SECONDS.inc(self.name, amount=waited)
                 return wait
             time.sleep(wait)
 

@@ -10,4 +10,8 @@ class NotificationsConfig(AppConfig):
 
     def ready(self) -> None:
         # System checks, the dead-letter replayer, the provider's bounce webhook receiver.
+        from jobs.metrics import register_gauges
         from notifications import bounces, checks, delivery  # noqa: F401
+        from notifications.campaigns import campaign_metrics
+
+        register_gauges(campaign_metrics)

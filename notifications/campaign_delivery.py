@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -38,6 +39,7 @@ from notifications.campaigns import (
     campaign_rate,
 )
 from notifications.consent import address_suppress, quiet_until
+from notifications.events import notifications_events
 from notifications.models import (
     BatchStatus,
     Campaign,
@@ -186,13 +188,13 @@ def _send_rows(batch: CampaignBatch, campaign: Campaign, ready: list[uuid.UUID])
                     if campaign.channel == Channel.EMAIL
                     else {},
                 )
-                for pk, to, recipient_id in call
+                for pk, to, recipient_id, _ in call
             ]
             if limiter is not None:
                 # Tokens last, just before the call: the provider sees the pace the limiter granted.
                 wait = limiter.acquire_within(len(call), share=share, max_wait=INLINE_TOKEN_WAIT_SECONDS)
                 if wait > 0:
-                    _release_rows([pk for pk, _, _ in claimed[start:]])
+                    _release_rows([row.pk for row in claimed[start:]])
                     _set_batch(batch, BatchStatus.DEFERRED, next_attempt_at=timezone.now() + timedelta(seconds=wait))
                     return "no token under the global rate limit"
             try:
@@ -231,11 +233,31 @@ UPDATE notifications_notification n SET
     updated_at = %(now)s
 FROM candidates c
 WHERE n.id = c.id AND n.status = 'scheduled'
-RETURNING n.id, n.status, n."to", n.recipient_id
+RETURNING n.id, n.status, n."to", n.recipient_id, n.attempts, n.created_at, n.last_error
 """
 
 
-def _claim_rows(campaign: Campaign, ids: list[uuid.UUID]) -> list[tuple[uuid.UUID, str, int]] | None:
+class Claimed(NamedTuple):
+    pk: uuid.UUID
+    to: str
+    recipient_id: int
+    #: An unsaved stand-in with the fields the events and metrics need (no extra query).
+    row: Notification
+
+
+def _row(campaign: Campaign, pk: uuid.UUID, recipient_id: int, attempts: int, created_at) -> Notification:
+    return Notification(
+        pk=pk,
+        priority="marketing",
+        channel=campaign.channel,
+        recipient_id=recipient_id,
+        attempts=attempts,
+        created_at=created_at,
+        campaign_id=campaign.pk,
+    )
+
+
+def _claim_rows(campaign: Campaign, ids: list[uuid.UUID]) -> list[Claimed] | None:
     """Claim rows to send now; rows whose recipient withdrew consent or whose address is suppressed
     become skipped in the same statement.  None if the campaign is no longer running."""
     now = timezone.now()
@@ -256,7 +278,15 @@ def _claim_rows(campaign: Campaign, ids: list[uuid.UUID]) -> list[tuple[uuid.UUI
         rows = cursor.fetchall()
     if not rows and not Campaign.objects.filter(pk=campaign.pk, status=CampaignStatus.RUNNING).exists():
         return None
-    return [(pk, to, recipient_id) for pk, status, to, recipient_id in rows if status == NotificationStatus.SENDING]
+    claimed, skipped = [], []
+    for pk, status, to, recipient_id, attempts, created_at, reason in rows:
+        row = _row(campaign, pk, recipient_id, attempts, created_at)
+        if status == NotificationStatus.SENDING:
+            claimed.append(Claimed(pk, to, recipient_id, row))
+        else:
+            skipped.append((row, "skipped", "", reason, {}))
+    notifications_events(skipped)
+    return claimed
 
 
 def _release_rows(ids: list[uuid.UUID]) -> None:
@@ -300,13 +330,13 @@ def _record(
     campaign: Campaign,
     provider: BaseProvider,
     limiter: RateLimiter | None,
-    claimed: list[tuple[uuid.UUID, str, int]],
+    claimed: list[Claimed],
     results: list[SendResult | JobError | ConfigurationError],
 ) -> None:
     """Write every message's outcome; the circuit breaker hears about the call as a whole."""
     breaker = delivery.breaker_for(provider)
-    sent = [(pk, r.message_id) for (pk, _, _), r in zip(claimed, results, strict=True) if isinstance(r, SendResult)]
-    failures = [(pk, to, r) for (pk, to, _), r in zip(claimed, results, strict=True) if not isinstance(r, SendResult)]
+    sent = [(c, r.message_id) for c, r in zip(claimed, results, strict=True) if isinstance(r, SendResult)]
+    failures = [(c.pk, c.to, r) for c, r in zip(claimed, results, strict=True) if not isinstance(r, SendResult)]
     if sent or any(isinstance(r, PermanentError) for _, _, r in failures):
         breaker.record_success()
     elif failures:
@@ -328,7 +358,7 @@ def _record(
                     FROM unnest(%s::uuid[], %s::text[]) AS v(id, message_id)
                     WHERE n.id = v.id AND n.status = 'sending'
                     """,
-                    [provider.name, now, now, [pk for pk, _ in sent], [mid for _, mid in sent]],
+                    [provider.name, now, now, [c.pk for c, _ in sent], [mid for _, mid in sent]],
                 )
         if failures:
             by_pk = Notification.objects.in_bulk([pk for pk, _, _ in failures])
@@ -351,3 +381,6 @@ def _record(
                     delivery.schedule_retry(notification, f"{provider.name}: {error}", provider.name, None)
     if sent:
         add_together([campaign_rate(campaign.pk), provider_rate(provider.name)], len(sent))
+        notifications_events(
+            (c.row, "sent", provider.name, "", {"provider_message_id": message_id}) for c, message_id in sent
+        )

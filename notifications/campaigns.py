@@ -14,6 +14,7 @@ writing a segment twice cannot write a recipient twice.
 import logging
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from jobs.publishing import publish, publish_after_commit
 from jobs.rates import RollingCounter
@@ -516,3 +518,21 @@ def campaign_relay(*, now=None, queue_lengths=queue_length) -> int:
     if published:
         logger.info("campaign relay: published %s batch(es) or segment(s) again", published)
     return published
+
+
+def campaign_metrics() -> Iterator[Metric]:
+    """Prometheus gauges of the running and paused campaigns (registered with jobs.metrics at start-up)."""
+    messages = GaugeMetricFamily(
+        "notify_campaign_messages", "Notifications of a campaign by state.", labels=["campaign", "name", "state"]
+    )
+    rate = GaugeMetricFamily(
+        "notify_campaign_send_rate", "Sends per second of a campaign.", labels=["campaign", "name"]
+    )
+    for campaign in Campaign.objects.filter(status__in=[CampaignStatus.RUNNING, CampaignStatus.PAUSED]):
+        progress = campaign_progress(campaign)
+        labels = [str(campaign.pk), campaign.name]
+        for state in ("sent", "failed", "skipped", "remaining"):
+            messages.add_metric([*labels, state], float(progress[state]))
+        rate.add_metric(labels, float(progress["rate_per_second"]))
+    yield messages
+    yield rate

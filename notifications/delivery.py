@@ -46,6 +46,7 @@ from jobs.rates import RollingCounter
 from jobs.retry import retry_policy
 from notifications.campaigns import campaign_finish_if_done, campaign_rate, campaign_recount_for
 from notifications.consent import address_suppress, marketing_consent, quiet_until, suppression_reason
+from notifications.events import notification_event
 from notifications.models import Campaign, CampaignStatus, Channel, Notification, NotificationStatus, Priority
 from notifications.providers.base import BaseProvider, OutboundMessage
 from notifications.providers.registry import providers_for
@@ -121,6 +122,7 @@ def notification_deliver(*, notification_id: str) -> None:
     if notification is None:
         logger.info("notification %s: not claimable (done, owned by another worker, or not due)", notification_id)
         return
+    notification_event(notification, "sending")
     _chaos_hook(notification)
     if _held(notification):
         return
@@ -241,7 +243,7 @@ def _skip(notification: Notification, reason: str) -> None:
         )
         if updated and notification.campaign_id:
             campaign_recount_for(notification)
-    logger.info("notification %s skipped priority=%s: %s", notification.pk, notification.priority, reason)
+    notification_event(notification, "skipped", detail=reason)
     if notification.campaign_id:
         campaign_finish_if_done(campaign_id=notification.campaign_id)
 
@@ -256,7 +258,7 @@ def _postpone(notification: Notification, until, reason: str) -> None:
         lease_expires_at=None,
         updated_at=timezone.now(),
     )
-    logger.info("notification %s postponed until %s: %s", notification.pk, until.isoformat(), reason)
+    notification_event(notification, "postponed", detail=reason, until=until.isoformat())
 
 
 def _provider_order(notification: Notification) -> list[BaseProvider]:
@@ -287,15 +289,7 @@ def _mark_sent(notification: Notification, provider: str, message_id: str) -> No
     if notification.campaign_id:
         campaign_rate(notification.campaign_id).add(1)
         campaign_finish_if_done(campaign_id=notification.campaign_id)
-    logger.info(
-        "notification %s sent priority=%s channel=%s provider=%s attempt=%s id=%s",
-        notification.pk,
-        notification.priority,
-        notification.channel,
-        provider,
-        notification.attempts,
-        message_id,
-    )
+    notification_event(notification, "sent", provider=provider, provider_message_id=message_id)
 
 
 def schedule_retry(
@@ -329,15 +323,13 @@ def schedule_retry(
         lease_expires_at=None,
         updated_at=now,
     )
-    logger.warning(
-        "notification %s failed priority=%s channel=%s provider=%s attempt=%s retry_in=%.1fs: %s",
-        notification.pk,
-        notification.priority,
-        notification.channel,
-        provider,
-        notification.attempts,
-        (moment - now).total_seconds(),
-        error,
+    notification_event(
+        notification,
+        # Nobody was called (breakers open, no token): a wait, not a failed attempt.
+        "postponed" if refund_attempt else "retry",
+        provider=provider,
+        detail=error,
+        retry_in_seconds=round((moment - now).total_seconds(), 1),
     )
 
 
@@ -371,15 +363,7 @@ def dead_letter(notification: Notification, error: JobError | str, provider: str
             provider=provider or notification.provider,
             first_failed_at=notification.first_failed_at or now,
         )
-    logger.warning(
-        "notification %s dead priority=%s channel=%s provider=%s attempt=%s: %s",
-        notification.pk,
-        notification.priority,
-        notification.channel,
-        provider,
-        notification.attempts,
-        error,
-    )
+    notification_event(notification, "dead", provider=provider, detail=str(error))
     if notification.campaign_id:
         campaign_finish_if_done(campaign_id=notification.campaign_id)
 
@@ -397,6 +381,8 @@ def notification_replay(dead_letter: DeadLetter) -> None:
         )
         if replayed and notification.campaign_id:
             campaign_recount_for(notification)
+    if replayed:
+        notification_event(notification, "replayed", detail=f"dead letter {dead_letter.pk}")
     notification_publish(notification)
 
 

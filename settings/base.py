@@ -251,6 +251,8 @@ PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 CAMPAIGN_SEGMENT_SIZE = env_int("CAMPAIGN_SEGMENT_SIZE", 100_000)
 #: Notifications per campaign batch message: 5 M recipients make 10,000 small messages.
 CAMPAIGN_BATCH_SIZE = env_int("CAMPAIGN_BATCH_SIZE", 500)
+#: "user:password" Prometheus must send to /metrics (basic auth); production refuses the default.
+METRICS_BASIC_AUTH = env_str("METRICS_BASIC_AUTH", "prometheus:prometheus")
 #: django-anymail: the tracking webhook (hard bounces -> suppression) requires basic auth
 #: with this "user:password"; give the same in the webhook URL at the provider.
 ANYMAIL = {"WEBHOOK_SECRET": env_str("ANYMAIL_WEBHOOK_SECRET", "local-webhook:change-me")}
@@ -322,13 +324,18 @@ NOTIFICATIONS_PROVIDERS = {
 #: Seconds a provider call may take before it counts as a transient failure.
 PROVIDER_TIMEOUT_SECONDS = float(env_str("PROVIDER_TIMEOUT_SECONDS", "10"))
 
+#: "plain" for people at a terminal, "json" (production's default) for log pipelines: one
+#: object per line; a notification's state changes carry id, priority, channel, provider,
+#: attempt and outcome as fields.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "jobs.logging.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -1,7 +1,11 @@
 """Production settings: everything secret or host-specific must come from the environment."""
 
-from settings.base import *  # noqa: F403
-from settings.base import env_bool, env_int
+import os
+
+os.environ.setdefault("LOG_FORMAT", "json")
+
+from settings.base import *  # noqa: E402,F403
+from settings.base import env_bool, env_int  # noqa: E402
 
 DEBUG = False
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -22,3 +26,8 @@ if ANYMAIL["WEBHOOK_SECRET"] == "local-webhook:change-me":  # noqa: F405
     raise ImproperlyConfigured(
         "ANYMAIL_WEBHOOK_SECRET must be set in production (user:password the provider's bounce webhook sends)."
     )
+
+if METRICS_BASIC_AUTH == "prometheus:prometheus":  # noqa: F405
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("METRICS_BASIC_AUTH must be set in production (user:password Prometheus sends).")

@@ -1,0 +1,231 @@
+"""Prometheus metrics shared by every process: workers count into Redis, the web process serves /metrics.
+
+Workers are many processes on many machines, so counters and histograms live in Redis
+hashes (one HINCRBY pipeline per event or batch) and are read back at scrape time,
+together with gauges read live from Redis (queue depth and age, breakers) and PostgreSQL
+(open dead letters).  Domain apps add gauges with `register_gauges` (campaign progress).
+
+    notify_queue_depth{queue}                         messages waiting
+    notify_queue_oldest_age_seconds{queue}            age of the next message to be taken
+    notify_queue_reserved                             messages taken by workers, not yet acknowledged
+    notify_sends_total{channel,priority,provider,outcome}   outcome: sent | retry | dead | skipped
+    notify_retries_total{channel,priority}
+    notify_delivery_latency_seconds{channel,priority} histogram: submit -> provider accepted
+    notify_dead_letters_total{queue}                  dead letters recorded
+    notify_dead_letters_open                          dead letters not yet replayed or discarded
+    notify_breaker_state{breaker}                     0 closed, 1 half-open, 2 open
+    notify_ratelimit_waits_total{limiter}             sends that had to wait for a token
+    notify_ratelimit_wait_seconds_total{limiter}
+If Redis is unreachable an event is dropped (logged at debug): metrics never fail a send.
+"""
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from jobs.redis import broker_client, redis_client
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "jobs:metrics"
+#: Message header set at publish (jobs/publishing.py), read back for the queue age.
+PUBLISHED_AT_HEADER = "published_at"
+#: Seconds: from a security alert (well under 1 s) to a marketing retry (an hour).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
+
+
+@dataclass(frozen=True)
+class SharedCounter:
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+
+    def inc(self, *values: str, amount: float = 1, pipe: redis.client.Pipeline | None = None) -> None:
+        _run(pipe, lambda p: p.hincrbyfloat(f"{PREFIX}:{self.name}", json.dumps(values), amount))
+
+    def collect(self, client: redis.Redis) -> Metric:
+        family = CounterMetricFamily(self.name.removesuffix("_total"), self.documentation, labels=self.labels)
+        for field, value in sorted(client.hgetall(f"{PREFIX}:{self.name}").items()):
+            family.add_metric(json.loads(field), float(value))
+        return family
+
+
+@dataclass(frozen=True)
+class SharedHistogram:
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
+
+    def observe_many(self, values_by_labels: dict[tuple[str, ...], Sequence[float]]) -> None:
+        """Record observations, grouped by label values, in one round trip."""
+        key = f"{PREFIX}:{self.name}"
+
+        def record(pipe: redis.client.Pipeline) -> None:
+            for labels, observations in values_by_labels.items():
+                if not observations:
+                    continue
+                counts: dict[str, int] = {}
+                for value in observations:
+                    bucket = next((b for b in self.buckets if value <= b), "+Inf")
+                    counts[str(bucket)] = counts.get(str(bucket), 0) + 1
+                prefix = json.dumps(labels)
+                for bucket, count in counts.items():
+                    pipe.hincrby(key, f"{prefix}|{bucket}", count)
+                pipe.hincrby(key, f"{prefix}|count", len(observations))
+                pipe.hincrbyfloat(key, f"{prefix}|sum", sum(observations))
+
+        _run(None, record)
+
+    def observe(self, *labels: str, value: float) -> None:
+        self.observe_many({tuple(labels): [value]})
+
+    def collect(self, client: redis.Redis) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        series: dict[str, dict[str, float]] = {}
+        for field, value in client.hgetall(f"{PREFIX}:{self.name}").items():
+            labels, _, part = field.decode().rpartition("|")
+            series.setdefault(labels, {})[part] = float(value)
+        for labels, parts in sorted(series.items()):
+            cumulative, buckets = 0.0, []
+            for bound in (*self.buckets, "+Inf"):
+                cumulative += parts.get(str(bound), 0.0)
+                buckets.append((str(bound) if bound == "+Inf" else repr(float(bound)), cumulative))
+            family.add_metric(json.loads(labels), buckets, parts.get("sum", 0.0))
+        return family
+
+
+def _run(pipe: redis.client.Pipeline | None, record: Callable[[redis.client.Pipeline], object]) -> None:
+    try:
+        if pipe is not None:
+            record(pipe)
+            return
+        own = redis_client().pipeline(transaction=False)
+        record(own)
+        own.execute()
+    except redis.RedisError as exc:
+        logger.debug("metrics not recorded: %s", exc)
+
+
+SENDS = SharedCounter(
+    "notify_sends_total",
+    "Delivery attempts by outcome: sent, retry (failed, will retry), dead (dead-lettered), skipped.",
+    ("channel", "priority", "provider", "outcome"),
+)
+RETRIES = SharedCounter(
+    "notify_retries_total", "Attempts that failed and were scheduled again.", ("channel", "priority")
+)
+DEAD_LETTERS = SharedCounter("notify_dead_letters_total", "Dead letters recorded.", ("queue",))
+RATELIMIT_WAITS = SharedCounter("notify_ratelimit_waits_total", "Sends that had to wait for a token.", ("limiter",))
+RATELIMIT_WAIT_SECONDS = SharedCounter(
+    "notify_ratelimit_wait_seconds_total", "Seconds spent or scheduled waiting for tokens.", ("limiter",)
+)
+LATENCY = SharedHistogram(
+    "notify_delivery_latency_seconds",
+    "From the moment a notification was written to the moment a provider accepted it.",
+    ("channel", "priority"),
+)
+SHARED_METRICS: tuple[SharedCounter | SharedHistogram, ...] = (
+    SENDS,
+    RETRIES,
+    DEAD_LETTERS,
+    RATELIMIT_WAITS,
+    RATELIMIT_WAIT_SECONDS,
+    LATENCY,
+)
+
+
+def record_outcomes(
+    outcomes: Iterable[tuple[str, str, str, str]], latencies: dict[tuple[str, str], list[float]]
+) -> None:
+    """Count (channel, priority, provider, outcome) events and observe latencies, in one round trip."""
+    counts: dict[tuple[str, str, str, str], int] = {}
+    for outcome in outcomes:
+        counts[outcome] = counts.get(outcome, 0) + 1
+
+    def record(pipe: redis.client.Pipeline) -> None:
+        for labels, count in counts.items():
+            SENDS.inc(*labels, amount=count, pipe=pipe)
+            if labels[3] == "retry":
+                RETRIES.inc(labels[0], labels[1], amount=count, pipe=pipe)
+
+    _run(None, record)
+    if latencies:
+        LATENCY.observe_many(latencies)
+
+
+# --- scrape-time gauges ------------------------------------------------------------
+
+_gauge_sources: list[Callable[[], Iterable[Metric]]] = []
+
+
+def register_gauges(source: Callable[[], Iterable[Metric]]) -> None:
+    """Add a callable that yields metric families at every scrape (e.g. campaign progress)."""
+    if source not in _gauge_sources:
+        _gauge_sources.append(source)
+
+
+def queue_oldest_age(name: str, *, now: float | None = None, client: redis.Redis | None = None) -> float | None:
+    """Seconds since the next message of a queue was published; None if the queue is empty or the age unknown.
+
+    kombu pushes on the left and workers pop on the right, so the next message is at index -1.
+    """
+    client = client or broker_client()
+    raw = client.lindex(name, -1)
+    if raw is None:
+        return None
+    try:
+        published = json.loads(raw)["headers"].get(PUBLISHED_AT_HEADER)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if published is None:
+        return None
+    return max(0.0, (now or time.time()) - float(published))
+
+
+class PlatformCollector:
+    """Everything above, read at scrape time."""
+
+    def __init__(self, queues: Callable[[], list[str]]) -> None:
+        self.queues = queues
+
+    def collect(self) -> Iterable[Metric]:
+        from jobs.models import DeadLetter, DeadLetterStatus
+        from jobs.selectors import breaker_states
+
+        client, broker = redis_client(), broker_client()
+        depth = GaugeMetricFamily("notify_queue_depth", "Messages waiting in a queue.", labels=["queue"])
+        age = GaugeMetricFamily(
+            "notify_queue_oldest_age_seconds", "Age of the next message a queue will hand out.", labels=["queue"]
+        )
+        now = time.time()
+        for queue in self.queues():
+            depth.add_metric([queue], float(broker.llen(queue)))
+            age.add_metric([queue], queue_oldest_age(queue, now=now, client=broker) or 0.0)
+        yield depth
+        yield age
+        yield GaugeMetricFamily(
+            "notify_queue_reserved",
+            "Messages workers have taken and not yet acknowledged.",
+            value=float(broker.hlen("unacked")),
+        )
+        for metric in SHARED_METRICS:
+            yield metric.collect(client)
+        states = GaugeMetricFamily(
+            "notify_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.", labels=["breaker"]
+        )
+        for state in breaker_states():
+            states.add_metric([state.name], {"closed": 0.0, "half_open": 1.0, "open": 2.0}.get(state.state, 0.0))
+        yield states
+        yield GaugeMetricFamily(
+            "notify_dead_letters_open",
+            "Dead letters neither replayed nor discarded.",
+            value=float(DeadLetter.objects.filter(status=DeadLetterStatus.OPEN).count()),
+        )
+        for source in _gauge_sources:
+            yield from source()
