@@ -259,8 +259,8 @@ class CampaignAdmin(admin.ModelAdmin):
     def get_fields(self, request: HttpRequest, obj=None) -> list[str]:
         fields = ["name", "template", "channel", "context_json", "audience_locale", "audience_tag"]
         if obj is not None and obj.status != CampaignStatus.DRAFT:
-            return ["name", "status", *self.progress_fields, "template", "channel", "context", "audience_locale",
-                    "audience_tag", "started_at", "finished_at", "created_by"]  # fmt: skip
+            return ["name", "status", "last_error", *self.progress_fields, "template", "channel", "context",
+                    "audience_locale", "audience_tag", "started_at", "finished_at", "created_by"]  # fmt: skip
         return fields if obj is None else ["status", *fields]
 
     def get_readonly_fields(self, request: HttpRequest, obj=None) -> list[str]:
@@ -301,6 +301,8 @@ class CampaignAdmin(admin.ModelAdmin):
         )
         if obj.status == CampaignStatus.RUNNING and obj.fanout_completed_at is None:
             label += f" · writing recipients ({obj.segments_done}/{obj.segments_total} segments)"
+        if obj.last_error:
+            label += f" · paused by a worker: {obj.last_error}"
         return format_html(
             '<progress class="campaign-progress" value="{}" max="{}" style="width: 14em"></progress> {}% <br><small>{}</small>',
             done,

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -36,6 +37,7 @@ from notifications.campaigns import (
     batch_key_range,
     campaign_batch_recount,
     campaign_finish_if_done,
+    campaign_pause_with_error,
     campaign_rate,
 )
 from notifications.consent import address_suppress, quiet_until
@@ -51,7 +53,7 @@ from notifications.models import (
 )
 from notifications.providers.base import BaseProvider, OutboundMessage, SendResult
 from notifications.providers.registry import providers_for
-from notifications.rendering import render
+from notifications.rendering import RenderedMessage, render
 from notifications.unsubscribe import unsubscribe_headers
 
 logger = logging.getLogger(__name__)
@@ -133,7 +135,15 @@ def _run(batch: CampaignBatch) -> None:
             ready.append(pk)
         else:
             wake_at = until if wake_at is None else min(wake_at, until)
-    outcome = _send_rows(batch, campaign, ready)
+    try:
+        content = render(template=campaign.template, channel=campaign.channel, context=campaign.context)
+    except ValidationError as exc:
+        # The template changed under a running campaign (a deploy): every batch would fail the
+        # same way, so stop the campaign with the reason instead of retrying 10,000 batches.
+        campaign_pause_with_error(campaign_id=campaign.pk, error=f"cannot render: {'; '.join(exc.messages)}")
+        _set_batch(batch, BatchStatus.PAUSED)
+        return
+    outcome = _send_rows(batch, campaign, ready, content)
     if outcome is not None:
         return
     if wake_at is not None:
@@ -148,9 +158,10 @@ def _run(batch: CampaignBatch) -> None:
 CLAIM_CALLS = 10
 
 
-def _send_rows(batch: CampaignBatch, campaign: Campaign, ready: list[uuid.UUID]) -> str | None:
+def _send_rows(
+    batch: CampaignBatch, campaign: Campaign, ready: list[uuid.UUID], content: RenderedMessage
+) -> str | None:
     """Send `ready` in provider calls; None when all went, else why the batch stopped (already recorded)."""
-    content = render(template=campaign.template, channel=campaign.channel, context=campaign.context)
     deadline = time.monotonic() + _time_budget()
     position = 0
     while position < len(ready):

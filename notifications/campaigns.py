@@ -109,6 +109,7 @@ def campaign_progress(campaign: Campaign) -> dict[str, Any]:
         "percent_done": round(100 * campaign.done_count / total, 1) if total else 0.0,
         "rate_per_second": round(rate, 1),
         "eta_seconds": round(remaining / rate) if rate > 0 and remaining else None,
+        "last_error": campaign.last_error or None,
         "started_at": campaign.started_at.isoformat() if campaign.started_at else None,
         "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
     }
@@ -235,12 +236,22 @@ def campaign_pause(*, campaign_id: int) -> Campaign:
     return campaign
 
 
+def campaign_pause_with_error(*, campaign_id: int, error: str) -> None:
+    """A worker found the campaign cannot be sent (its template no longer renders): pause it with the reason."""
+    paused = Campaign.objects.filter(pk=campaign_id, status=CampaignStatus.RUNNING).update(
+        status=CampaignStatus.PAUSED, last_error=error[:2000], updated_at=timezone.now()
+    )
+    if paused:
+        logger.error("campaign %s paused: %s", campaign_id, error)
+
+
 def campaign_resume(*, campaign_id: int) -> Campaign:
     """Paused -> running: the batches that were handed back while paused are queued again."""
     with transaction.atomic():
         campaign = _transition(campaign_id, (CampaignStatus.PAUSED,), "resumed")
         campaign.status = CampaignStatus.RUNNING
-        campaign.save(update_fields=["status", "updated_at"])
+        campaign.last_error = ""
+        campaign.save(update_fields=["status", "last_error", "updated_at"])
         batch_ids = list(
             CampaignBatch.objects.filter(campaign=campaign, status=BatchStatus.PAUSED).values_list("pk", flat=True)
         )

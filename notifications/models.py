@@ -221,6 +221,8 @@ class Campaign(models.Model):
     segments_total = models.PositiveIntegerField(default=0)
     segments_done = models.PositiveIntegerField(default=0)
     fanout_completed_at = models.DateTimeField(null=True, blank=True)
+    #: Why a worker paused it (e.g. its template no longer renders); cleared on resume.
+    last_error = models.TextField(blank=True, default="")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
