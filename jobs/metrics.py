@@ -154,7 +154,8 @@ def record_outcomes(
             if labels[3] == "retry":
                 RETRIES.inc(labels[0], labels[1], amount=count, pipe=pipe)
 
-    _run(None, record)
+    if counts:
+        _run(None, record)
     if latencies:
         LATENCY.observe_many(latencies)
 

@@ -25,7 +25,7 @@ class RollingCounter:
         return f"jobs:rate:{self.name}:{second}"
 
     def add(self, count: int = 1, *, at: float | None = None) -> None:
-        add_together([self], count, at=at)
+        add_counts([(self, count)], at=at)
 
     def series(self, seconds: int = 60, *, now: float | None = None) -> list[tuple[int, int]]:
         """(second, count) for the last `seconds` whole seconds, oldest first (the current one excluded)."""
@@ -42,16 +42,16 @@ class RollingCounter:
         return sum(count for _, count in self.series(seconds, now=now)) / seconds
 
 
-def add_together(counters: list[RollingCounter], count: int = 1, *, at: float | None = None) -> None:
-    """Add `count` to several counters (of the same Redis) in one round trip."""
-    if not counters:
+def add_counts(counts: list[tuple[RollingCounter, int]], *, at: float | None = None) -> None:
+    """Add to several counters (of the same Redis) in one round trip."""
+    if not counts:
         return
     second = int(at if at is not None else time.time())
     try:
-        pipe = counters[0].client.pipeline(transaction=False)
-        for counter in counters:
+        pipe = counts[0][0].client.pipeline(transaction=False)
+        for counter, count in counts:
             pipe.incrby(counter._key(second), count)
             pipe.expire(counter._key(second), HISTORY_SECONDS)
         pipe.execute()
     except redis.RedisError as exc:
-        logger.debug("rolling counters %s not updated: %s", [c.name for c in counters], exc)
+        logger.debug("rolling counters %s not updated: %s", [c.name for c, _ in counts], exc)

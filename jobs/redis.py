@@ -16,11 +16,9 @@ CONNECT_TIMEOUT = 2.0
 RETRY = Retry(NoBackoff(), retries=1)
 
 
-@lru_cache(maxsize=1)
-def redis_client() -> redis.Redis:
-    """One client (with its own connection pool) per process."""
+def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(
-        settings.REDIS_URL,
+        url,
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_keepalive=True,
@@ -30,14 +28,15 @@ def redis_client() -> redis.Redis:
 
 
 @lru_cache(maxsize=1)
+def redis_client() -> redis.Redis:
+    """One client (with its own connection pool) per process."""
+    return _client(settings.REDIS_URL)
+
+
+@lru_cache(maxsize=1)
 def broker_client() -> redis.Redis:
     """A plain client on the Celery broker (it may be another Redis than REDIS_URL), to read queue depths."""
-    return redis.Redis.from_url(
-        settings.CELERY_BROKER_URL,
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        retry=RETRY,
-    )
+    return _client(settings.CELERY_BROKER_URL)
 
 
 def queue_length(name: str) -> int | None:

@@ -34,27 +34,23 @@ from notifications.rendering import template_names
 from notifications.services import notification_send, notification_validate
 
 
-class NotificationSendForm(forms.ModelForm):
-    """The admin's 'add notification' form: validated and written by notification_send."""
+class ServiceValidatedForm(forms.ModelForm):
+    """An admin add form whose values a service function validates: a template, a JSON context, and
+    the service's errors (field -> reason) shown on the matching form fields."""
 
-    priority = forms.ChoiceField(choices=Priority.choices, initial=Priority.TRANSACTIONAL)
-    channel = forms.ChoiceField(choices=Channel.choices)
     template = forms.ChoiceField(choices=[])
-    to = forms.CharField(help_text="E-mail address, E.164 phone number or push token.")
-    context_json = forms.CharField(
-        label="Context",
-        widget=forms.Textarea(attrs={"rows": 4}),
-        initial="{}",
-        help_text='JSON object with the template\'s variables, e.g. {"code": "123456"}.',
-    )
-
-    class Meta:
-        model = Notification
-        fields: list[str] = []
+    context_json = forms.CharField(label="Context", widget=forms.Textarea(attrs={"rows": 4}), initial="{}")
+    #: An example of the context, for the help text.
+    context_example = "{}"
+    #: The service's error keys that are named differently on the form.
+    error_fields: dict[str, str] = {"context": "context_json"}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["template"].choices = [(name, name) for name in template_names()]
+        self.fields[
+            "context_json"
+        ].help_text = f"JSON object with the template's variables, e.g. {self.context_example}."
 
     def clean_context_json(self) -> dict:
         try:
@@ -65,24 +61,43 @@ class NotificationSendForm(forms.ModelForm):
             raise ValidationError("must be a JSON object")
         return value
 
+    def validate(self, data: dict) -> None:
+        """Call the service's validation; raise its ValidationError."""
+        raise NotImplementedError
+
     def clean(self) -> dict:
         data = super().clean()
         if self.errors:
             return data
         try:
-            notification_validate(
-                priority=data["priority"],
-                channel=data["channel"],
-                template=data["template"],
-                context=data["context_json"],
-                to=data["to"],
-            )
+            self.validate(data)
         except ValidationError as exc:
             for field, errors in exc.message_dict.items():
-                self.add_error(
-                    "context_json" if field == "context" else field if field in self.fields else None, errors
-                )
+                target = self.error_fields.get(field, field)
+                self.add_error(target if target in self.fields else None, errors)
         return data
+
+
+class NotificationSendForm(ServiceValidatedForm):
+    """The admin's 'add notification' form: validated and written by notification_send."""
+
+    priority = forms.ChoiceField(choices=Priority.choices, initial=Priority.TRANSACTIONAL)
+    channel = forms.ChoiceField(choices=Channel.choices)
+    to = forms.CharField(help_text="E-mail address, E.164 phone number or push token.")
+    context_example = '{"code": "123456"}'
+
+    class Meta:
+        model = Notification
+        fields: list[str] = []
+
+    def validate(self, data: dict) -> None:
+        notification_validate(
+            priority=data["priority"],
+            channel=data["channel"],
+            template=data["template"],
+            context=data["context_json"],
+            to=data["to"],
+        )
 
     def _post_clean(self) -> None:
         # The service builds the row; the model has nothing to validate here.
@@ -185,16 +200,11 @@ class ApiTokenAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {count} token(s).")
 
 
-class CampaignForm(forms.ModelForm):
+class CampaignForm(ServiceValidatedForm):
     """The admin's campaign form: validated by the same service function as the API."""
 
-    template = forms.ChoiceField(choices=[])
-    context_json = forms.CharField(
-        label="Context",
-        widget=forms.Textarea(attrs={"rows": 4}),
-        initial="{}",
-        help_text='JSON object with the template\'s variables, e.g. {"headline": "Spring sale", "body": "…"}.',
-    )
+    context_example = '{"headline": "Spring sale", "body": "…"}'
+    error_fields = {"context": "context_json", "audience.locale": "audience_locale", "audience.tag": "audience_tag"}
 
     class Meta:
         model = Campaign
@@ -202,41 +212,18 @@ class CampaignForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["template"].choices = [(name, name) for name in template_names()]
         if self.instance.pk:
             self.fields["context_json"].initial = json.dumps(self.instance.context)
 
-    def clean_context_json(self) -> dict:
-        try:
-            value = json.loads(self.cleaned_data["context_json"] or "{}")
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"not valid JSON: {exc}") from exc
-        if not isinstance(value, dict):
-            raise ValidationError("must be a JSON object")
-        return value
-
-    def clean(self) -> dict:
-        data = super().clean()
-        if self.errors:
-            return data
-        try:
-            campaign_validate(
-                name=data["name"],
-                template=data["template"],
-                channel=data["channel"],
-                context=data["context_json"],
-                audience_locale=data.get("audience_locale") or "",
-                audience_tag=data.get("audience_tag") or "",
-            )
-        except ValidationError as exc:
-            for field, errors in exc.message_dict.items():
-                target = {
-                    "context": "context_json",
-                    "audience.locale": "audience_locale",
-                    "audience.tag": "audience_tag",
-                }
-                self.add_error(target.get(field, field) if target.get(field, field) in self.fields else None, errors)
-        return data
+    def validate(self, data: dict) -> None:
+        campaign_validate(
+            name=data["name"],
+            template=data["template"],
+            channel=data["channel"],
+            context=data["context_json"],
+            audience_locale=data.get("audience_locale") or "",
+            audience_tag=data.get("audience_tag") or "",
+        )
 
 
 def _duration(seconds: float | None) -> str:

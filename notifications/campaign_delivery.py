@@ -30,19 +30,18 @@ from django.utils import timezone
 from jobs.breaker import OPEN, breaker_config
 from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
 from jobs.ratelimit import RateLimiter, rate_limiter_for
-from jobs.rates import RollingCounter, add_together
 from notifications import delivery
 from notifications.campaigns import (
-    CONSENT_COLUMN,
     batch_key_range,
     campaign_batch_recount,
+    campaign_batches_publish,
     campaign_finish_if_done,
     campaign_pause_with_error,
-    campaign_rate,
 )
 from notifications.consent import address_suppress, quiet_until
 from notifications.events import notifications_events
 from notifications.models import (
+    MARKETING_CONSENT_FIELDS,
     BatchStatus,
     Campaign,
     CampaignBatch,
@@ -65,10 +64,6 @@ INLINE_TOKEN_WAIT_SECONDS = 1.0
 def _time_budget() -> float:
     """Seconds a batch task works before handing its batch to a fresh task: far inside the soft time limit."""
     return settings.CELERY_TASK_SOFT_TIME_LIMIT / 2
-
-
-def provider_rate(provider: str) -> RollingCounter:
-    return RollingCounter(f"provider:{provider}:sent")
 
 
 def _claim_batch(batch_id: int) -> CampaignBatch | None:
@@ -167,7 +162,7 @@ def _send_rows(
     while position < len(ready):
         if time.monotonic() > deadline:
             _set_batch(batch, BatchStatus.QUEUED)
-            _republish(batch)
+            campaign_batches_publish(campaign, [batch.pk])
             return "time budget used"
         provider, limiter = _pick_provider(campaign.channel)
         if provider is None:
@@ -277,7 +272,7 @@ def _claim_rows(campaign: Campaign, ids: list[uuid.UUID]) -> list[Claimed] | Non
         # waiting for its fsync saves one of the two per call.  (The sent update does wait.)
         cursor.execute("SET LOCAL synchronous_commit TO OFF")
         cursor.execute(
-            _CLAIM_SQL.format(consent=CONSENT_COLUMN[campaign.channel]),
+            _CLAIM_SQL.format(consent=MARKETING_CONSENT_FIELDS[campaign.channel]),
             {
                 "ids": ids,
                 "campaign": campaign.pk,
@@ -329,12 +324,6 @@ def _skip_rest(batch: CampaignBatch, reason: str) -> None:
         )
         _set_batch(batch, BatchStatus.DONE)
     logger.info("campaign batch %s: %s row(s) skipped (%s)", batch.pk, skipped, reason)
-
-
-def _republish(batch: CampaignBatch) -> None:
-    from notifications.campaigns import _publish_batches
-
-    _publish_batches(batch.campaign, [batch.pk])
 
 
 def _record(
@@ -391,7 +380,6 @@ def _record(
                     logger.error("campaign %s: provider %s is misconfigured: %s", campaign.pk, provider.name, error)
                     delivery.schedule_retry(notification, f"{provider.name}: {error}", provider.name, None)
     if sent:
-        add_together([campaign_rate(campaign.pk), provider_rate(provider.name)], len(sent))
         notifications_events(
             (c.row, "sent", provider.name, "", {"provider_message_id": message_id}) for c, message_id in sent
         )

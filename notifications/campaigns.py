@@ -25,10 +25,11 @@ from django.db.models import F
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from jobs.publishing import publish, publish_after_commit
-from jobs.rates import RollingCounter
+from jobs.publishing import publish_after_commit
 from jobs.redis import queue_length
+from notifications.events import RATE_WINDOW_SECONDS, campaign_rate
 from notifications.models import (
+    MARKETING_CONSENT_FIELDS,
     BatchStatus,
     Campaign,
     CampaignBatch,
@@ -43,12 +44,6 @@ from settings.topology import FANOUT_QUEUE, queue_name
 logger = logging.getLogger(__name__)
 
 
-#: The address and marketing-consent columns of each channel (fixed names, never user input).
-CONSENT_COLUMN = {
-    Channel.EMAIL: "email_marketing_consent",
-    Channel.SMS: "sms_marketing_consent",
-    Channel.PUSH: "push_marketing_consent",
-}
 LABEL = re.compile(r"^[A-Za-z0-9_.:-]{1,50}$")
 
 
@@ -79,15 +74,6 @@ def campaign_notifications(campaign: Campaign):
         pk__gte=campaign_notification_id(campaign.pk, 0),
         pk__lte=uuid.UUID(f"{_key_prefix(campaign.pk)}8{'f' * 15}"),
     )
-
-
-def campaign_rate(campaign_id: int) -> RollingCounter:
-    """Sends per second of one campaign (every worker adds to it)."""
-    return RollingCounter(f"campaign:{campaign_id}:sent")
-
-
-#: Seconds the displayed send rate averages over.
-RATE_WINDOW_SECONDS = 10
 
 
 def campaign_progress(campaign: Campaign) -> dict[str, Any]:
@@ -258,7 +244,7 @@ def campaign_resume(*, campaign_id: int) -> Campaign:
         CampaignBatch.objects.filter(pk__in=batch_ids).update(
             status=BatchStatus.QUEUED, queued_at=timezone.now(), updated_at=timezone.now()
         )
-        _publish_batches(campaign, batch_ids, background=True)
+        campaign_batches_publish(campaign, batch_ids, background=True)
     logger.info("campaign %s resumed: %s batch(es) queued again", campaign.pk, len(batch_ids))
     return campaign
 
@@ -282,25 +268,18 @@ def campaign_cancel(*, campaign_id: int) -> Campaign:
         CampaignBatch.objects.filter(pk__in=batch_ids).update(
             status=BatchStatus.QUEUED, queued_at=timezone.now(), next_attempt_at=None, updated_at=timezone.now()
         )
-        _publish_batches(campaign, batch_ids, background=True)
+        campaign_batches_publish(campaign, batch_ids, background=True)
     logger.info("campaign %s cancelled", campaign.pk)
     return campaign
 
 
-def _publish_batches(campaign: Campaign, batch_ids: list[int], *, background: bool = False) -> None:
+def campaign_batches_publish(campaign: Campaign, batch_ids: list[int], *, background: bool = False) -> None:
+    """Queue one message per batch once the current transaction commits (`background`: for web requests)."""
     from notifications.tasks import campaign_batch_task
 
     queue = queue_name("marketing", campaign.channel)
-    if background:
-        for batch_id in batch_ids:
-            publish_after_commit(campaign_batch_task, args=[batch_id], queue=queue, background=True)
-        return
-
-    def _now() -> None:
-        for batch_id in batch_ids:
-            publish(campaign_batch_task, args=[batch_id], queue=queue)
-
-    transaction.on_commit(_now, robust=True)
+    for batch_id in batch_ids:
+        publish_after_commit(campaign_batch_task, args=[batch_id], queue=queue, background=background)
 
 
 # --- fan-out ----------------------------------------------------------------------
@@ -376,7 +355,7 @@ def campaign_fanout_segment(*, segment_id: int) -> int:
             updated_at=now,
         )
         Campaign.objects.filter(pk=campaign.pk, segments_done__gte=F("segments_total")).update(fanout_completed_at=now)
-        _publish_batches(campaign, batch_ids)
+        campaign_batches_publish(campaign, batch_ids)
     logger.info(
         "campaign %s segment %s..%s: %s notification(s), %s batch(es)",
         campaign.pk,
@@ -398,7 +377,7 @@ def _materialise(campaign: Campaign, segment: CampaignSegment, now) -> tuple[int
     if campaign.audience_tag:
         audience += " AND r.tags @> ARRAY[%(tag)s]::varchar(50)[]"
         params["tag"] = campaign.audience_tag
-    sql = _FANOUT_SQL.format(address=address, consent=CONSENT_COLUMN[campaign.channel], audience=audience)
+    sql = _FANOUT_SQL.format(address=address, consent=MARKETING_CONSENT_FIELDS[campaign.channel], audience=audience)
     params.update(
         first=segment.first_recipient_id,
         last=segment.last_recipient_id,
@@ -514,7 +493,7 @@ def campaign_relay(*, now=None, queue_lengths=queue_length) -> int:
             CampaignBatch.objects.filter(pk=batch.pk).update(
                 status=BatchStatus.QUEUED, queued_at=now, next_attempt_at=None, lease_expires_at=None, updated_at=now
             )
-            _publish_batches(batch.campaign, [batch.pk])
+            campaign_batches_publish(batch.campaign, [batch.pk])
         published += len(due)
         if queue_lengths(FANOUT_QUEUE) == 0:
             segments = list(

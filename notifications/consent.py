@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 
-from notifications.models import Channel, Recipient, Suppression
+from notifications.models import MARKETING_CONSENT_FIELDS, Recipient, Suppression
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,7 @@ def quiet_until(timezone_name: str, now: datetime) -> datetime | None:
 
 
 def marketing_consent(recipient: Recipient, channel: str) -> bool:
-    return {
-        Channel.EMAIL: recipient.email_marketing_consent,
-        Channel.SMS: recipient.sms_marketing_consent,
-        Channel.PUSH: recipient.push_marketing_consent,
-    }[channel]
+    return getattr(recipient, MARKETING_CONSENT_FIELDS[channel])
 
 
 def suppression_reason(channel: str, address: str) -> str | None:

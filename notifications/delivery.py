@@ -42,9 +42,8 @@ from jobs.deadletters import deadletter_record, register_replayer
 from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
 from jobs.models import DeadLetter
 from jobs.ratelimit import rate_limiter_for
-from jobs.rates import RollingCounter
 from jobs.retry import retry_policy
-from notifications.campaigns import campaign_finish_if_done, campaign_rate, campaign_recount_for
+from notifications.campaigns import campaign_finish_if_done, campaign_recount_for
 from notifications.consent import address_suppress, marketing_consent, quiet_until, suppression_reason
 from notifications.events import notification_event
 from notifications.models import Campaign, CampaignStatus, Channel, Notification, NotificationStatus, Priority
@@ -285,9 +284,7 @@ def _mark_sent(notification: Notification, provider: str, message_id: str) -> No
         )
         if updated and notification.campaign_id:
             campaign_recount_for(notification)
-    RollingCounter(f"provider:{provider}:sent").add(1)
     if notification.campaign_id:
-        campaign_rate(notification.campaign_id).add(1)
         campaign_finish_if_done(campaign_id=notification.campaign_id)
     notification_event(notification, "sent", provider=provider, provider_message_id=message_id)
 

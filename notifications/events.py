@@ -1,5 +1,6 @@
-"""A notification's state changes: one structured log line each (JSON fields in production) and the
-matching Prometheus counters and latency histogram (jobs/metrics.py)."""
+"""A notification's state changes: one structured log line each (JSON fields in production), the
+matching Prometheus counters and latency histogram (jobs/metrics.py), and the per-second send rates
+of providers and campaigns (jobs/rates.py) that the admin shows."""
 
 import logging
 from collections.abc import Iterable
@@ -8,13 +9,26 @@ from typing import Any
 from django.utils import timezone
 
 from jobs.metrics import record_outcomes
+from jobs.rates import RollingCounter, add_counts
 from notifications.models import Notification
 
 logger = logging.getLogger("notifications.events")
 
+#: Seconds the displayed send rates average over.
+RATE_WINDOW_SECONDS = 10
 #: Outcomes that are counted in notify_sends_total (the others are only logged).
 COUNTED = {"sent", "retry", "dead", "skipped"}
 LEVELS = {"retry": logging.WARNING, "dead": logging.WARNING}
+
+
+def provider_rate(provider: str) -> RollingCounter:
+    """Sends per second through one provider (every worker adds to it)."""
+    return RollingCounter(f"provider:{provider}:sent")
+
+
+def campaign_rate(campaign_id: int) -> RollingCounter:
+    """Sends per second of one campaign."""
+    return RollingCounter(f"campaign:{campaign_id}:sent")
 
 
 def notification_event(
@@ -29,6 +43,7 @@ def notifications_events(events: Iterable[tuple[Notification, str, str, str, dic
     now = timezone.now()
     outcomes: list[tuple[str, str, str, str]] = []
     latencies: dict[tuple[str, str], list[float]] = {}
+    sends: dict[str, int] = {}
     for notification, outcome, provider, detail, fields in events:
         provider = provider or notification.provider or ""
         event = {
@@ -45,6 +60,11 @@ def notifications_events(events: Iterable[tuple[Notification, str, str, str, dic
             latency = (now - notification.created_at).total_seconds()
             event["latency_seconds"] = round(latency, 3)
             latencies.setdefault((notification.channel, notification.priority), []).append(latency)
+            counters = [provider_rate(provider)]
+            if notification.campaign_id:
+                counters.append(campaign_rate(notification.campaign_id))
+            for counter in counters:
+                sends[counter.name] = sends.get(counter.name, 0) + 1
         if outcome in COUNTED:
             outcomes.append((notification.channel, notification.priority, provider or "none", outcome))
         text = (
@@ -53,3 +73,4 @@ def notifications_events(events: Iterable[tuple[Notification, str, str, str, dic
         text += f" provider={provider or '-'} attempt={notification.attempts}" + (f": {detail}" if detail else "")
         logger.log(LEVELS.get(outcome, logging.INFO), text, extra={"event": event})
     record_outcomes(outcomes, latencies)
+    add_counts([(RollingCounter(name), count) for name, count in sends.items()])

@@ -24,6 +24,14 @@ class Channel(models.TextChoices):
     PUSH = "push"
 
 
+#: The marketing-consent field of each channel (a column name, so also safe in raw SQL).
+MARKETING_CONSENT_FIELDS = {
+    Channel.EMAIL: "email_marketing_consent",
+    Channel.SMS: "sms_marketing_consent",
+    Channel.PUSH: "push_marketing_consent",
+}
+
+
 class Recipient(models.Model):
     email = models.EmailField(max_length=254, null=True, blank=True, unique=True)
     phone = models.CharField(max_length=16, null=True, blank=True, unique=True, help_text="E.164, e.g. +14155550100")

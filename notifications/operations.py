@@ -16,8 +16,8 @@ from jobs.metrics import queue_oldest_age
 from jobs.models import DeadLetter, DeadLetterStatus
 from jobs.redis import queue_length, redis_client
 from jobs.selectors import breaker_states, queue_priority_channel
-from notifications.campaign_delivery import provider_rate
 from notifications.campaigns import campaign_progress
+from notifications.events import RATE_WINDOW_SECONDS, provider_rate
 from notifications.models import Campaign, CampaignStatus, Priority
 from settings.topology import all_queue_names
 
@@ -25,7 +25,6 @@ from settings.topology import all_queue_names
 #: this means the security pool is down or swamped, so its queue is shown in red.
 SECURITY_LATE_SECONDS = 10.0
 #: The per-provider send rate is the average over this many seconds (as in the campaign admin).
-RATE_WINDOW_SECONDS = 10
 #: The chart's history: long enough to see a burst end, within what the rolling counters keep.
 CHART_SECONDS = 300
 #: How often the page asks for a new snapshot; each costs a few dozen Redis round trips.
@@ -96,8 +95,9 @@ def _providers_and_chart(now: float) -> tuple[dict[str, Any], dict[str, Any]]:
         return {"error": RATES_DOWN, "rows": []}, {"error": RATES_DOWN, "end": end, "counts": []}
     rows, totals = [], [0] * CHART_SECONDS
     for state in states:
-        counter = provider_rate(state.name)
-        for index, (_, count) in enumerate(counter.series(CHART_SECONDS, now=now)):
+        # One read per provider: the rate is the tail of the chart's series.
+        counts = [count for _, count in provider_rate(state.name).series(CHART_SECONDS, now=now)]
+        for index, count in enumerate(counts):
             totals[index] += count
         rows.append(
             {
@@ -105,7 +105,7 @@ def _providers_and_chart(now: float) -> tuple[dict[str, Any], dict[str, Any]]:
                 "state": state.state,
                 "failures": state.failures,
                 "open_since": state.open_since.isoformat() if state.open_since else None,
-                "rate_per_second": round(counter.rate(RATE_WINDOW_SECONDS, now=now), 1),
+                "rate_per_second": round(sum(counts[-RATE_WINDOW_SECONDS:]) / RATE_WINDOW_SECONDS, 1),
             }
         )
     return {"error": None, "rows": rows}, {"error": None, "end": end, "counts": totals}

@@ -15,7 +15,15 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from jobs.publishing import publish_after_commit
-from notifications.models import Channel, Notification, NotificationStatus, Priority, PushDevice, Recipient
+from notifications.models import (
+    MARKETING_CONSENT_FIELDS,
+    Channel,
+    Notification,
+    NotificationStatus,
+    Priority,
+    PushDevice,
+    Recipient,
+)
 from notifications.rendering import render
 
 logger = logging.getLogger(__name__)
@@ -182,7 +190,7 @@ def _new_recipient_defaults(priority: str, channel: str) -> dict[str, Any]:
     address that exists keeps what it chose (an unsubscribe is never overridden by a submit)."""
     if priority != Priority.MARKETING:
         return {}
-    return {f"{channel}_marketing_consent": True}
+    return {MARKETING_CONSENT_FIELDS[channel]: True}
 
 
 def _existing_for_key(key: str, fingerprint: str) -> Notification | None:

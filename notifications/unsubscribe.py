@@ -4,14 +4,9 @@ from django.conf import settings
 from django.core import signing
 from django.urls import reverse
 
-from notifications.models import Channel, Recipient
+from notifications.models import MARKETING_CONSENT_FIELDS, Recipient
 
 SALT = "notifications.unsubscribe"
-CONSENT_FIELDS = {
-    Channel.EMAIL: "email_marketing_consent",
-    Channel.SMS: "sms_marketing_consent",
-    Channel.PUSH: "push_marketing_consent",
-}
 
 
 def unsubscribe_url(*, recipient_id: int, channel: str) -> str:
@@ -32,8 +27,8 @@ def recipient_unsubscribe(*, token: str) -> tuple[Recipient, str]:
     """Withdraw the marketing consent the token names; signing.BadSignature for a forged or broken token."""
     data = signing.loads(token, salt=SALT)
     channel = data["c"]
-    if channel not in CONSENT_FIELDS:
+    if channel not in MARKETING_CONSENT_FIELDS:
         raise signing.BadSignature(f"unknown channel {channel!r}")
     recipient = Recipient.objects.get(pk=data["r"])
-    Recipient.objects.filter(pk=recipient.pk).update(**{CONSENT_FIELDS[channel]: False})
+    Recipient.objects.filter(pk=recipient.pk).update(**{MARKETING_CONSENT_FIELDS[channel]: False})
     return recipient, channel

@@ -85,6 +85,18 @@ QUICK = Plan(
 # --- submitting -----------------------------------------------------------------------
 
 
+def post_notification(
+    session: requests.Session, stack: ChaosStack, key: str, body: dict[str, Any]
+) -> requests.Response:
+    """POST one notification to the stack's API with its Idempotency-Key."""
+    return session.post(
+        f"{stack.api_url}/api/v1/notifications",
+        json=body,
+        headers={"Idempotency-Key": key},
+        timeout=REQUEST_TIMEOUT_SECONDS,
+    )
+
+
 def message_body(tag: str, index: int, priority: str, channel: str, **context: str) -> dict[str, Any]:
     """A valid API body; the address is unique per tag and index."""
     if channel == "email":
@@ -162,12 +174,7 @@ def submit(
             while True:
                 started = time.monotonic()
                 try:
-                    response = session.post(
-                        f"{stack.api_url}/api/v1/notifications",
-                        json=body,
-                        headers={"Idempotency-Key": key},
-                        timeout=REQUEST_TIMEOUT_SECONDS,
-                    )
+                    response = post_notification(session, stack, key, body)
                     answer: int | str = response.status_code
                 except requests.RequestException as exc:
                     response, answer = None, type(exc).__name__
@@ -451,6 +458,21 @@ def _slow_providers(stack: ChaosStack) -> None:
 # --- the drills -------------------------------------------------------------------------
 
 
+def _burst_with_work_in_flight(stack: ChaosStack, tag: str, plan: Plan, rng: random.Random):
+    """Start a burst, let part of it be accepted, and pick the pool to hit: (burst, priority, in flight)."""
+    burst, live = start_burst(stack, tag, plan.burst)
+    wait_accepted(live, int(plan.burst * rng.uniform(0.2, 0.9)))
+    priority, in_flight = _victim(stack, tag, rng)
+    return burst, priority, in_flight
+
+
+def _settle(stack: ChaosStack, burst, plan: Plan, *, fault_end: float) -> Tally:
+    """Wait for the burst's submissions to finish and count what arrived."""
+    submission = burst.result()
+    wait_final(stack, submission.ids, plan.final_timeout)
+    return tally(stack, submission.ids, fault_end=fault_end, refused=submission.refused)
+
+
 def drill_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
     """SIGKILL a worker at a random moment of a burst: the whole pool (a lost machine, restarted as a
     supervisor would) on even runs, one pool child (an OOM kill; the pool replaces it) on odd runs."""
@@ -458,16 +480,12 @@ def drill_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow
     _slow_providers(stack)
     for run in range(plan.sigkill_runs):
         tag, whole = _tag(1), run % 2 == 0
-        burst, live = start_burst(stack, tag, plan.burst)
-        wait_accepted(live, int(plan.burst * rng.uniform(0.2, 0.9)))
-        priority, in_flight = _victim(stack, tag, rng)
+        burst, priority, in_flight = _burst_with_work_in_flight(stack, tag, plan, rng)
         stack.kill_pool(priority, child_only=not whole, rng=rng)
         killed_at = time.time()
         if whole:
             stack.start_pool(priority)
-        submission = burst.result()
-        wait_final(stack, submission.ids, plan.final_timeout)
-        run_outcome = tally(stack, submission.ids, fault_end=killed_at, refused=submission.refused)
+        run_outcome = _settle(stack, burst, plan, fault_end=killed_at)
         outcome.add(run_outcome)
         notes.append(
             f"run {run + 1}: killed {priority} {'pool' if whole else 'child'} with {in_flight} unfinished, "
@@ -489,16 +507,12 @@ def drill_sigterm(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow
     _slow_providers(stack)
     for run in range(plan.sigterm_runs):
         tag = _tag(2)
-        burst, live = start_burst(stack, tag, plan.burst)
-        wait_accepted(live, int(plan.burst * rng.uniform(0.2, 0.9)))
-        priority, in_flight = _victim(stack, tag, rng)
+        burst, priority, in_flight = _burst_with_work_in_flight(stack, tag, plan, rng)
         termed_at = time.time()
         code, seconds = stack.term_pool(priority)
         clean = clean and code == 0
         stack.start_pool(priority)
-        submission = burst.result()
-        wait_final(stack, submission.ids, plan.final_timeout)
-        run_outcome = tally(stack, submission.ids, fault_end=termed_at, refused=submission.refused)
+        run_outcome = _settle(stack, burst, plan, fault_end=termed_at)
         outcome.add(run_outcome)
         notes.append(
             f"run {run + 1}: {priority} pool ({in_flight} unfinished) exited {code} {seconds:.1f}s after SIGTERM, "
@@ -844,12 +858,7 @@ def drill_idempotency(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dril
         session = api_session(stack)
         barrier.wait()
         try:
-            response = session.post(
-                f"{stack.api_url}/api/v1/notifications",
-                json=body,
-                headers={"Idempotency-Key": key},
-                timeout=REQUEST_TIMEOUT_SECONDS,
-            )
+            response = post_notification(session, stack, key, body)
             answers[index] = (
                 response.status_code,
                 response.json().get("id") if response.status_code == 202 else response.text[:200],

@@ -14,7 +14,7 @@ from jobs.breaker import CircuitBreaker
 from jobs.publishing import publish
 from jobs.redis import broker_client, redis_client
 from jobs.tasks import probe
-from notifications.campaign_delivery import provider_rate
+from notifications.events import provider_rate
 from notifications.models import Campaign
 from notifications.operations import BROKER_DOWN, CHART_SECONDS, RATES_DOWN, operations_snapshot
 from settings.celery_app import app
