@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DJANGO_SETTINGS_MODULE ?= settings.local
 export FLOWER_BASIC_AUTH ?= admin:admin
 
-.PHONY: run test lint bench chaos services migrate clean
+.PHONY: run test test-tools lint bench chaos services migrate clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(BIN)/.installed
+# Chromium, promtool, faketime and the Compose v2 plugin, when missing: nothing in the suite is skipped for a tool.
+test-tools:
+	bash .ci/install-test-tools
+
+test: $(BIN)/.installed test-tools
 	DJANGO_SETTINGS_MODULE=settings.test $(BIN)/python manage.py check_services
 	$(MAKE) --no-print-directory lint
 	DJANGO_SETTINGS_MODULE=settings.test $(BIN)/python -m pytest $(PYTEST_ARGS)

