@@ -17,6 +17,7 @@ from django.utils.text import Truncator
 
 from jobs.deadletters import (
     BulkOutcome,
+    deadletter_replay_refusal,
     deadletters_discard_many,
     deadletters_replay_in_background,
     deadletters_replay_many,
@@ -98,6 +99,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
                     "id",
                     "job_name",
                     "status",
+                    "replayable",
                     "queue",
                     "provider",
                     "subject_link",
@@ -165,6 +167,11 @@ class DeadLetterAdmin(admin.ModelAdmin):
         except NoReverseMatch:
             return f"{content_type.model} {obj.subject_id}"
         return format_html('<a href="{}">{} {}</a>', url, content_type.model, obj.subject_id)
+
+    @admin.display(description="can be replayed")
+    def replayable(self, obj: DeadLetter) -> str:
+        refusal = deadletter_replay_refusal(obj)
+        return "yes" if refusal is None else f"no: {refusal}"
 
     @admin.display(description="arguments")
     def masked_arguments(self, obj: DeadLetter) -> str:
@@ -261,7 +268,12 @@ class DeadLetterAdmin(admin.ModelAdmin):
         )
 
     def _report(self, request: HttpRequest, outcome: BulkOutcome, verb: str) -> None:
-        level = messages.ERROR if outcome.failed else messages.WARNING if not outcome.done else messages.SUCCESS
+        if outcome.failed:
+            level = messages.ERROR
+        elif outcome.not_replayable or not outcome.done:
+            level = messages.WARNING
+        else:
+            level = messages.SUCCESS
         self.message_user(request, outcome.summary(verb), level)
 
 

@@ -1,7 +1,16 @@
 """Circuit breakers shared by every worker process: state lives in Redis, changed only by atomic Lua scripts.
 
     closed --(N consecutive failures)--> open --(cool-down passed, one probe admitted)--> half_open
-    half_open --(probe succeeds)--> closed          half_open --(probe fails)--> open
+    half_open --(the probe succeeds)--> closed      half_open --(the probe fails)--> open
+    half_open --(the probe called nobody: no token, 429)--> open, the probe slot free again at once
+
+Only the probe's own result moves a half-open breaker: `allow` hands the probe a token,
+and a success or failure reported without it (a call admitted before the breaker
+opened, finishing late) changes nothing while the breaker is open or half-open.
+
+A breaker also remembers how long its dependency asked to be left alone (`pace`: a 429
+with Retry-After).  That is not a failure (the dependency is up), but until it passes
+`allow` answers `paced` with the wait, so callers treat the dependency as busy.
 
 Time comes from the Redis server's clock, so worker clocks do not matter.  Exactly one
 probe is admitted fleet-wide after a cool-down (a lock with a TTL, so a probe whose
@@ -21,47 +30,56 @@ from jobs.redis import redis_client
 logger = logging.getLogger(__name__)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+#: Decisions of `allow` besides CLOSED and OPEN: you are the one probe; the dependency asked us to wait.
+PROBE, PACED = "probe", "paced"
 
 _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
 
 # KEYS: state hash, probe lock. ARGV: cool-down ms, probe ttl ms, probe token.
-# Returns {decision, failures}: decision is closed | probe | open.
+# Returns {decision, failures, wait ms}: decision is closed | probe | open | paced.
 _ALLOW = (
     _NOW_MS
     + """
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+local paced = tonumber(redis.call('HGET', KEYS[1], 'paced_until') or '0')
 if state == 'closed' then
-  return {'closed', tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')}
+  if paced > now then return {'paced', 0, paced - now} end
+  return {'closed', tonumber(redis.call('HGET', KEYS[1], 'failures') or '0'), 0}
 end
 local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or '0')
-if now - opened < tonumber(ARGV[1]) then return {'open', 0} end
+local cooldown = tonumber(ARGV[1])
+if now - opened < cooldown then return {'open', 0, cooldown - (now - opened)} end
+if paced > now then return {'paced', 0, paced - now} end
 if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[2]) then
   redis.call('HSET', KEYS[1], 'state', 'half_open')
-  return {'probe', 0}
+  return {'probe', 0, 0}
 end
-return {'open', 0}
+return {'open', 0, math.max(redis.call('PTTL', KEYS[2]), 0)}
 """
 )
 
-# KEYS: state hash, probe lock. Returns the previous state when it changed, else ''.
+# KEYS: state hash, probe lock. ARGV: probe token ('' if the caller is no probe).
+# Returns the previous state when it changed, else ''.
 _SUCCESS = """
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 if state == 'closed' then
   redis.call('HSET', KEYS[1], 'failures', 0)
   return ''
 end
+if ARGV[1] == '' or redis.call('GET', KEYS[2]) ~= ARGV[1] then return '' end
 redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', 0)
 redis.call('DEL', KEYS[2])
 return state
 """
 
-# KEYS: state hash, probe lock. ARGV: threshold. Returns the previous state when it changed, else ''.
+# KEYS: state hash, probe lock. ARGV: threshold, probe token.  Returns the previous state when it changed, else ''.
 _FAILURE = (
     _NOW_MS
     + """
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 if state == 'open' then return '' end
 if state == 'half_open' then
+  if ARGV[2] == '' or redis.call('GET', KEYS[2]) ~= ARGV[2] then return '' end
   redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', now)
   redis.call('DEL', KEYS[2])
   return state
@@ -72,6 +90,25 @@ if failures >= tonumber(ARGV[1]) then
   return state
 end
 return ''
+"""
+)
+
+# KEYS: state hash, probe lock. ARGV: probe token.  The probe called nobody: back to open with
+# the cool-down already over, so the next caller probes at once.  Returns 1 if released.
+_RELEASE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+if redis.call('HGET', KEYS[1], 'state') == 'half_open' then redis.call('HSET', KEYS[1], 'state', 'open') end
+return 1
+"""
+
+# KEYS: state hash. ARGV: milliseconds.  Paces never shorten each other.  Returns the ms left.
+_PACE = (
+    _NOW_MS
+    + """
+local until_ms = math.max(tonumber(redis.call('HGET', KEYS[1], 'paced_until') or '0'), now + tonumber(ARGV[1]))
+redis.call('HSET', KEYS[1], 'paced_until', until_ms)
+return until_ms - now
 """
 )
 
@@ -90,6 +127,27 @@ def breaker_config() -> BreakerConfig:
     return BreakerConfig(**getattr(settings, "JOBS_CIRCUIT_BREAKER", {}))
 
 
+@dataclass(frozen=True)
+class Permit:
+    """What `allow` decided: call (closed), call as the one probe, or do not call (open, paced) for `wait` seconds."""
+
+    decision: str
+    #: Seconds until calling may be allowed again (open: the rest of the cool-down; paced: of the pace).
+    wait: float = 0.0
+    #: Proves a probe is this caller's: only its result closes or reopens the breaker.
+    token: str = ""
+    #: Failures counted while closed; 0 lets a success skip its round trip.
+    failures: int = 0
+
+    @property
+    def call(self) -> bool:
+        return self.decision in (CLOSED, PROBE)
+
+
+#: What an unreachable Redis gets: call (a broken breaker must not stop delivery).
+_LET_THROUGH = Permit(CLOSED, failures=-1)
+
+
 class CircuitBreaker:
     """The breaker of one named dependency (a provider account)."""
 
@@ -102,47 +160,70 @@ class CircuitBreaker:
         self._allow = self.client.register_script(_ALLOW)
         self._success = self.client.register_script(_SUCCESS)
         self._failure = self.client.register_script(_FAILURE)
+        self._release = self.client.register_script(_RELEASE)
+        self._pace = self.client.register_script(_PACE)
 
-    def allow(self) -> str:
-        """'closed' (call normally), 'probe' (you are the one probe) or 'open' (do not call)."""
+    def allow(self) -> Permit:
+        """Whether to call now: closed (call), probe (call; you are the one probe), open or paced (do not)."""
+        token = uuid.uuid4().hex
         try:
-            decision, failures = self._allow(
+            decision, failures, wait_ms = self._allow(
                 keys=[self.key, self.probe_key],
-                args=[
-                    int(self.config.cooldown_seconds * 1000),
-                    int(self.config.probe_timeout_seconds * 1000),
-                    uuid.uuid4().hex,
-                ],
+                args=[int(self.config.cooldown_seconds * 1000), int(self.config.probe_timeout_seconds * 1000), token],
             )
         except redis.RedisError:
             logger.warning("breaker %s: Redis unreachable; letting the call through", self.name, exc_info=True)
-            return CLOSED
+            return _LET_THROUGH
         decision = decision.decode() if isinstance(decision, bytes) else decision
-        self._clean = decision == CLOSED and int(failures) == 0
-        if decision == "probe":
+        if decision == PROBE:
             self._transition(OPEN, HALF_OPEN, "cool-down over; one probe admitted")
-        return decision
+        return Permit(
+            decision, wait=int(wait_ms) / 1000, token=token if decision == PROBE else "", failures=int(failures)
+        )
 
-    def record_success(self) -> None:
-        if getattr(self, "_clean", False):
+    def record_success(self, permit: Permit | None = None) -> None:
+        """The call went through: resets the failure count; closes a half-open breaker if `permit` is its probe."""
+        if permit is not None and permit.decision == CLOSED and permit.failures == 0:
             return  # closed with no failures counted: nothing to reset, save the round trip
         try:
-            previous = self._success(keys=[self.key, self.probe_key])
+            previous = self._success(keys=[self.key, self.probe_key], args=[permit.token if permit else ""])
         except redis.RedisError:
             logger.warning("breaker %s: Redis unreachable; success not recorded", self.name)
             return
         if previous:
-            self._transition(previous.decode() if isinstance(previous, bytes) else previous, CLOSED, "call succeeded")
+            self._transition(previous.decode() if isinstance(previous, bytes) else previous, CLOSED, "probe succeeded")
 
-    def record_failure(self, reason: str = "") -> None:
-        self._clean = False
+    def record_failure(self, reason: str = "", permit: Permit | None = None) -> None:
+        """The call failed: counts towards opening; reopens a half-open breaker if `permit` is its probe."""
         try:
-            previous = self._failure(keys=[self.key, self.probe_key], args=[self.config.failure_threshold])
+            previous = self._failure(
+                keys=[self.key, self.probe_key], args=[self.config.failure_threshold, permit.token if permit else ""]
+            )
         except redis.RedisError:
             logger.warning("breaker %s: Redis unreachable; failure not recorded", self.name)
             return
         if previous:
             self._transition(previous.decode() if isinstance(previous, bytes) else previous, OPEN, reason)
+
+    def release(self, permit: Permit) -> None:
+        """A probe that called nobody (no token, told to wait) gives its slot back at once."""
+        if permit.decision != PROBE:
+            return
+        try:
+            released = self._release(keys=[self.key, self.probe_key], args=[permit.token])
+        except redis.RedisError:
+            logger.warning("breaker %s: Redis unreachable; probe slot not given back", self.name)
+            return
+        if released:
+            self._transition(HALF_OPEN, OPEN, "the probe called nobody; slot given back")
+
+    def pace(self, seconds: float) -> float:
+        """The dependency asked us to wait `seconds` (429 Retry-After): `allow` answers paced until then."""
+        try:
+            return int(self._pace(keys=[self.key], args=[max(1, int(seconds * 1000))])) / 1000
+        except redis.RedisError:
+            logger.warning("breaker %s: Redis unreachable; pace of %.1fs not recorded", self.name, seconds)
+            return seconds
 
     def state(self) -> dict:
         """The shared state as stored: state, failures, opened_at (Redis ms)."""

@@ -1,7 +1,10 @@
 """Services of the dead-letter table: record a job that failed for good, replay it, discard it.
 
-A domain registers how to replay its jobs (`register_replayer`); a job with no
-replayer is replayed by publishing its task again with its original arguments.
+A domain registers how to replay the rows its dead letters name (`register_replayer`).  A dead
+letter without such a row (recorded at the task level: the message's payload could not be
+processed) or without a replayer is replayed by publishing its task again with its original
+arguments.  A letter that cannot be replayed (its row deleted, its task gone from the code) says
+why (`deadletter_replay_refusal`) and is reported, never raised at an operator.
 """
 
 import logging
@@ -77,8 +80,31 @@ def deadletter_record(
     return letter
 
 
+class NotReplayable(Exception):
+    """The dead letter cannot be put back to work; the message says why and what to do instead."""
+
+
+def deadletter_replay_refusal(dead_letter: DeadLetter) -> str | None:
+    """Why this dead letter cannot be replayed, or None if it can."""
+    if dead_letter.subject_id and dead_letter.job_name in _replayers:
+        model = dead_letter.subject_type.model_class() if dead_letter.subject_type_id else None
+        if model is None or not model._default_manager.filter(pk=dead_letter.subject_id).exists():
+            return f"the {dead_letter.subject_type or 'row'} {dead_letter.subject_id} it was about no longer exists"
+        return None
+    from settings.celery_app import app
+
+    if dead_letter.job_name not in app.tasks:
+        return f"no task named {dead_letter.job_name!r} exists in this version of the code; discard it"
+    if not isinstance(dead_letter.arguments.get("args", []), list):
+        return "its recorded arguments are not a list; discard it"
+    return None
+
+
 def deadletter_replay(*, dead_letter: DeadLetter, user=None) -> bool:
-    """Put an open dead letter's job back to work; False if it was not open."""
+    """Put an open dead letter's job back to work; False if it was not open, NotReplayable if it cannot be."""
+    refusal = deadletter_replay_refusal(dead_letter)
+    if refusal is not None:
+        raise NotReplayable(refusal)
     with transaction.atomic():
         updated = DeadLetter.objects.filter(pk=dead_letter.pk, status=DeadLetterStatus.OPEN).update(
             status=DeadLetterStatus.REPLAYED, resolved_by=user, resolved_at=timezone.now()
@@ -86,8 +112,8 @@ def deadletter_replay(*, dead_letter: DeadLetter, user=None) -> bool:
         if not updated:
             return False
         dead_letter.refresh_from_db()
-        replayer = _replayers.get(dead_letter.job_name, _republish)
-        replayer(dead_letter)
+        replayer = _replayers.get(dead_letter.job_name) if dead_letter.subject_id else None
+        (replayer or _republish)(dead_letter)
     logger.info("dead letter %s replayed by %s", dead_letter.pk, user or "system")
     return True
 
@@ -103,11 +129,15 @@ def deadletter_discard(*, dead_letter: DeadLetter, user=None, reason: str) -> bo
 
 
 def _republish(dead_letter: DeadLetter) -> None:
+    """The task again, with the arguments it failed with (a fix deployed since may let it through)."""
     from settings.celery_app import app
 
     task = app.tasks[dead_letter.job_name]
     publish_after_commit(
-        task, args=dead_letter.arguments.get("args", []), queue=dead_letter.queue or task.app.conf.task_default_queue
+        task,
+        args=dead_letter.arguments.get("args", []),
+        kwargs=dead_letter.arguments.get("kwargs") or {},
+        queue=dead_letter.queue or task.app.conf.task_default_queue,
     )
 
 
@@ -125,6 +155,8 @@ class BulkOutcome:
     missing: list[int] = field(default_factory=list)
     #: id -> "ErrorClass: message" of a replay that raised; that row stays open.
     failed: dict[int, str] = field(default_factory=dict)
+    #: id -> why it cannot be replayed (discard it instead); that row stays open.
+    not_replayable: dict[int, str] = field(default_factory=dict)
 
     def summary(self, verb: str) -> str:
         parts = [f"{verb} {len(self.done)} dead letter(s)"]
@@ -132,6 +164,9 @@ class BulkOutcome:
             parts.append(f"{len(self.not_open)} skipped (not open)")
         if self.missing:
             parts.append(f"{len(self.missing)} not found")
+        if self.not_replayable:
+            reasons = "; ".join(f"{pk}: {why}" for pk, why in list(self.not_replayable.items())[:5])
+            parts.append(f"{len(self.not_replayable)} not replayable ({reasons})")
         if self.failed:
             parts.append(f"{len(self.failed)} failed ({', '.join(str(pk) for pk in self.failed)})")
         return "; ".join(parts) + "."
@@ -146,6 +181,9 @@ def deadletters_replay_many(*, ids: Iterable[int], user=None) -> BulkOutcome:
     for letter in _open_letters(ids, outcome):
         try:
             replayed = deadletter_replay(dead_letter=letter, user=user)
+        except NotReplayable as exc:
+            outcome.not_replayable[letter.pk] = str(exc)
+            continue
         except Exception as exc:  # the row stays open (its transaction rolled back); go on with the others
             logger.exception("dead letter %s: replay failed", letter.pk)
             outcome.failed[letter.pk] = f"{type(exc).__name__}: {exc}"

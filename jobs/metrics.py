@@ -28,13 +28,11 @@ from dataclasses import dataclass
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from jobs.redis import broker_client, redis_client
+from jobs.redis import broker_client, queue_head, redis_client
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "jobs:metrics"
-#: Message header set at publish (jobs/publishing.py), read back for the queue age.
-PUBLISHED_AT_HEADER = "published_at"
 #: Seconds: from a security alert (well under 1 s) to a marketing retry (an hour).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 
@@ -172,21 +170,11 @@ def register_gauges(source: Callable[[], Iterable[Metric]]) -> None:
 
 
 def queue_oldest_age(name: str, *, now: float | None = None, client: redis.Redis | None = None) -> float | None:
-    """Seconds since the next message of a queue was published; None if the queue is empty or the age unknown.
-
-    kombu pushes on the left and workers pop on the right, so the next message is at index -1.
-    """
-    client = client or broker_client()
-    raw = client.lindex(name, -1)
-    if raw is None:
+    """Seconds since the next message of a queue was published; None if the queue is empty or the age unknown."""
+    head = queue_head(name, client=client or broker_client())
+    if head is None or head.published_at is None:
         return None
-    try:
-        published = json.loads(raw)["headers"].get(PUBLISHED_AT_HEADER)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-    if published is None:
-        return None
-    return max(0.0, (now or time.time()) - float(published))
+    return max(0.0, (now or time.time()) - head.published_at)
 
 
 class PlatformCollector:

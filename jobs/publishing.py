@@ -15,7 +15,7 @@ from typing import Any
 from celery import Task
 from django.db import close_old_connections, connection, transaction
 
-from jobs.metrics import PUBLISHED_AT_HEADER
+from jobs.redis import PUBLISHED_AT_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +35,12 @@ _executor_pid: int | None = None
 _waiting = 0
 
 
-def publish(task: Task, *, args: Sequence[Any], queue: str) -> bool:
+def publish(task: Task, *, args: Sequence[Any], queue: str, kwargs: dict[str, Any] | None = None) -> bool:
     """Send one message now; False (logged) when the broker cannot take it."""
     try:
         task.apply_async(
             args=list(args),
+            kwargs=kwargs or {},
             queue=queue,
             retry=True,
             retry_policy=PUBLISH_RETRY_POLICY,
@@ -59,6 +60,7 @@ def publish_after_commit(
     *,
     args: Sequence[Any],
     queue: str,
+    kwargs: dict[str, Any] | None = None,
     on_published: Callable[[], None] | None = None,
     background: bool = False,
 ) -> None:
@@ -69,7 +71,7 @@ def publish_after_commit(
     """
 
     def _publish() -> None:
-        if publish(task, args=args, queue=queue) and on_published is not None:
+        if publish(task, args=args, kwargs=kwargs, queue=queue) and on_published is not None:
             on_published()
 
     if background:

@@ -1,5 +1,8 @@
-"""The job runtime's own Redis connection (limiter, breaker, counters), with timeouts stated rather than defaulted."""
+"""The job runtime's own Redis connection (limiter, breaker, counters), with timeouts stated rather than defaulted,
+and what the runtime reads of the broker's queues."""
 
+import json
+from dataclasses import dataclass
 from functools import lru_cache
 
 import redis
@@ -14,6 +17,8 @@ CONNECT_TIMEOUT = 2.0
 #: One immediate retry covers a connection dropped while idle; redis-py 8's default
 #: (several retries with backoff) would stall every send for seconds while Redis is down.
 RETRY = Retry(NoBackoff(), retries=1)
+#: Message header set at publish (jobs/publishing.py): the queue age and the relay read it back.
+PUBLISHED_AT_HEADER = "published_at"
 
 
 def _client(url: str) -> redis.Redis:
@@ -45,3 +50,49 @@ def queue_length(name: str) -> int | None:
         return int(broker_client().llen(name))
     except redis.RedisError:
         return None
+
+
+@dataclass(frozen=True)
+class QueueHead:
+    """A queue's depth and when its next message (the oldest waiting) was published, epoch seconds."""
+
+    depth: int
+    published_at: float | None
+
+
+def queue_head(name: str, *, client: redis.Redis | None = None) -> QueueHead | None:
+    """The queue's depth and head, in one round trip; None if the broker cannot be read.
+
+    kombu pushes on the left and workers pop on the right, so the next message is at index -1.
+    """
+    pipe = (client or broker_client()).pipeline(transaction=False)
+    pipe.llen(name)
+    pipe.lindex(name, -1)
+    try:
+        depth, raw = pipe.execute()
+    except redis.RedisError:
+        return None
+    published = None
+    if raw is not None:
+        try:
+            published = float(json.loads(raw)["headers"][PUBLISHED_AT_HEADER])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            published = None
+    return QueueHead(int(depth), published)
+
+
+def queue_lost_before(head: QueueHead | None, *, now: float, grace: float) -> float | None:
+    """Epoch seconds: a row published to the queue before this has no message left in it, unless a busy
+    worker holds it (`grace`, longer than a task runs, covers that); None when that cannot be told.
+
+    The queue is FIFO: every message published before its head was taken off it already, so a row
+    still waiting for its worker that long was lost (Redis restarted) or its worker died.  Rows
+    published after the head are waiting their turn, however long the backlog.
+    """
+    if head is None:
+        return None
+    if head.depth == 0:
+        return now - grace
+    if head.published_at is None:
+        return None
+    return min(now, head.published_at) - grace

@@ -1,6 +1,5 @@
-"""Send one campaign batch: a sub-batch at a time, claim rows (consent, suppression and the campaign's
-status checked in the claim itself), take tokens for the whole sub-batch from the global limiter, send
-through the provider's batch endpoint, record every outcome.
+"""Send one campaign batch: claim rows a call's worth at a time (consent, suppression and the campaign's status
+checked in the claim itself) and send each call through the one provider-call path (sending.py).
 
 | situation                                   | what happens to the batch                          |
 |---------------------------------------------|----------------------------------------------------|
@@ -8,29 +7,32 @@ through the provider's batch endpoint, record every outcome.
 |                                             | queues it again)                                    |
 | campaign cancelled                          | unsent rows skipped; batch done                     |
 | recipient in quiet hours                    | row stays scheduled; batch deferred to quiet end   |
-| no token within INLINE_TOKEN_WAIT_SECONDS   | batch deferred by the wait (slot freed)             |
-| every provider's breaker open               | batch deferred by the breaker's cool-down          |
+| every provider busy or open (no call)       | claimed rows back to scheduled; batch deferred by   |
+|                                             | the wait (slot freed)                               |
 | task ran for its time budget                | batch queued again (a fresh task continues)        |
-| a message fails transiently / permanently   | that row alone: retry on the single-send path /    |
-|                                             | dead letter (and suppression if the address is bad)|
+| a message fails transiently / permanently   | that row alone: retry on the single-send path (with |
+|                                             | the campaign's content) / dead letter + suppression |
+| CAMPAIGN_BATCH_MAX_RUNS runs in a row died  | batch and its unsent rows dead-lettered; a replay   |
+|                                             | of its dead letter revives both                     |
+
+Where the batch goes when the campaign left `running` is decided under a share lock on the campaign
+row, so a pause, resume or cancel arriving at any moment cannot leave a batch parked for ever.
 """
 
 import logging
 import time
 import uuid
 from datetime import datetime, timedelta
-from typing import NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
-from jobs.breaker import OPEN, breaker_config
-from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
-from jobs.ratelimit import RateLimiter, rate_limiter_for
-from notifications import delivery
+from jobs.deadletters import deadletter_record, register_replayer
+from jobs.models import DeadLetter
 from notifications.campaigns import (
     batch_key_range,
     campaign_batch_recount,
@@ -38,7 +40,7 @@ from notifications.campaigns import (
     campaign_finish_if_done,
     campaign_pause_with_error,
 )
-from notifications.consent import address_suppress, quiet_until
+from notifications.consent import quiet_until
 from notifications.events import notifications_events
 from notifications.models import (
     MARKETING_CONSENT_FIELDS,
@@ -46,19 +48,23 @@ from notifications.models import (
     Campaign,
     CampaignBatch,
     CampaignStatus,
-    Channel,
     Notification,
     NotificationStatus,
+    Priority,
 )
-from notifications.providers.base import BaseProvider, OutboundMessage, SendResult
-from notifications.providers.registry import providers_for
 from notifications.rendering import RenderedMessage, render
-from notifications.unsubscribe import unsubscribe_headers
+from notifications.sending import Delivery, build_message, claim_lease, group_size, send
+from settings.topology import queue_name
 
 logger = logging.getLogger(__name__)
 
-#: Longest a worker sleeps for tokens; a longer wait defers the batch and frees the slot.
-INLINE_TOKEN_WAIT_SECONDS = 1.0
+#: The job name of a batch's dead letter (its replayer is registered under it).
+BATCH_JOB_NAME = "notifications.campaign_batch"
+#: last_error of the rows dead-lettered with their batch; a replay of the batch revives exactly these.
+DEAD_WITH_BATCH = "dead with its campaign batch"
+#: Rows claimed per statement, sent in several provider calls: one claim (the consent and
+#: pause check) per CLAIM_CALLS calls keeps PostgreSQL's share of a send small.
+CLAIM_CALLS = 10
 
 
 def _time_budget() -> float:
@@ -66,32 +72,54 @@ def _time_budget() -> float:
     return settings.CELERY_TASK_SOFT_TIME_LIMIT / 2
 
 
+def _lease() -> ExpressionWrapper:
+    return ExpressionWrapper(Now() + claim_lease(), output_field=DateTimeField())
+
+
 def _claim_batch(batch_id: int) -> CampaignBatch | None:
-    now = timezone.now()
+    """Take the batch (PostgreSQL's clock, a claim token); a batch whose runs kept dying is dead-lettered instead."""
     claimable = (
         Q(status=BatchStatus.QUEUED)
-        | Q(status=BatchStatus.DEFERRED, next_attempt_at__lte=now)
-        | Q(status=BatchStatus.SENDING, lease_expires_at__lt=now)
+        | Q(status=BatchStatus.DEFERRED, next_attempt_at__lte=Now())
+        | Q(status=BatchStatus.SENDING, lease_expires_at__lt=Now())
     )
-    claimed = CampaignBatch.objects.filter(claimable, pk=batch_id).update(
+    token = uuid.uuid4()
+    claimed = CampaignBatch.objects.filter(
+        claimable, pk=batch_id, unfinished_runs__lt=settings.CAMPAIGN_BATCH_MAX_RUNS
+    ).update(
         status=BatchStatus.SENDING,
         runs=F("runs") + 1,
-        lease_expires_at=now + delivery.claim_lease(),
+        unfinished_runs=F("unfinished_runs") + 1,
+        lease_expires_at=_lease(),
+        claim_token=token,
         next_attempt_at=None,
-        updated_at=now,
+        updated_at=Now(),
     )
-    return CampaignBatch.objects.select_related("campaign").get(pk=batch_id) if claimed else None
+    if claimed:
+        return CampaignBatch.objects.select_related("campaign").get(pk=batch_id)
+    exhausted = CampaignBatch.objects.filter(
+        claimable, pk=batch_id, unfinished_runs__gte=settings.CAMPAIGN_BATCH_MAX_RUNS
+    ).first()
+    if exhausted is not None:
+        _dead_letter_batch(exhausted)
+    return None
 
 
-def _set_batch(batch: CampaignBatch, status: str, *, next_attempt_at: datetime | None = None) -> None:
-    now = timezone.now()
-    CampaignBatch.objects.filter(pk=batch.pk).update(
+def _set_batch(batch: CampaignBatch, status: str, *, wait: float | None = None) -> bool:
+    """End this run: the batch goes to `status` (deferred: for `wait` seconds).  False if the claim was lost."""
+    updated = CampaignBatch.objects.filter(
+        pk=batch.pk, status=BatchStatus.SENDING, claim_token=batch.claim_token
+    ).update(
         status=status,
-        next_attempt_at=next_attempt_at,
+        unfinished_runs=0,
+        next_attempt_at=None if wait is None else ExpressionWrapper(Now() + timedelta(seconds=wait), DateTimeField()),
         lease_expires_at=None,
-        queued_at=now if status == BatchStatus.QUEUED else F("queued_at"),
-        updated_at=now,
+        queued_at=Now() if status == BatchStatus.QUEUED else F("queued_at"),
+        updated_at=Now(),
     )
+    if status == BatchStatus.QUEUED and updated:
+        campaign_batches_publish(batch.campaign, [batch.pk])
+    return bool(updated)
 
 
 def campaign_batch_send(*, batch_id: int) -> None:
@@ -109,11 +137,8 @@ def campaign_batch_send(*, batch_id: int) -> None:
 
 def _run(batch: CampaignBatch) -> None:
     campaign = batch.campaign
-    if campaign.status == CampaignStatus.PAUSED:
-        _set_batch(batch, BatchStatus.PAUSED)
-        return
     if campaign.status != CampaignStatus.RUNNING:
-        _skip_rest(batch, f"not sent: campaign {campaign.status}")
+        _hand_back(batch)
         return
     low, high = batch_key_range(batch)
     now = timezone.now()
@@ -136,86 +161,48 @@ def _run(batch: CampaignBatch) -> None:
         # The template changed under a running campaign (a deploy): every batch would fail the
         # same way, so stop the campaign with the reason instead of retrying 10,000 batches.
         campaign_pause_with_error(campaign_id=campaign.pk, error=f"cannot render: {'; '.join(exc.messages)}")
-        _set_batch(batch, BatchStatus.PAUSED)
+        _hand_back(batch)
         return
-    outcome = _send_rows(batch, campaign, ready, content)
-    if outcome is not None:
+    if _send_rows(batch, campaign, ready, content):
         return
     if wake_at is not None:
-        _set_batch(batch, BatchStatus.DEFERRED, next_attempt_at=wake_at)
+        _set_batch(batch, BatchStatus.DEFERRED, wait=max(0.0, (wake_at - now).total_seconds()))
         logger.info("campaign batch %s: recipients in quiet hours; deferred until %s", batch.pk, wake_at.isoformat())
     else:
         _set_batch(batch, BatchStatus.DONE)
 
 
-#: Rows claimed per statement, sent in several provider calls: one claim (the consent and
-#: pause check) per CLAIM_CALLS calls keeps PostgreSQL's share of a send small.
-CLAIM_CALLS = 10
-
-
-def _send_rows(
-    batch: CampaignBatch, campaign: Campaign, ready: list[uuid.UUID], content: RenderedMessage
-) -> str | None:
-    """Send `ready` in provider calls; None when all went, else why the batch stopped (already recorded)."""
+def _send_rows(batch: CampaignBatch, campaign: Campaign, ready: list[uuid.UUID], content: RenderedMessage) -> bool:
+    """Send `ready` a call at a time; False when all went, True when the run stopped early (already recorded)."""
     deadline = time.monotonic() + _time_budget()
+    size = group_size(priority=Priority.MARKETING, channel=campaign.channel)
     position = 0
     while position < len(ready):
         if time.monotonic() > deadline:
             _set_batch(batch, BatchStatus.QUEUED)
-            campaign_batches_publish(campaign, [batch.pk])
-            return "time budget used"
-        provider, limiter = _pick_provider(campaign.channel)
-        if provider is None:
-            _set_batch(
-                batch,
-                BatchStatus.DEFERRED,
-                next_attempt_at=timezone.now() + timedelta(seconds=breaker_config().cooldown_seconds),
-            )
-            return "every provider's circuit is open"
-        share = limiter.share_for("marketing") if limiter else 1.0
-        # Half the burst per call: the other half lets tokens accumulate while this worker
-        # is busy with PostgreSQL, instead of going unused (the limit would not be reached).
-        size = min(max(1, limiter.max_batch(share) // 2) if limiter else provider.max_batch, provider.max_batch)
+            return True
         chunk = ready[position : position + size * CLAIM_CALLS]
         claimed = _claim_rows(campaign, chunk)
         if claimed is None:
-            return _stopped(batch)
+            _hand_back(batch)
+            return True
         position += len(chunk)
         for start in range(0, len(claimed), size):
             call = claimed[start : start + size]
-            messages = [
-                OutboundMessage(
-                    notification_id=str(pk),
-                    idempotency_key=f"notification:{pk}",
-                    channel=campaign.channel,
-                    to=to,
-                    content=content,
-                    headers=unsubscribe_headers(recipient_id=recipient_id, channel=campaign.channel)
-                    if campaign.channel == Channel.EMAIL
-                    else {},
-                )
-                for pk, to, recipient_id, _ in call
-            ]
-            if limiter is not None:
-                # Tokens last, just before the call: the provider sees the pace the limiter granted.
-                wait = limiter.acquire_within(len(call), share=share, max_wait=INLINE_TOKEN_WAIT_SECONDS)
-                if wait > 0:
-                    _release_rows([row.pk for row in claimed[start:]])
-                    _set_batch(batch, BatchStatus.DEFERRED, next_attempt_at=timezone.now() + timedelta(seconds=wait))
-                    return "no token under the global rate limit"
-            try:
-                results = provider.send_batch(messages)
-            except ConfigurationError as exc:
-                results = [exc] * len(messages)
-            _record(campaign, provider, limiter, call, results)
-    return None
-
-
-def _pick_provider(channel: str) -> tuple[BaseProvider | None, RateLimiter | None]:
-    for provider in providers_for(channel):
-        if delivery.breaker_for(provider).allow() != OPEN:
-            return provider, rate_limiter_for(provider.name)
-    return None, None
+            unsent = send(
+                [Delivery(row, build_message(row, content)) for row in call],
+                priority=Priority.MARKETING,
+                channel=campaign.channel,
+                recount=False,  # once per run, in campaign_batch_send
+            )
+            if unsent is not None:
+                # Nobody could be called (every provider open, or the primary busy past the inline
+                # wait): the rows go back to the batch, the slot is freed, the relay brings it back.
+                _release_rows([d.row for d in unsent.deliveries] + claimed[start + size :])
+                _set_batch(batch, BatchStatus.DEFERRED, wait=unsent.wait)
+                logger.info("campaign batch %s deferred %.1fs: %s", batch.pk, unsent.wait, unsent.reason)
+                return True
+    return False
 
 
 _CLAIM_SQL = """
@@ -231,42 +218,41 @@ WITH candidates AS MATERIALIZED (
 UPDATE notifications_notification n SET
     status = CASE WHEN c.consent AND c.suppressed IS NULL THEN 'sending' ELSE 'skipped' END,
     attempts = n.attempts + CASE WHEN c.consent AND c.suppressed IS NULL THEN 1 ELSE 0 END,
-    lease_expires_at = CASE WHEN c.consent AND c.suppressed IS NULL THEN %(lease)s END,
+    lease_expires_at = CASE WHEN c.consent AND c.suppressed IS NULL
+                            THEN statement_timestamp() + make_interval(secs => %(lease)s) END,
+    claim_token = %(token)s,
     last_error = CASE
         WHEN NOT c.consent THEN %(no_consent)s
         WHEN c.suppressed IS NOT NULL THEN 'not sent: address suppressed (' || c.suppressed || ')'
         ELSE '' END,
-    updated_at = %(now)s
+    updated_at = statement_timestamp()
 FROM candidates c
 WHERE n.id = c.id AND n.status = 'scheduled'
 RETURNING n.id, n.status, n."to", n.recipient_id, n.attempts, n.created_at, n.last_error
 """
 
 
-class Claimed(NamedTuple):
-    pk: uuid.UUID
-    to: str
-    recipient_id: int
-    #: An unsaved stand-in with the fields the events and metrics need (no extra query).
-    row: Notification
-
-
-def _row(campaign: Campaign, pk: uuid.UUID, recipient_id: int, attempts: int, created_at) -> Notification:
+def _row(campaign: Campaign, pk, status, to, recipient_id, attempts, created_at, token) -> Notification:
+    """An unsaved stand-in with the fields sending and the events need (no extra query)."""
     return Notification(
         pk=pk,
-        priority="marketing",
+        priority=Priority.MARKETING,
         channel=campaign.channel,
+        status=status,
         recipient_id=recipient_id,
+        to=to,
+        template=campaign.template,
         attempts=attempts,
         created_at=created_at,
         campaign_id=campaign.pk,
+        claim_token=token,
     )
 
 
-def _claim_rows(campaign: Campaign, ids: list[uuid.UUID]) -> list[Claimed] | None:
+def _claim_rows(campaign: Campaign, ids: list[uuid.UUID]) -> list[Notification] | None:
     """Claim rows to send now; rows whose recipient withdrew consent or whose address is suppressed
     become skipped in the same statement.  None if the campaign is no longer running."""
-    now = timezone.now()
+    token = uuid.uuid4()
     with transaction.atomic(), connection.cursor() as cursor:
         # A claim lost in a PostgreSQL crash only sends the rows back to `scheduled`; not
         # waiting for its fsync saves one of the two per call.  (The sent update does wait.)
@@ -276,8 +262,8 @@ def _claim_rows(campaign: Campaign, ids: list[uuid.UUID]) -> list[Claimed] | Non
             {
                 "ids": ids,
                 "campaign": campaign.pk,
-                "lease": now + delivery.claim_lease(),
-                "now": now,
+                "lease": claim_lease().total_seconds(),
+                "token": token,
                 "no_consent": f"not sent: the recipient withdrew marketing consent for {campaign.channel}",
             },
         )
@@ -286,100 +272,118 @@ def _claim_rows(campaign: Campaign, ids: list[uuid.UUID]) -> list[Claimed] | Non
         return None
     claimed, skipped = [], []
     for pk, status, to, recipient_id, attempts, created_at, reason in rows:
-        row = _row(campaign, pk, recipient_id, attempts, created_at)
+        row = _row(campaign, pk, status, to, recipient_id, attempts, created_at, token)
         if status == NotificationStatus.SENDING:
-            claimed.append(Claimed(pk, to, recipient_id, row))
+            claimed.append(row)
         else:
             skipped.append((row, "skipped", "", reason, {}))
     notifications_events(skipped)
     return claimed
 
 
-def _release_rows(ids: list[uuid.UUID]) -> None:
-    """Claimed but not sent (no token): back to scheduled, the attempt not counted."""
-    Notification.objects.filter(pk__in=ids, status=NotificationStatus.SENDING).update(
+def _release_rows(rows: list[Notification]) -> None:
+    """Claimed but not sent (nobody could be called): back to scheduled, the attempt not counted."""
+    if not rows:
+        return
+    Notification.objects.filter(
+        pk__in=[row.pk for row in rows], status=NotificationStatus.SENDING, claim_token=rows[0].claim_token
+    ).update(
         status=NotificationStatus.SCHEDULED,
         attempts=F("attempts") - 1,
         lease_expires_at=None,
-        updated_at=timezone.now(),
+        updated_at=Now(),
     )
 
 
-def _stopped(batch: CampaignBatch) -> str:
-    """The campaign left `running` while this batch was sending."""
-    status = Campaign.objects.filter(pk=batch.campaign_id).values_list("status", flat=True).first()
-    if status == CampaignStatus.PAUSED:
-        _set_batch(batch, BatchStatus.PAUSED)
-        logger.info("campaign batch %s: campaign paused; batch handed back", batch.pk)
-        return "paused"
-    _skip_rest(batch, f"not sent: campaign {status}")
-    return str(status)
+_CAMPAIGN_STATUS_FOR_SHARE = "SELECT status FROM notifications_campaign WHERE id = %s FOR SHARE"
+
+
+def _hand_back(batch: CampaignBatch) -> None:
+    """The campaign is not running (as this run last saw it): park the batch as the campaign's state says now.
+
+    Decided under a share lock on the campaign row, which pause, resume and cancel lock for update:
+    a resume either comes first (the batch is queued again here) or sees the batch paused and
+    queues it itself; a cancel either comes first (the rows are skipped here) or finds it paused.
+    """
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(_CAMPAIGN_STATUS_FOR_SHARE, [batch.campaign_id])
+            (status,) = cursor.fetchone()
+        if status == CampaignStatus.PAUSED:
+            _set_batch(batch, BatchStatus.PAUSED)
+            logger.info("campaign batch %s: campaign paused; batch handed back", batch.pk)
+        elif status == CampaignStatus.RUNNING:
+            _set_batch(batch, BatchStatus.QUEUED)
+            logger.info("campaign batch %s: campaign running again; batch queued again", batch.pk)
+        else:
+            _skip_rest(batch, f"not sent: campaign {status}")
 
 
 def _skip_rest(batch: CampaignBatch, reason: str) -> None:
     low, high = batch_key_range(batch)
     with transaction.atomic():
         skipped = Notification.objects.filter(pk__gte=low, pk__lte=high, status=NotificationStatus.SCHEDULED).update(
-            status=NotificationStatus.SKIPPED, last_error=reason, updated_at=timezone.now()
+            status=NotificationStatus.SKIPPED, last_error=reason, updated_at=Now()
         )
         _set_batch(batch, BatchStatus.DONE)
     logger.info("campaign batch %s: %s row(s) skipped (%s)", batch.pk, skipped, reason)
 
 
-def _record(
-    campaign: Campaign,
-    provider: BaseProvider,
-    limiter: RateLimiter | None,
-    claimed: list[Claimed],
-    results: list[SendResult | JobError | ConfigurationError],
-) -> None:
-    """Write every message's outcome; the circuit breaker hears about the call as a whole."""
-    breaker = delivery.breaker_for(provider)
-    sent = [(c, r.message_id) for c, r in zip(claimed, results, strict=True) if isinstance(r, SendResult)]
-    failures = [(c.pk, c.to, r) for c, r in zip(claimed, results, strict=True) if not isinstance(r, SendResult)]
-    if sent or any(isinstance(r, PermanentError) for _, _, r in failures):
-        breaker.record_success()
-    elif failures:
-        first = failures[0][2]
-        if getattr(first, "status", None) == 429:
-            if limiter is not None:
-                limiter.penalize(getattr(first, "retry_after", None) or 1.0)
-        else:
-            breaker.record_failure(str(first))
-    now = timezone.now()
+# --- a batch that keeps dying -----------------------------------------------------------
+
+
+def _dead_letter_batch(batch: CampaignBatch) -> None:
+    """Its runs died CAMPAIGN_BATCH_MAX_RUNS times in a row: the batch and its unsent rows become dead,
+    so the campaign can finish and an operator sees one dead letter to replay or discard."""
+    low, high = batch_key_range(batch)
+    reason = (
+        f"campaign {batch.campaign_id} batch {batch.pk}: {batch.unfinished_runs} runs in a row did not finish "
+        "(the worker died or the task failed)"
+    )
     with transaction.atomic():
-        if sent:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    """
-                    UPDATE notifications_notification n SET status = 'sent', provider = %s,
-                        provider_message_id = v.message_id, outcome_unknown = false, sent_at = %s,
-                        lease_expires_at = NULL, next_attempt_at = NULL, last_error = '', updated_at = %s
-                    FROM unnest(%s::uuid[], %s::text[]) AS v(id, message_id)
-                    WHERE n.id = v.id AND n.status = 'sending'
-                    """,
-                    [provider.name, now, now, [c.pk for c, _ in sent], [mid for _, mid in sent]],
-                )
-        if failures:
-            by_pk = Notification.objects.in_bulk([pk for pk, _, _ in failures])
-            for pk, to, error in failures:
-                notification = by_pk[pk]
-                if isinstance(error, PermanentError):
-                    if error.recipient_refused:
-                        address_suppress(channel=campaign.channel, address=to, reason=str(error))
-                    delivery.dead_letter(notification, error, provider=provider.name)
-                elif isinstance(error, TransientError):
-                    delivery.schedule_retry(
-                        notification,
-                        f"{provider.name}: {error}",
-                        provider.name,
-                        error.retry_after,
-                        outcome_unknown=error.unknown_outcome,
-                    )
-                else:
-                    logger.error("campaign %s: provider %s is misconfigured: %s", campaign.pk, provider.name, error)
-                    delivery.schedule_retry(notification, f"{provider.name}: {error}", provider.name, None)
-    if sent:
-        notifications_events(
-            (c.row, "sent", provider.name, "", {"provider_message_id": message_id}) for c, message_id in sent
+        updated = CampaignBatch.objects.filter(
+            pk=batch.pk, status=batch.status, unfinished_runs=batch.unfinished_runs
+        ).update(status=BatchStatus.DEAD, lease_expires_at=None, next_attempt_at=None, updated_at=Now())
+        if not updated:
+            return
+        rows = Notification.objects.filter(pk__gte=low, pk__lte=high, status=NotificationStatus.SCHEDULED).update(
+            status=NotificationStatus.DEAD, last_error=f"{DEAD_WITH_BATCH}: {reason}", updated_at=Now()
         )
+        deadletter_record(
+            job_name=BATCH_JOB_NAME,
+            arguments={"args": [batch.pk], "campaign": batch.campaign_id, "rows": rows},
+            error=reason,
+            attempts=batch.unfinished_runs,
+            queue=queue_name(Priority.MARKETING, batch.campaign.channel),
+            subject=batch,
+        )
+    campaign_batch_recount(batch_id=batch.pk)
+    campaign_finish_if_done(campaign_id=batch.campaign_id)
+    logger.error("%s; %s unsent row(s) dead-lettered with it", reason, rows)
+
+
+def campaign_batch_replay(dead_letter: DeadLetter) -> None:
+    """Replayer of a dead batch: its rows back to scheduled and the batch queued with a fresh run count."""
+    batch = CampaignBatch.objects.select_related("campaign").filter(pk=dead_letter.subject_id).first()
+    if batch is None:
+        raise LookupError(f"campaign batch {dead_letter.subject_id} no longer exists")
+    low, high = batch_key_range(batch)
+    with transaction.atomic():
+        revived = CampaignBatch.objects.filter(pk=batch.pk, status=BatchStatus.DEAD).update(
+            status=BatchStatus.QUEUED, unfinished_runs=0, queued_at=Now(), updated_at=Now()
+        )
+        if not revived:
+            return
+        Notification.objects.filter(
+            pk__gte=low, pk__lte=high, status=NotificationStatus.DEAD, last_error__startswith=DEAD_WITH_BATCH
+        ).update(status=NotificationStatus.SCHEDULED, last_error="", updated_at=Now())
+        campaign_batch_recount(batch_id=batch.pk)
+        if batch.campaign.status == CampaignStatus.COMPLETED:
+            # It completed with this batch dead; it has rows to send again.
+            Campaign.objects.filter(pk=batch.campaign_id, status=CampaignStatus.COMPLETED).update(
+                status=CampaignStatus.RUNNING, finished_at=None, updated_at=Now()
+            )
+        campaign_batches_publish(batch.campaign, [batch.pk])
+
+
+register_replayer(BATCH_JOB_NAME, campaign_batch_replay)

@@ -15,18 +15,19 @@ import logging
 import re
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from jobs.publishing import publish_after_commit
-from jobs.redis import queue_length
+from jobs.redis import queue_head, queue_lost_before
 from notifications.events import RATE_WINDOW_SECONDS, campaign_rate
 from notifications.models import (
     MARKETING_CONSENT_FIELDS,
@@ -246,6 +247,9 @@ def campaign_resume(*, campaign_id: int) -> Campaign:
         )
         campaign_batches_publish(campaign, batch_ids, background=True)
     logger.info("campaign %s resumed: %s batch(es) queued again", campaign.pk, len(batch_ids))
+    # Everything may have finished while it was paused (the last rows were in flight): nothing
+    # would come back to complete it.
+    campaign_finish_if_done(campaign_id=campaign.pk)
     return campaign
 
 
@@ -311,9 +315,9 @@ bounds AS (
 ),
 batches AS (
     INSERT INTO notifications_campaignbatch
-        (campaign_id, first_recipient_id, last_recipient_id, size, status, runs, sent_count, dead_count,
-         skipped_count, queued_at, updated_at)
-    SELECT %(campaign)s, first_id, last_id, size, 'queued', 0, 0, 0, 0, %(now)s, %(now)s FROM bounds
+        (campaign_id, first_recipient_id, last_recipient_id, size, status, runs, unfinished_runs, sent_count,
+         dead_count, skipped_count, queued_at, updated_at)
+    SELECT %(campaign)s, first_id, last_id, size, 'queued', 0, 0, 0, 0, 0, %(now)s, %(now)s FROM bounds
     ON CONFLICT DO NOTHING
     RETURNING id
 )
@@ -457,57 +461,65 @@ def campaign_recount_for(notification: Notification) -> None:
 # --- relay --------------------------------------------------------------------------
 
 
-def campaign_relay(*, now=None, queue_lengths=queue_length) -> int:
+def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
     """Publish again the fan-out segments and batches no worker will otherwise pick up.
 
-    Deferred batches that are due, and batches whose worker died (lease expired), go
-    back at once.  A queued batch or segment may have lost its message (Redis restarted),
-    but thousands legitimately wait their turn, so those are published again only when
-    their queue is empty.  `queue_lengths(name)` reads a queue's depth.
+    Deferred batches that are due, and batches whose worker died (lease expired), go back at
+    once.  A queued batch or segment whose message is no longer in its queue (published before
+    the queue's head: see queue_lost_before) lost it (Redis restarted); thousands that only wait
+    their turn in a busy queue are left alone.  `queue_heads(name)` reads a queue.
     """
     from notifications.tasks import campaign_fanout_task
 
-    now = now or timezone.now()
-    queued_after = timedelta(seconds=settings.RELAY_QUEUED_AFTER_SECONDS)
+    moment = now if now is not None else Now()
+    wall = (now or timezone.now()).timestamp()
     published = 0
     with transaction.atomic():
         due = list(
             CampaignBatch.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status__in=[BatchStatus.DEFERRED], next_attempt_at__lte=now)
-            .select_related("campaign")[:1000]
-        ) + list(
-            CampaignBatch.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status=BatchStatus.SENDING, lease_expires_at__lt=now)
+            .filter(
+                Q(status=BatchStatus.DEFERRED, next_attempt_at__lte=moment)
+                | Q(status=BatchStatus.SENDING, lease_expires_at__lt=moment)
+            )
             .select_related("campaign")[:1000]
         )
-        stale = now - queued_after
         for channel in Channel.values:
-            if queue_lengths(queue_name("marketing", channel)) == 0:
-                due += list(
-                    CampaignBatch.objects.select_for_update(skip_locked=True, of=("self",))
-                    .filter(status=BatchStatus.QUEUED, queued_at__lt=stale, campaign__channel=channel)
-                    .select_related("campaign")
-                    .order_by("pk")[:1000]
-                )
+            lost = _lost_before(queue_name("marketing", channel), wall, queue_heads)
+            due += list(
+                CampaignBatch.objects.select_for_update(skip_locked=True, of=("self",))
+                .filter(status=BatchStatus.QUEUED, queued_at__lt=lost, campaign__channel=channel)
+                .select_related("campaign")
+                .order_by("pk")[:1000]
+            )
         for batch in due:
             CampaignBatch.objects.filter(pk=batch.pk).update(
-                status=BatchStatus.QUEUED, queued_at=now, next_attempt_at=None, lease_expires_at=None, updated_at=now
+                status=BatchStatus.QUEUED,
+                queued_at=moment,
+                next_attempt_at=None,
+                lease_expires_at=None,
+                updated_at=moment,
             )
             campaign_batches_publish(batch.campaign, [batch.pk])
         published += len(due)
-        if queue_lengths(FANOUT_QUEUE) == 0:
-            segments = list(
-                CampaignSegment.objects.select_for_update(skip_locked=True).filter(
-                    done_at__isnull=True, queued_at__lt=stale
-                )[:100]
-            )
-            for segment in segments:
-                CampaignSegment.objects.filter(pk=segment.pk).update(queued_at=now)
-                publish_after_commit(campaign_fanout_task, args=[segment.pk], queue=FANOUT_QUEUE)
-            published += len(segments)
+        segments = list(
+            CampaignSegment.objects.select_for_update(skip_locked=True).filter(
+                done_at__isnull=True, queued_at__lt=_lost_before(FANOUT_QUEUE, wall, queue_heads)
+            )[:100]
+        )
+        for segment in segments:
+            CampaignSegment.objects.filter(pk=segment.pk).update(queued_at=moment)
+            publish_after_commit(campaign_fanout_task, args=[segment.pk], queue=FANOUT_QUEUE)
+        published += len(segments)
     if published:
         logger.info("campaign relay: published %s batch(es) or segment(s) again", published)
     return published
+
+
+def _lost_before(queue: str, now: float, queue_heads) -> datetime:
+    """Rows published to `queue` before this moment have no message left in it."""
+    grace = settings.RELAY_QUEUED_AFTER_SECONDS
+    before = queue_lost_before(queue_heads(queue), now=now, grace=grace)
+    return datetime.fromtimestamp(now - grace if before is None else before, UTC)
 
 
 def campaign_metrics() -> Iterator[Metric]:

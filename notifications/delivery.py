@@ -1,116 +1,121 @@
-"""Delivery services: claim a notification, send it along its channel's providers, retry, dead-letter, relay.
+"""Single sends: claim a notification, check it is still wanted, send it through the one provider-call
+path (sending.py); and the outbox relay and the dead-letter replay that put rows back to work.
 
-One attempt: claim the row (conditional UPDATE, attempts + 1) -> try the providers in
-order, skipping any whose circuit breaker is open -> record the outcome.
+    claim ............ one conditional UPDATE on PostgreSQL's clock: attempts + 1, a lease, a claim
+                       token; a row whose lease expired (its worker died mid-call) is marked
+                       outcome-unknown, so the vendors that can tell are asked before it is sent again
+    held? ............ marketing is checked again at every attempt: a withdrawn consent, a suppressed
+                       address or a cancelled campaign skip it; quiet hours or a paused campaign make
+                       it wait (no attempt counted); a suppressed address gets no transactional mail
+                       either; security alerts are always tried
+    content .......... the notification's template and context, or its campaign's for a campaign row
+    send ............. sending.send: providers, breakers, limits, outcomes (see there)
 
-| outcome of the attempt                   | what happens                                          |
-|------------------------------------------|-------------------------------------------------------|
-| a provider accepted                      | sent                                                  |
-| permanent error (invalid recipient, 4xx) | dead letter at once, no retry                         |
-| transient error, outcome known           | next provider in the same attempt                     |
-| transient error, outcome unknown         | stop; retry later with the same key, same provider    |
-| every provider failed                    | failed + next_attempt_at (backoff, >= Retry-After)    |
-| every provider's breaker open (no call)  | failed, attempt not counted, retry after a cool-down  |
-| no token under the global rate limit     | waits up to 1 s for it; else failed, attempt not      |
-|                                          | counted, retry when a token is due                     |
-| attempts or time budget used up          | dead letter                                           |
-
-Marketing is checked again at every attempt: a withdrawn consent, a suppressed address
-or a cancelled campaign makes the row skipped; quiet hours or a paused campaign make it
-wait (no attempt counted).  A suppressed address gets no transactional mail either;
-security alerts are always tried.
-
-An unknown outcome (timeout after the request went out) is never sent to another
-provider in the same attempt: the first may have accepted it.  The next attempt goes
-to the same provider with the same idempotency key, unless that provider's breaker
-is open; then it falls back (a possible duplicate, preferred to losing the message).
+A campaign row reaches this path when it is retried, relayed after its worker died, or replayed:
+it is sent with its campaign's content, like the batch would have.
 """
 
 import logging
 import os
 import signal
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Case, DateTimeField, ExpressionWrapper, Q, Value, When
+from django.db.models.functions import Now
 from django.utils import timezone
 
-from jobs.breaker import OPEN, CircuitBreaker, breaker_config
-from jobs.deadletters import deadletter_record, register_replayer
-from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
+from jobs.deadletters import register_replayer
+from jobs.errors import PermanentError
 from jobs.models import DeadLetter
-from jobs.ratelimit import rate_limiter_for
+from jobs.redis import queue_head, queue_lost_before
 from jobs.retry import retry_policy
-from notifications.campaigns import campaign_finish_if_done, campaign_recount_for
-from notifications.consent import address_suppress, marketing_consent, quiet_until, suppression_reason
+from notifications.campaigns import campaign_recount_for
+from notifications.consent import marketing_consent, quiet_until, suppression_reason
 from notifications.events import notification_event
 from notifications.models import Campaign, CampaignStatus, Channel, Notification, NotificationStatus, Priority
-from notifications.providers.base import BaseProvider, OutboundMessage
-from notifications.providers.registry import providers_for
 from notifications.rendering import render
+from notifications.sending import (
+    JOB_NAME,
+    Delivery,
+    build_message,
+    claim_lease,
+    record_dead,
+    record_retry,
+    record_skipped,
+    record_wait,
+    send,
+)
 from notifications.services import notification_publish
-from notifications.unsubscribe import unsubscribe_headers
+from settings.topology import PRIORITIES, queue_name
 
 logger = logging.getLogger(__name__)
 
-JOB_NAME = "notifications.deliver"
-#: Longest a worker sleeps for a rate-limit token; a longer wait goes back to PostgreSQL and frees the slot.
-INLINE_TOKEN_WAIT_SECONDS = 1.0
 #: How long a marketing row of a paused campaign waits before it looks again.
 PAUSED_RECHECK_SECONDS = 5.0
-_breakers: dict[str, CircuitBreaker] = {}
 
 
-def claim_lease() -> timedelta:
-    """How long a worker owns a claimed notification.
+def _claim_sql() -> str:
+    columns = ", ".join(f'n."{field.column}"' for field in Notification._meta.concrete_fields)
+    max_attempts = " ".join(
+        f"WHEN '{priority}' THEN {retry_policy(priority).max_attempts}" for priority in Priority.values
+    )
+    return f"""
+UPDATE notifications_notification n SET
+    status = 'sending', attempts = n.attempts + 1,
+    lease_expires_at = statement_timestamp() + make_interval(secs => %(lease)s), claim_token = %(token)s,
+    -- Its worker died mid-call (lease expired while sending): the vendor may have it.
+    outcome_unknown = n.outcome_unknown OR n.status = 'sending',
+    updated_at = statement_timestamp()
+WHERE n.id = %(id)s
+  AND (n.status IN ('pending', 'queued')
+       OR (n.status = 'failed' AND n.next_attempt_at <= statement_timestamp())
+       OR (n.status = 'sending' AND n.lease_expires_at < statement_timestamp()))
+  AND n.attempts < CASE n.priority {max_attempts} END
+RETURNING {columns}
+"""
 
-    Longer than the task's hard time limit, so a live task never loses its claim;
-    shorter than the broker's visibility timeout, so a redelivered message finds it expired.
-    """
-    return timedelta(seconds=settings.JOBS_CLAIM_LEASE_SECONDS)
 
-
-def breaker_for(provider: BaseProvider) -> CircuitBreaker:
-    if provider.name not in _breakers:
-        _breakers[provider.name] = CircuitBreaker(provider.name)
-    return _breakers[provider.name]
-
-
-def _claimable(now) -> Q:
+def _claimable() -> Q:
+    """Rows a worker may take now, on PostgreSQL's clock (worker clocks may be off)."""
     return (
         Q(status__in=[NotificationStatus.PENDING, NotificationStatus.QUEUED])
-        | Q(status=NotificationStatus.FAILED, next_attempt_at__lte=now)
-        | Q(status=NotificationStatus.SENDING, lease_expires_at__lt=now)
+        | Q(status=NotificationStatus.FAILED, next_attempt_at__lte=Now())
+        | Q(status=NotificationStatus.SENDING, lease_expires_at__lt=Now())
     )
 
 
 def notification_claim(*, notification_id: str) -> Notification | None:
     """Take the notification with one conditional UPDATE; None if it is done, owned, not due, or exhausted.
 
-    An exhausted one (every attempt used, typically by a message that kept killing its
-    worker) is dead-lettered here, so it cannot loop.
+    Lease and due times are compared on PostgreSQL's clock, and the claim token makes this worker the
+    only one that can record the attempt's outcome.  An exhausted row (every attempt used, typically
+    by a message that kept killing its worker) is dead-lettered here, so it cannot loop.
     """
-    now = timezone.now()
-    row = Notification.objects.filter(pk=notification_id).values("priority", "attempts").first()
-    if row is None:
-        return None
-    max_attempts = retry_policy(row["priority"]).max_attempts
-    updated = Notification.objects.filter(_claimable(now), pk=notification_id, attempts__lt=max_attempts).update(
-        status=NotificationStatus.SENDING,
-        attempts=F("attempts") + 1,
-        lease_expires_at=now + claim_lease(),
-        updated_at=now,
+    try:
+        uuid.UUID(str(notification_id))
+    except ValueError:
+        raise ValidationError(f"{notification_id!r} is not a notification id") from None
+    claimed = list(
+        Notification.objects.raw(
+            _claim_sql(), {"id": notification_id, "lease": claim_lease().total_seconds(), "token": uuid.uuid4()}
+        )
     )
-    if updated:
-        return Notification.objects.get(pk=notification_id)
-    exhausted = Notification.objects.filter(_claimable(now), pk=notification_id, attempts__gte=max_attempts).first()
-    if exhausted is not None:
-        dead_letter(
-            exhausted,
-            f"gave up after {exhausted.attempts} attempts; the last did not finish (its worker died or timed out)",
-            provider=exhausted.provider,
+    if claimed:
+        return claimed[0]
+    exhausted = (
+        Notification.objects.filter(_claimable(), pk=notification_id).values_list("priority", "attempts").first()
+    )
+    if exhausted is not None and exhausted[1] >= retry_policy(exhausted[0]).max_attempts:
+        notification = Notification.objects.get(pk=notification_id)
+        record_dead(
+            notification,
+            f"gave up after {notification.attempts} attempts; the last did not finish (its worker died or timed out)",
+            provider=notification.provider,
+            claimed=False,
         )
     return None
 
@@ -123,258 +128,74 @@ def notification_deliver(*, notification_id: str) -> None:
         return
     notification_event(notification, "sending")
     _chaos_hook(notification)
-    if _held(notification):
-        return
-    try:
-        content = render(template=notification.template, channel=notification.channel, context=notification.context)
-    except ValidationError as exc:
-        dead_letter(notification, PermanentError(f"cannot render: {'; '.join(exc.messages)}"))
-        return
-    headers = {}
-    if notification.priority == Priority.MARKETING and notification.channel == Channel.EMAIL:
-        headers = unsubscribe_headers(recipient_id=notification.recipient_id, channel=notification.channel)
-    message = OutboundMessage(
-        notification_id=str(notification.pk),
-        idempotency_key=notification.delivery_key,
-        channel=notification.channel,
-        to=notification.to,
-        content=content,
-        headers=headers,
+    campaign = (
+        Campaign.objects.only("template", "context", "status").get(pk=notification.campaign_id)
+        if notification.campaign_id
+        else None
     )
-    errors: list[str] = []
-    retry_after: float | None = None
-    last_provider = notification.provider
-    called = False
-    outcome_unknown = False
-    #: When nothing was called: how long to wait before the next try.
-    skip_wait = 0.0
-    for provider in _provider_order(notification):
-        breaker = breaker_for(provider)
-        if breaker.allow() == OPEN:
-            errors.append(f"{provider.name}: circuit open")
-            skip_wait = max(skip_wait, breaker_config().cooldown_seconds)
-            continue
-        limiter = rate_limiter_for(provider.name)
-        if limiter is not None:
-            wait = limiter.acquire_within(
-                1, share=limiter.share_for(notification.priority), max_wait=INLINE_TOKEN_WAIT_SECONDS
-            )
-            if wait > 0:
-                # Over the global rate: wait for a token rather than spill onto the
-                # fallback provider, and give the worker slot back meanwhile.
-                errors.append(f"{provider.name}: global rate limit, next token in {wait:.2f}s")
-                skip_wait = wait
-                break
-        last_provider = provider.name
-        called = True
-        try:
-            result = provider.send(message)
-        except PermanentError as exc:
-            breaker.record_success()  # the provider is up; it refused this message
-            if exc.recipient_refused:
-                address_suppress(channel=notification.channel, address=notification.to, reason=str(exc))
-            dead_letter(notification, exc, provider=provider.name)
-            return
-        except (TransientError, ConfigurationError) as exc:
-            # A 429 says "slow down", not "down": Retry-After paces this message, and
-            # opening the breaker would only move the load onto the fallback's quota.
-            if getattr(exc, "status", None) != 429:
-                breaker.record_failure(str(exc))
-            elif limiter is not None:
-                limiter.penalize(exc.retry_after or 1.0)  # every worker slows down, not just this message
-            errors.append(f"{provider.name}: {type(exc).__name__}: {exc}")
-            if isinstance(exc, TransientError):
-                retry_after = max(retry_after or 0.0, exc.retry_after or 0.0) or None
-                if exc.unknown_outcome:
-                    errors.append("outcome unknown: retrying with the same key")
-                    outcome_unknown = True
-                    break
-            else:
-                logger.error("notification %s: provider %s is misconfigured: %s", notification.pk, provider.name, exc)
-            continue
-        breaker.record_success()
-        _mark_sent(notification, provider.name, result.message_id)
+    if _held(notification, campaign):
         return
-    if not called:
-        # Nothing was tried (breakers open, or no token under the global rate limit), so
-        # no attempt is used up; wait for the cool-down or the token instead of the
-        # backoff (the time budget still bounds this).
-        schedule_retry(
-            notification, "; ".join(errors), last_provider, max(retry_after or 0.0, skip_wait), refund_attempt=True
-        )
+    template, context = (
+        (campaign.template, campaign.context) if campaign else (notification.template, notification.context)
+    )
+    try:
+        content = render(template=template, channel=notification.channel, context=context)
+    except ValidationError as exc:
+        record_dead(notification, PermanentError(f"cannot render: {'; '.join(exc.messages)}"))
         return
-    schedule_retry(notification, "; ".join(errors), last_provider, retry_after, outcome_unknown=outcome_unknown)
+    unsent = send(
+        [Delivery(notification, build_message(notification, content))],
+        priority=notification.priority,
+        channel=notification.channel,
+    )
+    if unsent is not None:
+        # Nobody could be called (breakers open, every provider busy): no attempt used; the
+        # time budget still bounds the wait.
+        record_retry(notification, unsent.reason, provider=notification.provider, retry_after=unsent.wait, called=False)
 
 
-def _held(notification: Notification) -> bool:
+def _held(notification: Notification, campaign: Campaign | None) -> bool:
     """Skip or postpone a claimed notification the recipient no longer wants now; True if it was."""
     if notification.priority == Priority.SECURITY:
         return False
     now = timezone.now()
     reason = suppression_reason(notification.channel, notification.to)
     if reason is not None:
-        _skip(notification, f"not sent: address suppressed ({reason})")
+        record_skipped(notification, f"not sent: address suppressed ({reason})")
         return True
     if notification.priority != Priority.MARKETING:
         return False
-    if notification.campaign_id is not None:
-        status = Campaign.objects.filter(pk=notification.campaign_id).values_list("status", flat=True).first()
-        if status == CampaignStatus.PAUSED:
-            _postpone(notification, now + timedelta(seconds=PAUSED_RECHECK_SECONDS), "campaign paused")
+    if campaign is not None:
+        if campaign.status == CampaignStatus.PAUSED:
+            record_wait(notification, now + timedelta(seconds=PAUSED_RECHECK_SECONDS), "campaign paused")
             return True
-        if status == CampaignStatus.CANCELLED:
-            _skip(notification, "not sent: campaign cancelled")
+        if campaign.status == CampaignStatus.CANCELLED:
+            record_skipped(notification, "not sent: campaign cancelled")
             return True
     if not marketing_consent(notification.recipient, notification.channel):
-        _skip(notification, f"not sent: the recipient withdrew marketing consent for {notification.channel}")
+        record_skipped(notification, f"not sent: the recipient withdrew marketing consent for {notification.channel}")
         return True
     until = quiet_until(notification.recipient.timezone, now)
     if until is not None:
-        _postpone(notification, until, f"quiet hours in {notification.recipient.timezone}")
+        record_wait(notification, until, f"quiet hours in {notification.recipient.timezone}")
         return True
     return False
 
 
-def _skip(notification: Notification, reason: str) -> None:
-    with transaction.atomic():
-        updated = Notification.objects.filter(pk=notification.pk, status=NotificationStatus.SENDING).update(
-            status=NotificationStatus.SKIPPED, last_error=reason, lease_expires_at=None, updated_at=timezone.now()
-        )
-        if updated and notification.campaign_id:
-            campaign_recount_for(notification)
-    notification_event(notification, "skipped", detail=reason)
-    if notification.campaign_id:
-        campaign_finish_if_done(campaign_id=notification.campaign_id)
-
-
-def _postpone(notification: Notification, until, reason: str) -> None:
-    """Wait without using an attempt or the retry budget (the wait is the recipient's wish, not a failure)."""
-    Notification.objects.filter(pk=notification.pk, status=NotificationStatus.SENDING).update(
-        status=NotificationStatus.FAILED,
-        attempts=F("attempts") - 1,
-        next_attempt_at=until,
-        last_error=f"waiting: {reason} until {until.isoformat()}",
-        lease_expires_at=None,
-        updated_at=timezone.now(),
-    )
-    notification_event(notification, "postponed", detail=reason, until=until.isoformat())
-
-
-def _provider_order(notification: Notification) -> list[BaseProvider]:
-    """The channel's providers, primary first; after an unknown outcome, that provider first."""
-    providers = list(providers_for(notification.channel))
-    if notification.provider and notification.outcome_unknown:
-        providers.sort(key=lambda p: p.name != notification.provider)
-    return providers
-
-
-def _mark_sent(notification: Notification, provider: str, message_id: str) -> None:
-    now = timezone.now()
-    with transaction.atomic():
-        updated = Notification.objects.filter(pk=notification.pk, status=NotificationStatus.SENDING).update(
-            status=NotificationStatus.SENT,
-            provider=provider,
-            provider_message_id=message_id,
-            outcome_unknown=False,
-            sent_at=now,
-            lease_expires_at=None,
-            next_attempt_at=None,
-            last_error="",
-            updated_at=now,
-        )
-        if updated and notification.campaign_id:
-            campaign_recount_for(notification)
-    if notification.campaign_id:
-        campaign_finish_if_done(campaign_id=notification.campaign_id)
-    notification_event(notification, "sent", provider=provider, provider_message_id=message_id)
-
-
-def schedule_retry(
-    notification: Notification,
-    error: str,
-    provider: str,
-    retry_after: float | None,
-    refund_attempt: bool = False,
-    outcome_unknown: bool | None = None,
-) -> None:
-    """Set the next attempt; `outcome_unknown` None keeps what an earlier attempt recorded
-    (an attempt that called nobody learns nothing about the last provider's outcome)."""
-    now = timezone.now()
-    policy = retry_policy(notification.priority)
-    attempts = notification.attempts - 1 if refund_attempt else notification.attempts
-    # A campaign row may wait hours for its turn (rate limit, quiet hours): its retry
-    # budget runs from its first failure, not from the fan-out.
-    started = (notification.first_failed_at or now) if notification.campaign_id else notification.created_at
-    moment = policy.next_attempt_at(attempt=attempts, created_at=started, now=now, retry_after=retry_after)
-    if moment is None:
-        dead_letter(notification, TransientError(f"retries exhausted: {error}"), provider=provider)
-        return
-    Notification.objects.filter(pk=notification.pk, status=NotificationStatus.SENDING).update(
-        status=NotificationStatus.FAILED,
-        attempts=attempts,
-        provider=provider,
-        last_error=error[:4000],
-        next_attempt_at=moment,
-        **({} if outcome_unknown is None else {"outcome_unknown": outcome_unknown}),
-        first_failed_at=notification.first_failed_at or now,
-        lease_expires_at=None,
-        updated_at=now,
-    )
-    notification_event(
-        notification,
-        # Nobody was called (breakers open, no token): a wait, not a failed attempt.
-        "postponed" if refund_attempt else "retry",
-        provider=provider,
-        detail=error,
-        retry_in_seconds=round((moment - now).total_seconds(), 1),
-    )
-
-
-def dead_letter(notification: Notification, error: JobError | str, provider: str = "") -> None:
-    now = timezone.now()
-    with transaction.atomic():
-        updated = (
-            Notification.objects.filter(pk=notification.pk)
-            .exclude(status=NotificationStatus.SENT)
-            .update(
-                status=NotificationStatus.DEAD,
-                provider=provider or notification.provider,
-                last_error=str(error)[:4000],
-                lease_expires_at=None,
-                next_attempt_at=None,
-                first_failed_at=notification.first_failed_at or now,
-                updated_at=now,
-            )
-        )
-        if not updated:
-            return
-        if notification.campaign_id:
-            campaign_recount_for(notification)
-        deadletter_record(
-            job_name=JOB_NAME,
-            arguments={"args": [str(notification.pk)], "to": notification.to, "template": notification.template},
-            error=error,
-            attempts=notification.attempts,
-            queue=notification.queue,
-            subject=notification,
-            provider=provider or notification.provider,
-            first_failed_at=notification.first_failed_at or now,
-        )
-    notification_event(notification, "dead", provider=provider, detail=str(error))
-    if notification.campaign_id:
-        campaign_finish_if_done(campaign_id=notification.campaign_id)
-
-
 def notification_replay(dead_letter: DeadLetter) -> None:
-    """Replayer of the dead-letter table: back to queued with fresh attempts and the same idempotency key."""
-    notification = Notification.objects.get(pk=dead_letter.subject_id)
+    """Replayer of the dead-letter table: queued again with the same idempotency key, a fresh attempt
+    count and a fresh time budget from now (its old budget may have run out long ago)."""
+    notification = Notification.objects.filter(pk=dead_letter.subject_id).first()
+    if notification is None:
+        raise LookupError(f"notification {dead_letter.subject_id} no longer exists")
     with transaction.atomic():
         replayed = Notification.objects.filter(pk=notification.pk, status=NotificationStatus.DEAD).update(
             status=NotificationStatus.QUEUED,
             attempts=0,
             next_attempt_at=None,
-            queued_at=timezone.now(),
-            updated_at=timezone.now(),
+            retry_budget_from=Now(),
+            queued_at=Now(),
+            updated_at=Now(),
         )
         if replayed and notification.campaign_id:
             campaign_recount_for(notification)
@@ -385,44 +206,69 @@ def notification_replay(dead_letter: DeadLetter) -> None:
 
 register_replayer(JOB_NAME, notification_replay)
 
+#: The relay serves urgency first: each priority gets its own budget per run, in this order.
+RELAY_ORDER = PRIORITIES
 
-def notification_relay(*, now=None) -> int:
+
+def notification_relay(*, now=None, queue_heads=queue_head) -> int:
     """Publish again what no worker will otherwise pick up; returns how many rows.
 
-    Due retries, rows never published (pending), rows whose message may be lost
-    (queued too long: Redis restarted) and rows whose worker died (sending, lease
-    expired).  Rows are locked with SKIP LOCKED, so concurrent relays share the work.
+    Per priority, security first, up to RELAY_BATCH_SIZE rows each: due retries, rows never
+    published (pending), rows whose worker died (sending, lease expired), and queued rows whose
+    message is really gone (published before the head of their queue: see queue_lost_before),
+    never a backlog that is only waiting its turn.  Rows are locked with SKIP LOCKED, so
+    concurrent relays share the work.  `now` (tests) replaces PostgreSQL's clock;
+    `queue_heads(name)` reads a queue.
     """
-    now = now or timezone.now()
-    due = (
-        Q(status=NotificationStatus.FAILED, next_attempt_at__lte=now)
-        | Q(
-            status=NotificationStatus.PENDING,
-            created_at__lt=now - timedelta(seconds=settings.RELAY_PENDING_AFTER_SECONDS),
-        )
-        | Q(
-            status=NotificationStatus.QUEUED, queued_at__lt=now - timedelta(seconds=settings.RELAY_QUEUED_AFTER_SECONDS)
-        )
-        | Q(status=NotificationStatus.SENDING, lease_expires_at__lt=now)
+    moment = now if now is not None else Now()
+    wall = (now or timezone.now()).timestamp()
+    pending_after = timedelta(seconds=settings.RELAY_PENDING_AFTER_SECONDS)
+    pending_before = (
+        now - pending_after if now is not None else ExpressionWrapper(Now() - pending_after, DateTimeField())
     )
-    with transaction.atomic():
-        rows = list(
-            Notification.objects.select_for_update(skip_locked=True)
-            .filter(due)
-            .order_by("priority", "created_at")
-            .only("pk", "priority", "channel", "status")[: settings.RELAY_BATCH_SIZE]
-        )
-        if not rows:
-            return 0
-        # Back to queued; queued_at restarts the clock, so a row is republished at most
-        # once per RELAY_QUEUED_AFTER_SECONDS even if this message is lost too.
-        Notification.objects.filter(pk__in=[r.pk for r in rows]).update(
-            status=NotificationStatus.QUEUED, queued_at=now, next_attempt_at=None, lease_expires_at=None, updated_at=now
-        )
-        for row in rows:
-            notification_publish(row)
-    logger.info("relay: published %s notification(s) again", len(rows))
-    return len(rows)
+    due = (
+        Q(status=NotificationStatus.FAILED, next_attempt_at__lte=moment)
+        | Q(status=NotificationStatus.PENDING, created_at__lt=pending_before)
+        | Q(status=NotificationStatus.SENDING, lease_expires_at__lt=moment)
+    )
+    published = 0
+    for priority in RELAY_ORDER:
+        with transaction.atomic():
+            rows = list(
+                Notification.objects.select_for_update(skip_locked=True)
+                .filter(due | _lost_queued(priority, wall, queue_heads), priority=priority)
+                .only("pk", "priority", "channel", "status")[: settings.RELAY_BATCH_SIZE]
+            )
+            if not rows:
+                continue
+            # Back to queued; queued_at restarts the clock.  A row taken from a worker that died
+            # mid-call may have reached its vendor: the next attempt asks before sending.
+            Notification.objects.filter(pk__in=[r.pk for r in rows]).update(
+                status=NotificationStatus.QUEUED,
+                outcome_unknown=Case(
+                    When(status=NotificationStatus.SENDING, then=Value(True)), default="outcome_unknown"
+                ),
+                queued_at=moment,
+                next_attempt_at=None,
+                lease_expires_at=None,
+                updated_at=moment,
+            )
+            for row in rows:
+                notification_publish(row)
+        logger.info("relay: published %s %s notification(s) again", len(rows), priority)
+        published += len(rows)
+    return published
+
+
+def _lost_queued(priority: str, now: float, queue_heads) -> Q:
+    """Queued rows of `priority` whose message is no longer in their queue (see queue_lost_before)."""
+    grace = settings.RELAY_QUEUED_AFTER_SECONDS
+    lost = Q(pk__in=[])
+    for channel in Channel.values:
+        before = queue_lost_before(queue_heads(queue_name(priority, channel)), now=now, grace=grace)
+        cutoff = now - grace if before is None else before
+        lost |= Q(channel=channel, status=NotificationStatus.QUEUED, queued_at__lt=datetime.fromtimestamp(cutoff, UTC))
+    return lost
 
 
 def _chaos_hook(notification: Notification) -> None:

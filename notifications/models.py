@@ -126,12 +126,17 @@ class Notification(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(null=True, blank=True)
-    #: While sending, the moment after which another worker may take the row over.
+    #: While sending, the moment after which another worker may take the row over (PostgreSQL's clock).
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    #: Set by each claim: only the worker holding it may record the outcome of that attempt.
+    claim_token = models.UUIDField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     #: While failed: when the relay publishes it again.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     first_failed_at = models.DateTimeField(null=True, blank=True)
+    #: Where the retry budget (JOBS_RETRY_POLICIES budget_seconds) runs from when it is not the
+    #: submit: a campaign row's first failure (it may wait hours for its turn), an operator's replay.
+    retry_budget_from = models.DateTimeField(null=True, blank=True)
     #: The last provider may have accepted it (timeout after sending): the next attempt
     #: goes to that provider first, with the same idempotency key.
     outcome_unknown = models.BooleanField(default=False)
@@ -163,16 +168,16 @@ class Notification(models.Model):
                 condition=~Q(status="scheduled"),
             ),
             models.Index(fields=["recipient", "-created_at"], name="notif_recipient_idx"),
-            # The relay scans only unfinished rows; a partial index keeps that scan
-            # small when the table holds millions of sent notifications.
+            # The relay scans only unfinished rows, one priority at a time (security first); a
+            # partial index keeps that scan small when the table holds millions of sent notifications.
             models.Index(
-                fields=["status", "updated_at"],
-                name="notif_unfinished_idx",
+                fields=["priority", "status", "updated_at"],
+                name="notif_unfinished_prio_idx",
                 condition=Q(status__in=["pending", "queued", "sending"]),
             ),
             models.Index(
-                fields=["next_attempt_at"],
-                name="notif_retry_due_idx",
+                fields=["priority", "next_attempt_at"],
+                name="notif_retry_due_prio_idx",
                 condition=Q(status="failed"),
             ),
             # The API's "my notifications" filter; campaign rows (millions, no creator) stay out.
@@ -280,6 +285,8 @@ class BatchStatus(models.TextChoices):
     DEFERRED = "deferred", "deferred (quiet hours or rate limit; the relay publishes it when due)"
     PAUSED = "paused", "paused (published again on resume)"
     DONE = "done"
+    #: Its runs kept dying (CAMPAIGN_BATCH_MAX_RUNS): dead-lettered with its unsent rows; a replay revives both.
+    DEAD = "dead", "dead (in the dead-letter table with its unsent rows)"
 
 
 class CampaignBatch(models.Model):
@@ -299,8 +306,13 @@ class CampaignBatch(models.Model):
     dead_count = models.PositiveIntegerField(default=0)
     skipped_count = models.PositiveIntegerField(default=0)
     runs = models.PositiveIntegerField(default=0)
+    #: Runs in a row that did not end (the worker died, the task raised); reset by every run that ends.
+    #: After CAMPAIGN_BATCH_MAX_RUNS the batch is dead-lettered instead of running for ever.
+    unfinished_runs = models.PositiveIntegerField(default=0)
     queued_at = models.DateTimeField(null=True, blank=True)
+    #: While sending: when another worker may take it over (PostgreSQL's clock), and the holder's token.
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    claim_token = models.UUIDField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 

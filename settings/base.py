@@ -235,7 +235,8 @@ RELAY_PENDING_AFTER_SECONDS = env_int("RELAY_PENDING_AFTER_SECONDS", 10)
 #: (Redis restarted without persistence); the relay publishes it again.  The claim
 #: makes a second message harmless, so erring short costs only work.
 RELAY_QUEUED_AFTER_SECONDS = env_int("RELAY_QUEUED_AFTER_SECONDS", 30)
-#: Rows the relay handles per run, so one run stays short.
+#: Rows the relay handles per priority per run (security first), so one run stays short and no
+#: marketing backlog can crowd out a due security row.
 RELAY_BATCH_SIZE = 1000
 
 # --- Notifications ------------------------------------------------------------
@@ -251,6 +252,9 @@ PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 CAMPAIGN_SEGMENT_SIZE = env_int("CAMPAIGN_SEGMENT_SIZE", 100_000)
 #: Notifications per campaign batch message: 5 M recipients make 10,000 small messages.
 CAMPAIGN_BATCH_SIZE = env_int("CAMPAIGN_BATCH_SIZE", 500)
+#: Runs in a row a campaign batch may die (its worker killed, its task failing) before it is
+#: dead-lettered with its unsent rows instead of running for ever; a run that ends resets the count.
+CAMPAIGN_BATCH_MAX_RUNS = env_int("CAMPAIGN_BATCH_MAX_RUNS", 5)
 #: "user:password" Prometheus must send to /metrics (basic auth); production refuses the default.
 METRICS_BASIC_AUTH = env_str("METRICS_BASIC_AUTH", "prometheus:prometheus")
 #: django-anymail: the tracking webhook (hard bounces -> suppression) requires basic auth

@@ -8,6 +8,7 @@ jobs.errors.TransientError, PermanentError or ConfigurationError.
 import email.utils
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
 import requests
@@ -44,6 +45,9 @@ class BaseProvider:
     vendor: ClassVar[str]
     #: Most messages `send_batch` takes per call (vendors with a batch endpoint raise it).
     max_batch: ClassVar[int] = 50
+    #: The vendor can say whether it already accepted a message (`look_up`): a message whose
+    #: earlier outcome is unknown is looked up there before it is sent again.
+    can_look_up: ClassVar[bool] = False
 
     def __init__(self, *, name: str, timeout: float, **options: Any) -> None:
         self.name = name
@@ -62,6 +66,13 @@ class BaseProvider:
             except JobError as exc:
                 results.append(exc)
         return results
+
+    def look_up(self, message: OutboundMessage, *, since: datetime) -> SendResult | None:
+        """The vendor's record of `message` if it accepted it (sent no earlier than `since`), else None.
+
+        Only for vendors with `can_look_up`; failures are classified like a send's.
+        """
+        raise NotImplementedError(f"{self.vendor} offers no lookup")
 
     def close(self) -> None:
         """Release connections (called when a worker shuts down)."""

@@ -33,10 +33,13 @@ class Provider(BaseProvider):
     channel = "email"
     vendor = "postmark"
     max_batch = 500
+    #: Postmark's outbound message search filters on metadata: the idempotency key finds a message.
+    can_look_up = True
 
     def __init__(self, *, api_url: str, server_token: str, from_email: str | None = None, **options: Any) -> None:
         super().__init__(**options)
         self.from_email = from_email
+        self.server_token = server_token
         self.backend = EmailBackend(
             api_url=api_url, server_token=server_token, timeout=self.timeout, fail_silently=False
         )
@@ -64,12 +67,17 @@ class Provider(BaseProvider):
             raise TransientError(f"{self.name}: {exc}") from exc
         except AnymailError as exc:
             raise PermanentError(f"{self.name}: {exc}") from exc
-        status = email.anymail_status
-        message_id = status.message_id if isinstance(status.message_id, str) else ""
-        if not message_id:
-            recipient = status.recipients.get(message.to)
-            message_id = recipient.message_id if recipient else ""
-        return SendResult(message_id=message_id or "")
+        # Postmark's own answer, not anymail's reading of it: anymail can split an address it
+        # cannot parse (`"a,b"@example.com`) and report neither half as refused.
+        response = email.anymail_status.esp_response
+        try:
+            answer = response.json()
+        except (AttributeError, ValueError):
+            answer = None
+        result = self._answer_result(answer)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def send_batch(self, messages: list[OutboundMessage]) -> list[SendResult | JobError]:
         """One call to /email/batch; Postmark answers one result per message, in order."""
@@ -124,12 +132,20 @@ class Provider(BaseProvider):
                 unknown_outcome=True,
             )
             return [error] * len(messages)
-        return [self._batch_result(answer) for answer in answers]
+        return [self._answer_result(answer) for answer in answers]
 
-    def _batch_result(self, answer: Any) -> SendResult | JobError:
+    def _answer_result(self, answer: Any) -> SendResult | JobError | ConfigurationError:
+        """One message's result as Postmark states it (ErrorCode 0 and a MessageID, or the error code)."""
         code = answer.get("ErrorCode") if isinstance(answer, dict) else None
         if code == 0:
-            return SendResult(message_id=str(answer.get("MessageID") or ""))
+            message_id = str(answer.get("MessageID") or "")
+            if not message_id:
+                return TransientError(f"{self.name}: accepted without a MessageID", unknown_outcome=True)
+            return SendResult(message_id=message_id)
+        if code is None:
+            return TransientError(
+                f"{self.name}: answer without an ErrorCode: {str(answer)[:200]}", unknown_outcome=True
+            )
         text = str(answer.get("Message", "")) if isinstance(answer, dict) else str(answer)
         if code in RECIPIENT_ERROR_CODES:
             return PermanentError(f"{self.name}: recipient refused (code {code}): {text}", recipient_refused=True)
@@ -138,6 +154,28 @@ class Provider(BaseProvider):
         if code == 429:
             return TransientError(f"{self.name}: rate limited (code {code})", status=429, retry_after=1.0)
         return PermanentError(f"{self.name}: Postmark error {code}: {text}")
+
+    def look_up(self, message: OutboundMessage, *, since) -> SendResult | None:
+        """Postmark's outbound message search by the metadata every send carries (idempotency_key)."""
+        try:
+            response = self.backend.session.get(
+                self.backend.api_url + "messages/outbound",
+                params={"count": 1, "offset": 0, "metadata_idempotency_key": message.idempotency_key},
+                headers={"Accept": "application/json", "X-Postmark-Server-Token": self.server_token},
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            raise classify_request_exception(exc, what=f"{self.name} lookup") from exc
+        if response.status_code != 200:
+            raise classify_http_status(response.status_code, text=response.text, what=f"{self.name} lookup")
+        try:
+            found = response.json().get("Messages") or []
+        except (ValueError, AttributeError):
+            raise TransientError(f"{self.name} lookup: answer is not JSON", response_text=response.text) from None
+        for entry in found:
+            if isinstance(entry, dict) and entry.get("MessageID"):
+                return SendResult(message_id=str(entry["MessageID"]))
+        return None
 
     def _classify(self, exc: AnymailRequestsAPIError) -> Exception:
         response = exc.response

@@ -248,6 +248,7 @@ class SandboxHTTP:
                 subject=message.get("Subject"),
                 body=message.get("TextBody") or message.get("HtmlBody"),
                 headers=headers,
+                metadata={str(k): str(v) for k, v in metadata.items()},
                 batch=batch,
             )
         result = {"SubmittedAt": submitted_at, "MessageID": message_id, "ErrorCode": 0, "Message": "OK"}
@@ -255,6 +256,40 @@ class SandboxHTTP:
             # anymail maps per-recipient status from "To", and omits it for Cc/Bcc-only sends.
             result = {"To": message["To"], **result}
         return 200, result
+
+    async def postmark_outbound_search(self, request: web.Request) -> web.Response:
+        """Postmark's outbound message search: accepted messages by `recipient` and `metadata_<key>` filters."""
+        provider = request.match_info["provider"]
+        if not _postmark_token_ok(request):
+            return _postmark_unauthorized()
+        try:
+            count, offset = int(request.query.get("count", "")), int(request.query.get("offset", "0"))
+        except ValueError:
+            return _json({"ErrorCode": 1, "Message": "count and offset must be whole numbers"}, 422)
+        if not 1 <= count <= 500 or offset < 0:
+            return _json({"ErrorCode": 1, "Message": "count must lie in 1..500 and offset be >= 0"}, 422)
+        metadata = {k.removeprefix("metadata_"): v for k, v in request.query.items() if k.startswith("metadata_")}
+        recipient = request.query.get("recipient")
+        found = [
+            entry
+            for entry in self.state.ledger
+            if entry["provider"] == provider
+            and entry["vendor"] == "postmark"
+            and all((entry.get("metadata") or {}).get(k) == v for k, v in metadata.items())
+            and (recipient is None or recipient in entry["to"].split(", "))
+        ]
+        messages = [
+            {
+                "MessageID": entry["message_id"],
+                "Recipients": entry["to"].split(", "),
+                "ReceivedAt": entry["accepted_at"],
+                "Subject": entry["subject"],
+                "Status": "Sent",
+                "Metadata": entry.get("metadata") or {},
+            }
+            for entry in reversed(found[-(offset + count) : len(found) - offset or None])
+        ]
+        return _json({"TotalCount": len(found), "Messages": messages})
 
     # --- Twilio ---------------------------------------------------------------
 
@@ -328,6 +363,46 @@ class SandboxHTTP:
                 "uri": f"/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json",
             },
             201,
+        )
+
+    async def twilio_list(self, request: web.Request) -> web.Response:
+        """Twilio's message list: accepted messages, newest first, by `To` and `DateSent>` (a day)."""
+        provider = request.match_info["provider"]
+        account_sid = request.match_info["account_sid"]
+        credentials = _basic_auth(request.headers.get("Authorization"))
+        if credentials is None or credentials[0] != account_sid or credentials[1] in ("", "invalid"):
+            return _twilio_error(20003, "Authenticate", 401)
+        to = request.query.get("To")
+        since = request.query.get("DateSent>") or request.query.get("DateSent>=")
+        try:
+            since_ts = datetime.fromisoformat(since).replace(tzinfo=UTC).timestamp() if since else 0.0
+            size = int(request.query.get("PageSize", "50"))
+        except ValueError:
+            return _twilio_error(20001, "DateSent must be YYYY-MM-DD and PageSize a whole number", 400)
+        found = [
+            entry
+            for entry in reversed(self.state.ledger)
+            if entry["provider"] == provider
+            and entry["vendor"] == "twilio"
+            and (to is None or entry["to"] == to)
+            and entry["accepted_ts"] >= since_ts
+        ][:size]
+        return _json(
+            {
+                "messages": [
+                    {
+                        "sid": entry["message_id"],
+                        "account_sid": account_sid,
+                        "to": entry["to"],
+                        "body": entry["body"],
+                        "status": "sent",
+                        "direction": "outbound-api",
+                        "date_created": format_datetime(datetime.fromtimestamp(entry["accepted_ts"], UTC)),
+                    }
+                    for entry in found
+                ],
+                "page_size": size,
+            }
         )
 
     # --- FCM ------------------------------------------------------------------
@@ -564,7 +639,9 @@ def create_app(state: SandboxState) -> web.Application:
     app.router.add_delete("/_sandbox/faults", routes.clear_faults)
     app.router.add_post("/{provider}/email", routes.postmark_email)
     app.router.add_post("/{provider}/email/batch", routes.postmark_batch)
+    app.router.add_get("/{provider}/messages/outbound", routes.postmark_outbound_search)
     app.router.add_post("/{provider}/2010-04-01/Accounts/{account_sid}/Messages.json", routes.twilio_messages)
+    app.router.add_get("/{provider}/2010-04-01/Accounts/{account_sid}/Messages.json", routes.twilio_list)
     app.router.add_post("/{provider}/v1/projects/{project_id}/messages:send", routes.fcm_send)
     app.router.add_post("/{provider}/sms/json", routes.vonage_sms)
     app.router.add_route("*", "/{path:.*}", _no_route)

@@ -205,6 +205,7 @@ class SandboxState:
         subject: str | None = None,
         body: str | None = None,
         headers: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None,
         batch: bool = False,
     ) -> dict[str, Any]:
         """Append one accepted message to the ledger and remember its idempotency key."""
@@ -221,6 +222,7 @@ class SandboxState:
             "subject": subject,
             "body": body[:BODY_LIMIT] if body else body,
             "headers": headers,
+            "metadata": metadata,
             "batch": batch,
         }
         self.ledger.append(entry)

@@ -6,10 +6,20 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from jobs.redis import QueueHead
 from notifications.campaigns import campaign_create, campaign_relay
 from notifications.models import BatchStatus, CampaignBatch, CampaignSegment
 
 pytestmark = pytest.mark.django_db
+
+
+def empty(queue: str) -> QueueHead:
+    return QueueHead(depth=0, published_at=None)
+
+
+def busy_since(seconds_ago: float):
+    """A queue of 5,000 messages whose oldest was published `seconds_ago`."""
+    return lambda queue: QueueHead(depth=5_000, published_at=timezone.now().timestamp() - seconds_ago)
 
 
 @pytest.fixture
@@ -32,7 +42,7 @@ def test_lost_due_and_orphaned_batches_are_queued_again(campaign, django_capture
     done = batch(campaign, 41, status=BatchStatus.DONE, queued_at=long_ago)
 
     with django_capture_on_commit_callbacks() as callbacks:
-        assert campaign_relay(queue_lengths=lambda queue: 0) == 3
+        assert campaign_relay(queue_heads=empty) == 3
 
     assert len(callbacks) == 3
     statuses = dict(CampaignBatch.objects.values_list("pk", "status"))
@@ -45,8 +55,21 @@ def test_lost_due_and_orphaned_batches_are_queued_again(campaign, django_capture
 def test_a_batch_waiting_in_a_busy_queue_is_not_published_twice(campaign, django_capture_on_commit_callbacks):
     batch(campaign, 1, status=BatchStatus.QUEUED, queued_at=timezone.now() - timedelta(minutes=10))
     with django_capture_on_commit_callbacks() as callbacks:
-        assert campaign_relay(queue_lengths=lambda queue: 5_000) == 0
+        # The queue's oldest message is older than the batch's: its message is still waiting in it.
+        assert campaign_relay(queue_heads=busy_since(seconds_ago=15 * 60)) == 0
     assert callbacks == []
+
+
+def test_a_batch_whose_message_was_lost_from_a_busy_queue_is_published_again(
+    campaign, django_capture_on_commit_callbacks
+):
+    lost = batch(campaign, 1, status=BatchStatus.QUEUED, queued_at=timezone.now() - timedelta(minutes=10))
+    with django_capture_on_commit_callbacks() as callbacks:
+        # Everything published before the queue's head was taken off it; this batch never ran.
+        assert campaign_relay(queue_heads=busy_since(seconds_ago=60)) == 1
+    assert len(callbacks) == 1
+    lost.refresh_from_db()
+    assert lost.queued_at > timezone.now() - timedelta(minutes=1)
 
 
 def test_an_unwritten_segment_whose_message_was_lost_is_queued_again(campaign, django_capture_on_commit_callbacks):
@@ -58,7 +81,7 @@ def test_an_unwritten_segment_whose_message_was_lost_is_queued_again(campaign, d
         done_at=timezone.now(),
     )  # fmt: skip
     with django_capture_on_commit_callbacks() as callbacks:
-        assert campaign_relay(queue_lengths=lambda queue: 0) == 1
+        assert campaign_relay(queue_heads=empty) == 1
     assert len(callbacks) == 1
     segment.refresh_from_db()
     assert segment.queued_at > timezone.now() - timedelta(minutes=1)

@@ -2,8 +2,8 @@
 
 from jobs.errors import PermanentError
 from jobs.models import DeadLetter
-from notifications.delivery import dead_letter
 from notifications.models import Notification
+from notifications.sending import record_dead
 from notifications.services import notification_send
 
 ADDRESSES = {"email": "ada@example.com", "sms": "+14155550199", "push": "fGzA1b2c3d4e5f6g7h8:APA91bHxToken"}
@@ -25,6 +25,6 @@ def make_dead_letter(
     try:  # raised, so the dead letter carries a real traceback
         raise PermanentError(f"invalid recipient {notification.to}")
     except PermanentError as exc:
-        dead_letter(notification, exc, provider=provider)
+        record_dead(notification, exc, provider=provider, claimed=False)
     notification.refresh_from_db()
     return notification, DeadLetter.objects.get(subject_id=str(notification.pk))

@@ -123,9 +123,15 @@ class Command(BaseCommand):
             self.stdout.write(f"no such dead letter: {', '.join(map(str, outcome.missing))}")
         for pk, error in outcome.failed.items():
             self.stderr.write(f"dead letter {pk}: replay failed: {error}")
+        for pk, why in outcome.not_replayable.items():
+            self.stderr.write(f"dead letter {pk}: cannot be replayed: {why}")
         self.stdout.write(outcome.summary(verb))
-        if outcome.failed:
-            raise CommandError(f"{len(outcome.failed)} replay(s) failed and stay open; see the errors above")
+        undone = len(outcome.failed) + len(outcome.not_replayable)
+        if undone:
+            raise CommandError(
+                f"{undone} replay(s) not done and still open; see above (discard what cannot be replayed "
+                "with `deadletters discard --id … --reason …`)"
+            )
 
 
 def _add_filters(parser: ArgumentParser) -> None:

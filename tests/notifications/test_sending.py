@@ -1,0 +1,223 @@
+"""The one provider-call path met by faults: campaign rows sent again keep their content, a pacing provider is
+skipped for urgent mail, what a vendor refuses is never `sent`, outcomes only from the claim's holder,
+leases on PostgreSQL's clock, and an unknown outcome looked up before it is sent again."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from jobs.breaker import CircuitBreaker
+from jobs.deadletters import deadletter_replay
+from jobs.models import DeadLetter
+from jobs.redis import redis_client
+from notifications.campaign_delivery import campaign_batch_send
+from notifications.campaigns import campaign_create, campaign_fanout_segment, campaign_notifications, campaign_start
+from notifications.delivery import notification_claim, notification_deliver, notification_relay
+from notifications.models import Campaign, CampaignBatch, CampaignSegment, Notification, Recipient, Suppression
+from notifications.providers.base import OutboundMessage
+from notifications.providers.registry import providers_for
+from notifications.rendering import render
+from notifications.sending import record_sent
+from notifications.services import notification_send
+
+pytestmark = pytest.mark.django_db
+
+NEWS = {"headline": "Autumn sale", "body": "Everything must go"}
+
+
+@pytest.fixture(autouse=True)
+def clean_redis_state():
+    def reset() -> None:
+        client = redis_client()
+        for pattern in ("jobs:breaker:*", "jobs:ratelimit:*"):
+            for key in client.scan_iter(pattern):
+                client.delete(key)
+
+    reset()
+    yield
+    reset()
+
+
+def submit(*, priority: str = "transactional", channel: str = "email", to: str = "ada@example.com") -> Notification:
+    notification, _ = notification_send(
+        priority=priority, channel=channel, template="password_reset", context={"code": "123456"}, to=to
+    )
+    return notification
+
+
+def deliver(notification: Notification) -> Notification:
+    notification_deliver(notification_id=str(notification.pk))
+    notification.refresh_from_db()
+    return notification
+
+
+def make_due(notification: Notification) -> None:
+    Notification.objects.filter(pk=notification.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+
+
+def fanned_out_campaign(tag: str, count: int = 3) -> Campaign:
+    Recipient.objects.bulk_create(
+        [Recipient(email=f"{tag}{i}@example.com", email_marketing_consent=True, tags=[tag]) for i in range(count)]
+    )
+    campaign = campaign_create(name=tag, template="newsletter", channel="email", context=NEWS, audience_tag=tag)
+    campaign_start(campaign_id=campaign.pk)
+    for segment in CampaignSegment.objects.filter(campaign=campaign):
+        campaign_fanout_segment(segment_id=segment.pk)
+    return campaign
+
+
+def send_batches(campaign: Campaign) -> None:
+    for batch in CampaignBatch.objects.filter(campaign=campaign):
+        campaign_batch_send(batch_id=batch.pk)
+
+
+# --- a campaign row is a whole notification on every path -----------------------------------
+
+
+def test_a_campaign_row_retried_after_a_transient_error_is_sent_with_its_campaigns_content(ledger):
+    campaign = fanned_out_campaign("retry")
+    ledger.set_fault("postmark", error_rate=1.0, status=500)
+    ledger.set_fault("smtp", outage=True)
+    send_batches(campaign)
+    rows = list(campaign_notifications(campaign))
+    assert {row.status for row in rows} == {"failed"}, "a transient failure leaves the rows for a retry"
+
+    ledger.clear_faults()
+    CircuitBreaker("postmark").reset()
+    for row in rows:
+        make_due(row)
+        assert deliver(row).status == "sent"
+
+    bodies = [entry["body"] for entry in ledger.entries()]
+    assert len(bodies) == 3 and all("Everything must go" in body for body in bodies)
+    campaign.refresh_from_db()
+    assert (campaign.status, campaign.sent_count) == ("completed", 3)
+
+
+def test_a_campaign_row_whose_worker_died_mid_batch_is_relayed_and_sent_with_its_content(ledger):
+    campaign = fanned_out_campaign("relay")
+    # What a worker killed after its claim leaves behind: rows sending under an expired lease.
+    campaign_notifications(campaign).update(
+        status="sending", attempts=1, lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    notification_relay()
+    for row in campaign_notifications(campaign):
+        assert (row.status, row.outcome_unknown) == ("queued", True)
+        assert deliver(row).status == "sent"
+
+    assert len(ledger.entries()) == 3
+    assert all("Everything must go" in entry["body"] for entry in ledger.entries())
+
+
+def test_a_replayed_campaign_dead_letter_is_sent_with_its_campaigns_content(ledger):
+    campaign = fanned_out_campaign("replay", count=1)
+    ledger.set_fault("postmark", error_rate=1.0, status=422)
+    send_batches(campaign)
+    (row,) = campaign_notifications(campaign)
+    assert row.status == "dead"
+    ledger.clear_faults()
+
+    deadletter_replay(dead_letter=DeadLetter.objects.get(subject_id=str(row.pk)))
+
+    assert deliver(row).status == "sent"
+    (entry,) = ledger.entries()
+    assert "Everything must go" in entry["body"]
+
+
+# --- a provider pacing us is a busy provider --------------------------------------------------
+
+
+def test_security_mail_goes_to_the_fallback_at_once_while_the_primary_asks_us_to_wait(ledger):
+    ledger.set_fault("postmark", retry_after=300)
+    sent = [deliver(submit(priority="security", to=f"reset{i}@example.com")) for i in range(5)]
+
+    assert [(n.status, n.provider) for n in sent] == [("sent", "smtp")] * 5
+    assert ledger.stats()["postmark"]["rejected"] == 1, "after one 429 nobody calls the primary until it allows"
+    assert not DeadLetter.objects.exists()
+
+
+def test_marketing_waits_for_a_paced_primary_instead_of_spilling_onto_the_fallback(ledger):
+    ledger.set_fault("postmark", retry_after=60)
+    deliver(submit(priority="transactional", to="first@example.com"))  # meets the 429, paces postmark
+    notification = deliver(submit(priority="marketing", to="news@example.com"))
+
+    assert (notification.status, notification.attempts) == ("failed", 0)
+    assert notification.next_attempt_at > timezone.now() + timedelta(seconds=50)
+    assert ledger.entries(to="news@example.com") == []
+
+
+# --- what the provider says is what we record ---------------------------------------------------
+
+
+def test_an_address_the_vendor_refuses_is_dead_lettered_and_suppressed_not_sent(ledger):
+    notification = deliver(submit(to='"a,b"@example.com'))
+
+    assert (notification.status, notification.provider_message_id) == ("dead", "")
+    assert "recipient refused" in DeadLetter.objects.get(subject_id=str(notification.pk)).message
+    assert Suppression.objects.filter(channel="email", address='"a,b"@example.com').exists()
+    assert ledger.entries() == []
+
+
+# --- claims: PostgreSQL's clock, and only the holder records --------------------------------------
+
+
+def test_a_worker_whose_clock_runs_ahead_cannot_take_over_a_live_lease(ledger, monkeypatch):
+    notification = submit()
+    assert notification_claim(notification_id=str(notification.pk)) is not None
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(seconds=30))
+
+    assert notification_claim(notification_id=str(notification.pk)) is None, "the lease is still live in PostgreSQL"
+    assert Notification.objects.get(pk=notification.pk).attempts == 1
+
+
+def test_only_the_worker_holding_the_claim_records_the_outcome(ledger):
+    notification = submit()
+    first = notification_claim(notification_id=str(notification.pk))
+    Notification.objects.filter(pk=notification.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    second = notification_claim(notification_id=str(notification.pk))
+    assert second is not None and second.claim_token != first.claim_token
+
+    record_sent([(first, "postmark", "late-message-id")])
+
+    row = Notification.objects.get(pk=notification.pk)
+    assert (row.status, row.provider_message_id) == ("sending", ""), "the first worker lost its claim"
+    record_sent([(second, "postmark", "message-id")])
+    assert Notification.objects.get(pk=notification.pk).status == "sent"
+
+
+# --- an unknown outcome is looked up where the vendor can tell ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("channel", "to", "provider"), [("email", "ada@example.com", "postmark"), ("sms", "+14155550123", "twilio")]
+)
+def test_a_row_whose_worker_died_after_the_vendor_accepted_is_looked_up_not_sent_again(ledger, channel, to, provider):
+    notification = submit(channel=channel, to=to)
+    # The worker's call reached the vendor, then the worker died before it wrote `sent`.
+    content = render(template=notification.template, channel=channel, context=notification.context)
+    vendor = next(p for p in providers_for(channel) if p.name == provider)
+    accepted = vendor.send(
+        OutboundMessage(
+            notification_id=str(notification.pk),
+            idempotency_key=notification.delivery_key,
+            channel=channel,
+            to=notification.to,
+            content=content,
+        )
+    )
+    Notification.objects.filter(pk=notification.pk).update(
+        status="sending", attempts=1, lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+    notification_relay()
+    notification = deliver(notification)
+
+    assert (notification.status, notification.provider, notification.provider_message_id) == (
+        "sent",
+        provider,
+        accepted.message_id,
+    )
+    assert len(ledger.entries(idempotency_key=notification.delivery_key)) == 1
+    assert ledger.stats()[provider]["replays"] == 0, "the vendor was asked, not sent the message again"
