@@ -26,6 +26,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from jobs.clock import database_now
 from jobs.publishing import publish_after_commit
 from jobs.redis import queue_head, queue_lost_before
 from notifications.events import RATE_WINDOW_SECONDS, campaign_rate
@@ -472,7 +473,7 @@ def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
     from notifications.tasks import campaign_fanout_task
 
     moment = now if now is not None else Now()
-    wall = (now or timezone.now()).timestamp()
+    wall = (now or database_now()).timestamp()
     published = 0
     with transaction.atomic():
         due = list(

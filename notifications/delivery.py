@@ -28,6 +28,7 @@ from django.db.models import Case, DateTimeField, ExpressionWrapper, Q, Value, W
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from jobs.clock import database_now
 from jobs.deadletters import register_replayer
 from jobs.errors import PermanentError
 from jobs.models import DeadLetter
@@ -221,7 +222,7 @@ def notification_relay(*, now=None, queue_heads=queue_head) -> int:
     `queue_heads(name)` reads a queue.
     """
     moment = now if now is not None else Now()
-    wall = (now or timezone.now()).timestamp()
+    wall = (now or database_now()).timestamp()
     pending_after = timedelta(seconds=settings.RELAY_PENDING_AFTER_SECONDS)
     pending_before = (
         now - pending_after if now is not None else ExpressionWrapper(Now() - pending_after, DateTimeField())

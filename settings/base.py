@@ -190,12 +190,15 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 2
 #: How often the relay looks for notifications to publish again (due retries, rows
 #: never published, rows whose worker died); seconds.
 RELAY_INTERVAL_SECONDS = float(env_str("RELAY_INTERVAL_SECONDS", "2"))
+RELAY_EXPIRES_SECONDS = 120.0
 CELERY_BEAT_SCHEDULE: dict = {
     "notifications-relay": {
         "task": "notifications.relay",
         "schedule": RELAY_INTERVAL_SECONDS,
-        # A relay run older than its interval is superseded by the next one.
-        "options": {"queue": "jobs.default", "expires": RELAY_INTERVAL_SECONDS * 5},
+        # A relay run that waited long is superseded by a later one; but a worker compares `expires`
+        # with its own clock, and one running ahead would discard every run (the clock-skew drill
+        # saw it), so the margin is far above any skew NTP lets through.
+        "options": {"queue": "jobs.default", "expires": RELAY_EXPIRES_SECONDS},
     },
 }
 

@@ -18,7 +18,6 @@ import math
 import random
 import threading
 import time
-import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -67,10 +66,28 @@ class Plan:
     redis_down_submissions: int = 50
     #: Seconds to wait for every notification of a burst to be final before counting it lost.
     final_timeout: float = 150.0
+    # The drills that compose faults with campaigns, retries and replays (composed.py).
+    campaign_recipients: int = 20_000
+    campaign_error_rate: float = 0.3
+    campaign_error_seconds: float = 20.0
+    campaign_kills: int = 3
+    storm_transitions: int = 30
+    storm_seconds: float = 30.0
+    paced_security: int = 100
+    paced_retry_after: int = 300
+    #: The issue's promise for security mail while the primary paces us.
+    paced_deadline_seconds: float = 30.0
+    relay_backlog: int = 20_000
+    relay_security: int = 50
+    replay_letters: int = 100
+    skew_burst: int = 100
+    skew_seconds: int = 30
+    #: Seconds a campaign drill waits for its campaign to be final before counting what is not.
+    campaign_timeout: float = 600.0
 
 
 FULL = Plan()
-#: Small enough for the test suite: all ten drills in about two minutes.
+#: Small enough for the test suite: all drills in about five minutes.
 QUICK = Plan(
     burst=30,
     sigkill_runs=2,
@@ -79,6 +96,14 @@ QUICK = Plan(
     retry_after_burst=10,
     poison_companions=15,
     final_timeout=90.0,
+    campaign_recipients=3_000,
+    campaign_error_seconds=10.0,
+    storm_transitions=10,
+    storm_seconds=10.0,
+    relay_backlog=1_000,
+    replay_letters=30,
+    skew_burst=40,
+    campaign_timeout=180.0,
 )
 
 
@@ -283,6 +308,8 @@ class Tally:
     submitted: int = 0
     sent: int = 0
     dead: int = 0
+    #: Final without a send: consent withdrawn, address suppressed, campaign cancelled.
+    skipped: int = 0
     duplicates: int = 0
     unfinished: Counter = field(default_factory=Counter)
     providers: Counter = field(default_factory=Counter)
@@ -299,14 +326,14 @@ class Tally:
 
     @property
     def lost(self) -> int:
-        return self.submitted - self.sent - self.dead
+        return self.submitted - self.sent - self.dead - self.skipped
 
     @property
     def recovery(self) -> float | None:
         return max(self.recoveries) if self.recoveries else None
 
     def add(self, other: Tally) -> None:
-        for name in ("submitted", "sent", "dead", "duplicates"):
+        for name in ("submitted", "sent", "dead", "skipped", "duplicates"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("unfinished", "providers", "dead_reasons", "dead_by_queue"):
             getattr(self, name).update(getattr(other, name))
@@ -391,6 +418,8 @@ def result_row(
         notes.append(f"not final: {dict(outcome.unfinished)}")
     if outcome.dead:
         notes.append(f"dead: {dict(outcome.dead_reasons)} in {dict(outcome.dead_by_queue)}")
+    if outcome.skipped:
+        notes.append(f"skipped: {outcome.skipped}")
     if outcome.refused:
         notes.append(f"{len(outcome.refused)} request(s) refused, e.g. {outcome.refused[0]}")
     if outcome.accepted_but_dead:
@@ -917,55 +946,3 @@ def drill_redis_down_at_submit(stack: ChaosStack, plan: Plan, rng: random.Random
             f"answers {dict(submission.answers)}",
         ],
     )
-
-
-DRILLS: dict[int, Callable[[ChaosStack, Plan, random.Random], DrillRow]] = {
-    1: drill_sigkill,
-    2: drill_sigterm,
-    3: drill_redis_restart,
-    4: drill_postgres_stop,
-    5: drill_provider_outage,
-    6: drill_half_errors,
-    7: drill_retry_after,
-    8: drill_poison,
-    9: drill_idempotency,
-    10: drill_redis_down_at_submit,
-}
-
-
-def run_drill(stack: ChaosStack, number: int, plan: Plan, rng: random.Random) -> DrillRow:
-    """One drill on a clean slate (empty ledger, no faults, breakers closed); a crash is a failed row.
-
-    Whatever the drill left down is brought back afterwards, so the next drill starts healthy.
-    """
-    drill = DRILLS[number]
-    stack.sandbox.clear()
-    stack.sandbox.clear_faults()
-    for key in stack.redis_client().scan_iter("jobs:breaker:*"):
-        stack.redis_client().delete(key)
-    started = time.monotonic()
-    try:
-        row = drill(stack, plan, rng)
-    except Exception as exc:
-        row = {
-            "drill": f"{number}. {drill.__name__}",
-            "submitted": None,
-            "sent": None,
-            "dead": None,
-            "lost": None,
-            "duplicates": None,
-            "recovery_seconds": None,
-            "notes": f"CRASHED: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}",
-            "checks": {},
-            "ok": False,
-        }
-    finally:
-        stack.heal()
-    replays = {name: counters["replays"] for name, counters in stack.sandbox.stats().items() if counters["replays"]}
-    if replays:
-        # A replay is a repeat the sandbox answered from its idempotency memory; a real
-        # SMTP server has none, so an smtp replay would be a duplicate in production.
-        row["notes"] += f"; sandbox replays (same key resent to the same provider): {replays}"
-    row["replays"] = replays
-    row["seconds"] = round(time.monotonic() - started, 1)
-    return row

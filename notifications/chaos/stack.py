@@ -267,6 +267,8 @@ class ChaosStack:
         self.api_key = ""
         self.settings: dict[str, Any] = {}
         self.pools: dict[str, WorkerProcess] = {}
+        #: Pools a drill adds beside the three (a second host, say); stopped by heal().
+        self.extra_pools: list[WorkerProcess] = []
         self._generation: dict[str, int] = {}
         self._redis: ManagedProcess | None = None
         self.web: ManagedProcess | None = None
@@ -328,6 +330,8 @@ class ChaosStack:
             self.sandbox.start()
             self.manage("migrate", "--no-input", "-v", "0")
             self.api_key = self.manage("create_api_token", API_USER, "--create-user").strip()
+            # The drills run campaigns too: the API user may do everything an operator may.
+            self.execute("UPDATE auth_user SET is_superuser = true, is_staff = true WHERE username = %s", (API_USER,))
             self.settings = json.loads(self.manage("shell", "-c", _SNAPSHOT_CODE).strip().splitlines()[-1])
             self.start_web()
             self._start_pools_in_parallel(PRIORITIES)
@@ -345,7 +349,11 @@ class ChaosStack:
         if not self._started or self._stopped:
             return
         self._stopped = True
-        steps = [self.stop_beat, *[lambda p=p: self.stop_pool(p, kill=True) for p in list(self.pools)]]
+        steps = [
+            self.stop_beat,
+            self.stop_extra_pools,
+            *[lambda p=p: self.stop_pool(p, kill=True) for p in list(self.pools)],
+        ]
         steps += [self._stop_web, self._stop_sandbox, self.stop_redis, self._stop_postgres]
         for step in steps:
             try:
@@ -358,7 +366,11 @@ class ChaosStack:
             shutil.rmtree(self.postgres.data_dir, ignore_errors=True)
 
     def heal(self) -> None:
-        """Bring back whatever a failed drill left down: Redis, PostgreSQL, pools, web, beat; clear faults."""
+        """Bring back whatever a failed drill left down: Redis, PostgreSQL, pools, web, beat; clear faults.
+
+        Pools a drill added are stopped: the next drill starts with the three of the Procfile.
+        """
+        self.stop_extra_pools()
         if not self.redis_alive():
             self.start_redis()
         if not self.postgres.running():
@@ -422,6 +434,11 @@ class ChaosStack:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def execute(self, sql: str, params: Any = None) -> int:
+        """One write on the stack's database; the number of rows it touched."""
+        self.query("SELECT 1")  # connects (or reconnects) the way query() does
+        return self._db.execute(sql, params).rowcount
 
     def _close_db(self) -> None:
         if self._db is not None:
@@ -499,6 +516,26 @@ class ChaosStack:
         self.pools[priority] = pool
         self._note(f"pool {priority} started (pid {pool.process.pid})")
         return pool
+
+    def start_extra_pool(self, name: str, priority: str, *, env: dict[str, str]) -> WorkerProcess:
+        """One more pool on `priority`'s queues with `env` added (another host, its clock off, say)."""
+        pool = WorkerProcess(
+            name,
+            queues=pool_queues(priority),
+            log_path=self.run_dir / f"worker-{name}.log",
+            concurrency=self.concurrency,
+            env={**self.env, **env},
+        )
+        pool.start(timeout=START_TIMEOUT_SECONDS)
+        self.extra_pools.append(pool)
+        self._note(f"extra pool {name} on {priority}'s queues started (pid {pool.process.pid}) with {env}")
+        return pool
+
+    def stop_extra_pools(self) -> None:
+        while self.extra_pools:
+            pool = self.extra_pools.pop()
+            pool.stop(WARM_SHUTDOWN_TIMEOUT_SECONDS)
+            self._note(f"extra pool {pool.name} stopped")
 
     def _start_pools_in_parallel(self, priorities) -> None:
         errors: list[BaseException] = []

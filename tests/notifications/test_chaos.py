@@ -1,7 +1,7 @@
 """Fault drills against an isolated copy of the platform: nothing is lost or sent twice when a piece fails.
 
-Every drill in its quick form (smaller bursts, fewer repetitions, 20 s of provider errors
-instead of 60); `make chaos` runs the full ones.
+Every drill in its quick form (smaller bursts and campaigns, fewer repetitions, shorter faults);
+`make chaos` runs the full ones.
 Set CHAOS_SEED to replay the random kill moments and victims of a failed run.
 """
 
@@ -11,7 +11,8 @@ import shutil
 
 import pytest
 
-from notifications.chaos.drills import DRILLS, QUICK, run_drill
+from notifications.chaos.catalogue import DRILLS, run_drill
+from notifications.chaos.drills import QUICK
 from notifications.chaos.stack import ChaosStack
 
 pytestmark = pytest.mark.e2e

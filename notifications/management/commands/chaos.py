@@ -13,7 +13,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from notifications.chaos.drills import DRILLS, FULL, QUICK, run_drill
+from notifications.chaos.catalogue import DRILLS, LOOKUP_VENDORS, run_drill
+from notifications.chaos.drills import FULL, QUICK
 from notifications.chaos.stack import ChaosStack
 
 RESULTS = Path(settings.BASE_DIR) / "bench-results"
@@ -25,8 +26,11 @@ COLUMNS = (
     ("lost", "lost", 5),
     ("duplicates", "duplicates", 10),
     ("recovery_seconds", "recovery s", 10),
+    ("replays", "resends", 16),
     ("ok", "ok", 4),
 )
+#: Every vendor the resends are reported for, even with none.
+VENDORS = ("postmark", "smtp", "twilio", "vonage", "fcm")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -36,6 +40,8 @@ def format_table(rows: list[dict]) -> str:
         value = row.get(key)
         if key == "ok":
             return "yes" if value else "NO"
+        if key == "replays":
+            return ", ".join(f"{vendor} {count}" for vendor, count in sorted((value or {}).items())) or "0"
         return "–" if value is None else str(value)
 
     lines = [
@@ -44,6 +50,18 @@ def format_table(rows: list[dict]) -> str:
     ]
     for row in rows:
         lines.append("| " + " | ".join(cell(row, key).ljust(width) for key, _, width in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def format_resends(rows: list[dict]) -> str:
+    """Resends per vendor over every drill: a key sent again to a provider that already had it."""
+    totals = {vendor: 0 for vendor in VENDORS}
+    for row in rows:
+        for vendor, count in (row.get("replays") or {}).items():
+            totals[vendor] = totals.get(vendor, 0) + count
+    lines = ["| vendor | lookup before a resend | resends |", "|---|---|---|"]
+    for vendor, count in totals.items():
+        lines.append(f"| {vendor} | {'yes' if vendor in LOOKUP_VENDORS else 'no'} | {count} |")
     return "\n".join(lines)
 
 
@@ -61,7 +79,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--quick",
             action="store_true",
-            help="smaller bursts, fewer repetitions, 20 s of errors instead of 60 (what `make test` runs)",
+            help="smaller bursts and campaigns, fewer repetitions, shorter faults (what `make test` runs)",
         )
         parser.add_argument("--seed", type=int, help="seed of the random kill moments and victims")
         parser.add_argument("--output", default=str(RESULTS / "chaos.json"))
@@ -85,7 +103,7 @@ class Command(BaseCommand):
                     f"{row['drill']}: {'ok' if row['ok'] else 'FAILED'} in {row['seconds']}s; {row['notes']}"
                 )
         seconds = time.monotonic() - started
-        self.stdout.write("\n" + format_table(rows) + "\n")
+        self.stdout.write("\n" + format_table(rows) + "\n\n" + format_resends(rows) + "\n")
         self.stdout.write(f"{len(rows)} drill(s) in {seconds:.0f}s; logs in {stack.run_dir}")
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(

@@ -1,0 +1,596 @@
+"""The drills that compose faults with campaigns, retries, replays and the relay (drills 11-17).
+
+Each returns a row like the others (drills.py): submitted, sent, dead, lost, duplicates, recovery,
+and its own checks.  For a campaign, `submitted` is every notification its fan-out wrote (one per
+consenting recipient), `duplicates` counts ledger entries beyond the first per notification across
+every provider, and a skipped row (consent withdrawn, campaign cancelled) is final, not lost.
+"""
+
+from __future__ import annotations
+
+import glob
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import requests
+
+from notifications.chaos.drills import (
+    REQUEST_TIMEOUT_SECONDS,
+    DrillRow,
+    Plan,
+    Submission,
+    Tally,
+    _slow_providers,
+    _tag,
+    api_session,
+    burst_bodies,
+    in_background,
+    result_row,
+    submit,
+    tally,
+    wait_final,
+)
+from notifications.chaos.stack import ChaosStack, StackError
+
+CAMPAIGN_CONTEXT = {"headline": "Chaos sale", "body": "Everything must go"}
+#: Every tenth seeded recipient has no marketing consent: the fan-out must leave them out.
+NO_CONSENT_EVERY = 10
+#: A vendor answer time for the campaign drills that kill or pause mid-send: a call is always in flight.
+CAMPAIGN_LATENCY_MS = 25
+#: After a cancel is answered, calls claimed before it may still land for this long (at most one claim's calls).
+CANCEL_IN_FLIGHT_SECONDS = 2.0
+FINAL_CAMPAIGN = ("completed", "cancelled")
+ROW_FINAL = ("sent", "dead", "skipped")
+
+
+# --- campaigns on the stack ------------------------------------------------------------
+
+
+def seed_audience(stack: ChaosStack, tag: str, count: int) -> int:
+    """`count` recipients tagged `tag` (one SQL statement); returns how many consent to marketing e-mail."""
+    stack.execute(
+        """
+        INSERT INTO notifications_recipient (email, locale, timezone, email_marketing_consent, sms_marketing_consent,
+                                             push_marketing_consent, tags, created_at)
+        SELECT %(tag)s || '-' || g || '@example.com', 'en', 'UTC', g %% %(every)s <> 0, false, false,
+               ARRAY[%(tag)s]::varchar(50)[], now()
+        FROM generate_series(1, %(count)s) g
+        """,
+        {"tag": tag, "count": count, "every": NO_CONSENT_EVERY},
+    )
+    return count - count // NO_CONSENT_EVERY
+
+
+def campaign_post(stack: ChaosStack, session: requests.Session, path: str, body: Any = None) -> requests.Response:
+    return session.post(f"{stack.api_url}/api/v1/campaigns{path}", json=body, timeout=REQUEST_TIMEOUT_SECONDS)
+
+
+def start_campaign(stack: ChaosStack, session: requests.Session, tag: str) -> int:
+    """Create and start an e-mail campaign to `tag` through the API, as an operator's script would."""
+    created = campaign_post(
+        stack,
+        session,
+        "",
+        {
+            "name": tag,
+            "template": "newsletter",
+            "channel": "email",
+            "context": CAMPAIGN_CONTEXT,
+            "audience": {"tag": tag},
+        },
+    )
+    if created.status_code != 201:
+        raise AssertionError(f"creating the campaign answered {created.status_code}: {created.text[:300]}")
+    campaign_id = created.json()["id"]
+    started = campaign_post(stack, session, f"/{campaign_id}/start")
+    if started.status_code != 202:
+        raise AssertionError(f"starting the campaign answered {started.status_code}: {started.text[:300]}")
+    return campaign_id
+
+
+def campaign_row(stack: ChaosStack, campaign_id: int) -> dict[str, Any]:
+    status, materialized, sent, dead, skipped, fanned_out = stack.query(
+        "SELECT status, materialized_count, sent_count, dead_count, skipped_count, fanout_completed_at IS NOT NULL "
+        "FROM notifications_campaign WHERE id = %s",
+        (campaign_id,),
+    )[0]
+    return {
+        "status": status,
+        "materialized": materialized,
+        "sent": sent,
+        "dead": dead,
+        "skipped": skipped,
+        "fanned_out": fanned_out,
+    }
+
+
+def row_statuses(stack: ChaosStack, campaign_id: int) -> Counter:
+    return Counter(
+        dict(
+            stack.query(
+                "SELECT status, count(*) FROM notifications_notification WHERE campaign_id = %s GROUP BY status",
+                (campaign_id,),
+            )
+        )
+    )
+
+
+def wait_campaign_final(stack: ChaosStack, campaign_id: int, timeout: float) -> bool:
+    """Until the campaign is completed or cancelled and every one of its rows is final; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            campaign = campaign_row(stack, campaign_id)
+            statuses = row_statuses(stack, campaign_id)
+            if campaign["status"] in FINAL_CAMPAIGN and campaign["fanned_out"] and set(statuses) <= set(ROW_FINAL):
+                return True
+        except Exception:  # PostgreSQL restarting is a drill's business, not a reason to stop waiting
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def sent_so_far(stack: ChaosStack) -> int:
+    """Messages the sandbox accepted since the drill began (its ledger is cleared per drill)."""
+    return sum(counters["accepted"] for counters in stack.sandbox.stats().values())
+
+
+def campaign_tally(stack: ChaosStack, campaign_id: int) -> tuple[Tally, dict[str, bool], list[str]]:
+    """The outcome of a campaign's rows against the ledger, the checks every campaign drill makes, and notes."""
+    rows = stack.query(
+        "SELECT id::text, status, provider, extract(epoch from sent_at)::float8, extract(epoch from updated_at)::float8 "
+        "FROM notifications_notification WHERE campaign_id = %s",
+        (campaign_id,),
+    )
+    result = Tally(submitted=len(rows))
+    keys = {f"notification:{row[0]}": row for row in rows}
+    for entry in stack.sandbox.entries(limit=1_000_000):
+        if entry["idempotency_key"] in keys:
+            result.ledger.setdefault(entry["idempotency_key"], []).append(entry)
+    result.duplicates = sum(len(entries) - 1 for entries in result.ledger.values())
+    for key, (row_id, status, provider, sent_at, updated_at) in keys.items():
+        result.rows[row_id] = {"id": row_id, "key": key, "status": status, "sent_at": sent_at, "updated_at": updated_at}
+        if status == "sent":
+            result.sent += 1
+            result.providers[provider] += 1
+            if key not in result.ledger:
+                result.sent_without_ledger.append(row_id)
+        elif status == "dead":
+            result.dead += 1
+        elif status == "skipped":
+            result.skipped += 1
+        else:
+            result.unfinished[status] += 1
+    campaign = campaign_row(stack, campaign_id)
+    counters = (campaign["sent"], campaign["dead"], campaign["skipped"])
+    checks = {
+        "the campaign's counters equal its rows": counters == (result.sent, result.dead, result.skipped),
+        "sent + dead + skipped == recipients": sum(counters) == campaign["materialized"] == result.submitted,
+        "no row left unfinished": not result.unfinished,
+    }
+    notes = [
+        f"campaign {campaign_id} {campaign['status']}: {result.submitted} rows, sent {dict(result.providers)}, "
+        f"counters sent/dead/skipped {counters}"
+    ]
+    if result.unfinished:
+        batches = stack.query(
+            "SELECT id, status, runs, unfinished_runs, extract(epoch from next_attempt_at - now())::float8, "
+            "extract(epoch from now() - queued_at)::float8 FROM notifications_campaignbatch "
+            "WHERE campaign_id = %s AND status <> 'done'",
+            (campaign_id,),
+        )
+        notes.append(f"batches not done (id, status, runs, unfinished, due in s, queued s ago): {batches}")
+    return result, checks, notes
+
+
+def rows_in(stack: ChaosStack, campaign_id: int, status: str) -> list[str]:
+    return [
+        row[0]
+        for row in stack.query(
+            "SELECT id::text FROM notifications_notification WHERE campaign_id = %s AND status = %s",
+            (campaign_id, status),
+        )
+    ]
+
+
+def final_after(stack: ChaosStack, ids: list[str], since: float) -> float | None:
+    """Seconds from `since` until the last of `ids` was final (None if one is not)."""
+    if not ids:
+        return 0.0
+    rows = stack.query(
+        "SELECT status, extract(epoch from coalesce(sent_at, updated_at))::float8 FROM notifications_notification "
+        "WHERE id = ANY(%s::uuid[])",
+        (ids,),
+    )
+    if any(status not in ROW_FINAL for status, _ in rows):
+        return None
+    return max(0.0, max(at for _, at in rows) - since)
+
+
+# --- the drills -----------------------------------------------------------------------------
+
+
+def drill_campaign_provider_errors(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """A campaign while the primary e-mail provider answers 500 to a share of calls: each consenting
+    recipient gets exactly one e-mail (the failed calls' messages go to the fallback or retry), none dead."""
+    tag = _tag(11)
+    consenting = seed_audience(stack, tag, plan.campaign_recipients)
+    stack.sandbox.set_fault("postmark", error_rate=plan.campaign_error_rate, status=500)
+    campaign_id = start_campaign(stack, api_session(stack), tag)
+    time.sleep(plan.campaign_error_seconds)
+    refused = stack.sandbox.stats().get("postmark", {}).get("rejected", 0)
+    stack.sandbox.clear_faults("postmark")
+    healed_at = time.time()
+    retrying = rows_in(stack, campaign_id, "failed")
+    finished = wait_campaign_final(stack, campaign_id, plan.campaign_timeout)
+    outcome, checks, notes = campaign_tally(stack, campaign_id)
+    recovery = final_after(stack, retrying, healed_at)
+    return result_row(
+        11,
+        f"Campaign, primary 500 on {plan.campaign_error_rate:.0%} of calls {plan.campaign_error_seconds:.0f}s",
+        outcome,
+        checks={
+            **checks,
+            "the campaign completed": finished and campaign_row(stack, campaign_id)["status"] == "completed",
+            "every consenting recipient has exactly one notification": outcome.submitted == consenting,
+            "every consenting recipient got exactly one e-mail": len(outcome.ledger) == consenting
+            and outcome.duplicates == 0,
+            "nothing was dead-lettered": outcome.dead == 0,
+        },
+        notes=[
+            *notes,
+            f"{refused} messages refused with 500 during the fault; {len(retrying)} rows waiting for a retry at "
+            "its end",
+            "recovery = heal -> those rows final",
+        ],
+        recovery=recovery,
+    )
+
+
+def drill_campaign_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """SIGKILL the whole marketing pool at random moments of a campaign (restarted as a supervisor would):
+    it completes, every recipient once, and no message goes to a vendor that could be asked instead."""
+    tag = _tag(12)
+    consenting = seed_audience(stack, tag, plan.campaign_recipients)
+    stack.sandbox.set_fault("postmark", latency_ms=CAMPAIGN_LATENCY_MS)
+    campaign_id = start_campaign(stack, api_session(stack), tag)
+    kills: list[tuple[float, list[str]]] = []
+    notes = []
+    for share in sorted(rng.uniform(0.1, 0.8) for _ in range(plan.campaign_kills)):
+        deadline = time.monotonic() + plan.campaign_timeout
+        while sent_so_far(stack) < share * consenting and time.monotonic() < deadline:
+            time.sleep(0.05)
+        in_flight = rows_in(stack, campaign_id, "sending")
+        stack.kill_pool("marketing")
+        kills.append((time.time(), in_flight))
+        stack.start_pool("marketing")
+        notes.append(f"killed at {sent_so_far(stack)}/{consenting} sent with {len(in_flight)} rows in flight")
+    finished = wait_campaign_final(stack, campaign_id, plan.campaign_timeout)
+    outcome, checks, campaign_notes = campaign_tally(stack, campaign_id)
+    recoveries = [final_after(stack, ids, at) for at, ids in kills]
+    replays = stack.sandbox.stats().get("postmark", {}).get("replays", 0)
+    return result_row(
+        12,
+        f"Campaign, SIGKILL the marketing pool x{plan.campaign_kills}",
+        outcome,
+        checks={
+            **checks,
+            "the campaign completed": finished and campaign_row(stack, campaign_id)["status"] == "completed",
+            "every consenting recipient got exactly one e-mail": len(outcome.ledger) == consenting
+            and outcome.duplicates == 0,
+            "no message was sent to postmark again (looked up instead)": replays == 0,
+            "nothing was dead-lettered": outcome.dead == 0,
+        },
+        notes=[*campaign_notes, *notes, "recovery = kill -> the rows in flight final"],
+        recovery=None if None in recoveries else max(recoveries),
+    )
+
+
+def _storm(
+    stack: ChaosStack, plan: Plan, rng: random.Random, *, ending: str
+) -> tuple[Tally, dict[str, bool], list[str], float | None]:
+    tag = _tag(13)
+    seed_audience(stack, tag, plan.campaign_recipients)
+    session = api_session(stack)
+    campaign_id = start_campaign(stack, session, tag)
+    state, transitions, refused = "running", 0, Counter()
+    gap = plan.storm_seconds / plan.storm_transitions
+    while transitions < plan.storm_transitions:
+        time.sleep(rng.uniform(0, 2 * gap))
+        action = "pause" if state == "running" else "resume"
+        answer = campaign_post(stack, session, f"/{campaign_id}/{action}")
+        if answer.status_code == 202:
+            state = "paused" if action == "pause" else "running"
+            transitions += 1
+        elif campaign_row(stack, campaign_id)["status"] == "completed":
+            break  # it finished between two transitions: the storm is over
+        else:
+            refused[answer.status_code] += 1
+    sent_before_end = sent_so_far(stack)
+    if ending == "resume" and state == "paused":
+        campaign_post(stack, session, f"/{campaign_id}/resume")
+        transitions += 1
+    cancel_answered = None
+    if ending == "cancel":
+        answer = campaign_post(stack, session, f"/{campaign_id}/cancel")
+        cancel_answered = time.time()
+        transitions += 1
+        if answer.status_code != 202 and campaign_row(stack, campaign_id)["status"] != "completed":
+            refused[answer.status_code] += 1
+    ended_at = time.time()
+    finished = wait_campaign_final(stack, campaign_id, plan.campaign_timeout)
+    outcome, checks, notes = campaign_tally(stack, campaign_id)
+    status = campaign_row(stack, campaign_id)["status"]
+    late = [
+        entry
+        for entries in outcome.ledger.values()
+        for entry in entries
+        if cancel_answered is not None and entry["accepted_ts"] > cancel_answered + CANCEL_IN_FLIGHT_SECONDS
+    ]
+    checks = {
+        **{f"ending in {ending}: {name}": passed for name, passed in checks.items()},
+        f"ending in {ending}: the campaign is final": finished,
+        f"ending in {ending}: every transition was accepted": not refused,
+    }
+    if ending == "resume":
+        checks["ending in resume: the campaign completed"] = status == "completed"
+    else:
+        checks["ending in cancel: the campaign is cancelled (or had completed)"] = status in FINAL_CAMPAIGN
+        checks["ending in cancel: nothing sent after the cancel (calls in flight aside)"] = not late
+    notes = [
+        *notes,
+        f"{transitions} transitions ending in {ending}; {sent_before_end} sent during the storm; refused {dict(refused)}",
+    ]
+    last_final = max((r["sent_at"] or r["updated_at"] for r in outcome.rows.values()), default=ended_at)
+    return outcome, checks, notes, max(0.0, last_final - ended_at)
+
+
+def drill_campaign_storm(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """Random pause/resume transitions on a running campaign, ending in resume, then another ending in cancel:
+    counters add up, nothing stuck, nothing sent after the cancel."""
+    outcome, checks, notes, recoveries = Tally(), {}, [], []
+    for ending in ("resume", "cancel"):
+        run_outcome, run_checks, run_notes, recovery = _storm(stack, plan, rng, ending=ending)
+        outcome.add(run_outcome)
+        checks.update(run_checks)
+        notes += run_notes
+        recoveries.append(recovery)
+    return result_row(
+        13,
+        f"Campaign, pause/resume storm x{plan.storm_transitions}",
+        outcome,
+        checks=checks,
+        notes=[*notes, "recovery = last transition -> the campaign final"],
+        recovery=max(recoveries),
+    )
+
+
+def drill_paced_primary(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """The primary answers 429 with a long Retry-After while security e-mails are submitted: all go through
+    the fallback at once, none waits on the primary or dies."""
+    stack.sandbox.set_fault("postmark", retry_after=plan.paced_retry_after)
+    submitted_at = time.time()
+    submission = submit(stack, burst_bodies(_tag(14), plan.paced_security, [("security", "email")]))
+    wait_final(stack, submission.ids, plan.paced_deadline_seconds + 10)
+    outcome = tally(stack, submission.ids, refused=submission.refused)
+    last = max((r["sent_at"] or r["updated_at"] for r in outcome.rows.values()), default=submitted_at)
+    rejected = stack.sandbox.stats().get("postmark", {}).get("rejected", 0)
+    return result_row(
+        14,
+        f"Primary 429 Retry-After {plan.paced_retry_after}, security burst",
+        outcome,
+        checks={
+            f"all {plan.paced_security} sent within {plan.paced_deadline_seconds:.0f}s": outcome.sent
+            == plan.paced_security
+            and last - submitted_at <= plan.paced_deadline_seconds,
+            "all through the fallback": dict(outcome.providers) == {"smtp": plan.paced_security},
+            "none dead": outcome.dead == 0,
+        },
+        notes=[f"postmark answered {rejected} call(s) with 429", f"last sent {last - submitted_at:.1f}s after submit"],
+        recovery=last - submitted_at,
+    )
+
+
+_DUE_ROWS_SQL = """
+INSERT INTO notifications_notification
+    (id, idempotency_key, request_fingerprint, priority, channel, recipient_id, "to", template, context, status,
+     attempts, provider, provider_message_id, last_error, outcome_unknown, created_at, updated_at, next_attempt_at,
+     first_failed_at)
+SELECT gen_random_uuid(), %(prefix)s || r.id, '', %(priority)s, 'email', r.id, r.email, %(template)s, %(context)s::jsonb,
+       'failed', 1, 'postmark', '', 'postmark: HTTP 500', false, now(), now(), now() - interval '1 second', now()
+FROM notifications_recipient r WHERE r.tags @> ARRAY[%(tag)s]::varchar(50)[]
+RETURNING id::text
+"""
+
+
+def _due_rows(stack: ChaosStack, tag: str, count: int, priority: str, template: str, context: str) -> list[str]:
+    seed_audience(stack, tag, count)
+    stack.execute(
+        "UPDATE notifications_recipient SET email_marketing_consent = true WHERE tags @> ARRAY[%s]::varchar(50)[]",
+        (tag,),
+    )
+    return [
+        row[0]
+        for row in stack.query(
+            _DUE_ROWS_SQL,
+            {"prefix": f"{tag}-", "priority": priority, "tag": tag, "template": template, "context": context},
+        )
+    ]
+
+
+def drill_relay_urgency(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """A marketing backlog and a few security rows due for retry at the same moment: the first relay run
+    republishes every security row; then everything is sent, once."""
+    tag = _tag(15)
+    stack.stop_beat()  # this drill runs the relay itself, so its first run is the one measured
+    marketing = _due_rows(
+        stack, f"{tag}-m", plan.relay_backlog, "marketing", "newsletter", '{"headline": "h", "body": "b"}'
+    )
+    security = _due_rows(stack, f"{tag}-s", plan.relay_security, "security", "password_reset", '{"code": "123456"}')
+    relayed = int(
+        stack.manage(
+            "shell", "-c", "from notifications.delivery import notification_relay; print(notification_relay())"
+        ).split()[-1]
+    )
+    left = stack.query(
+        "SELECT count(*) FROM notifications_notification WHERE id = ANY(%s::uuid[]) AND status = 'failed'",
+        (security,),
+    )[0][0]
+    stack.start_beat()
+    ran_at = time.time()
+    ids = security + marketing
+    wait_final(stack, ids, plan.campaign_timeout)
+    outcome = tally(stack, ids, fault_end=ran_at)
+    return result_row(
+        15,
+        f"Relay: {plan.relay_backlog} marketing + {plan.relay_security} security due",
+        outcome,
+        checks={"the first relay run republished every security row": left == 0},
+        notes=[
+            f"first relay run published {relayed} rows; {plan.relay_security - left}/{plan.relay_security} security",
+            "recovery = first run -> last row final",
+        ],
+    )
+
+
+def drill_replay_expired(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """Replay dead letters whose time budget ran out long ago, while a short outage of both e-mail providers
+    makes their first attempts fail: a replay's budget starts at the replay, so all are sent."""
+    stack.sandbox.set_fault("postmark", error_rate=1.0, status=400)  # refused for good: dead at once
+    submission = submit(stack, burst_bodies(_tag(16), plan.replay_letters, [("transactional", "email")]))
+    wait_final(stack, submission.ids, plan.final_timeout)
+    dead = stack.query(
+        "SELECT count(*) FROM notifications_notification WHERE id = ANY(%s::uuid[]) AND status = 'dead'",
+        (submission.ids,),
+    )[0][0]
+    stack.execute(
+        "UPDATE notifications_notification SET created_at = now() - interval '1 day' WHERE id = ANY(%s::uuid[])",
+        (submission.ids,),
+    )
+    letters = [
+        str(row[0])
+        for row in stack.query(
+            "SELECT id FROM jobs_deadletter WHERE subject_id = ANY(%s) AND status = 'open'", (submission.ids,)
+        )
+    ]
+    stack.sandbox.clear_faults()
+    for provider in ("postmark", "smtp"):
+        stack.sandbox.set_fault(provider, outage=True)
+    stack.manage("deadletters", "replay", "--id", *letters)
+    time.sleep(2.0)
+    stack.sandbox.clear_faults()
+    healed_at = time.time()
+    wait_final(stack, submission.ids, plan.final_timeout)
+    outcome = tally(stack, submission.ids, fault_end=healed_at, refused=submission.refused)
+    return result_row(
+        16,
+        f"Replay {plan.replay_letters} dead letters a day old, 2s outage",
+        outcome,
+        checks={
+            "every notification was dead before the replay": dead == plan.replay_letters == len(letters),
+            "all sent after the replay": outcome.sent == plan.replay_letters,
+        },
+        notes=[f"{len(letters)} dead letters replayed at the start of a 2s outage of postmark and smtp"],
+    )
+
+
+#: Debian's libfaketime (package faketime), preloaded into a worker: every wall clock it reads is off by
+#: FAKETIME; monotonic clocks stay true.  Preloaded rather than run under the `faketime` command, which
+#: would stand between the worker and the signals that stop it.
+LIBFAKETIME = "/usr/lib/*/faketime/libfaketimeMT.so.1"
+#: The clock-skew drill submits its burst as a stream this long, in this many chunks.
+SKEW_STREAM_SECONDS = 10.0
+SKEW_STREAM_CHUNKS = 20
+#: Run inside the stack (manage.py shell): publish every row of the burst a second time while it is `sending`.
+_DUPLICATOR = """
+import time
+from jobs.publishing import publish
+from notifications.models import Notification
+from notifications.tasks import notification_deliver_task
+seen, deadline = set(), time.monotonic() + {seconds}
+while time.monotonic() < deadline:
+    sending = Notification.objects.filter(idempotency_key__contains="{tag}-", status="sending")
+    for row in sending.only("pk", "priority", "channel"):
+        if row.pk not in seen:
+            seen.add(row.pk)
+            publish(notification_deliver_task, args=[str(row.pk)], queue=row.queue)
+    time.sleep(0.02)
+print(len(seen))
+"""
+
+
+def drill_clock_skew(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """A second transactional host whose clock runs `skew_seconds` ahead (libfaketime) shares the queues and
+    runs the relay too: leases and due times are PostgreSQL's, so nothing is taken over early or sent twice."""
+    _slow_providers(stack)
+    started = time.time()
+    libraries = glob.glob(LIBFAKETIME)
+    if not libraries:
+        raise StackError(f"{LIBFAKETIME} is missing: `bash .ci/install-test-tools` installs Debian's faketime")
+    skewed = stack.start_extra_pool(
+        "transactional-skewed",
+        "transactional",
+        env={"LD_PRELOAD": libraries[0], "FAKETIME": f"+{plan.skew_seconds}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"},
+    )
+    tag = _tag(17)
+    mix = [("transactional", "email"), ("transactional", "sms"), ("transactional", "push")]
+    bodies = burst_bodies(tag, plan.skew_burst, mix)
+    # Every row is delivered a second time while it is being sent (what a relay or the visibility
+    # timeout may do): half the time to the host whose clock is ahead.
+    duplicated = in_background(
+        stack.manage, "shell", "-c", _DUPLICATOR.format(tag=tag, seconds=SKEW_STREAM_SECONDS + 15), timeout=120
+    )
+    # A steady stream, so both hosts send and both run the relay meanwhile.
+    submission, chunk = Submission(), max(1, len(bodies) // SKEW_STREAM_CHUNKS)
+    for start in range(0, len(bodies), chunk):
+        submission.add(submit(stack, bodies[start : start + chunk]))
+        time.sleep(SKEW_STREAM_SECONDS / SKEW_STREAM_CHUNKS)
+    wait_final(stack, submission.ids, plan.final_timeout)
+    # Give the relay, which either host may run, a few more turns over the finished burst.
+    time.sleep(3 * stack.settings["RELAY_INTERVAL_SECONDS"])
+    duplicates_sent = int(duplicated.result().split()[-1])
+    outcome = tally(stack, submission.ids, refused=submission.refused)
+    log = skewed.output()
+    skew = _first_log_time(log)
+    skew = None if skew is None else skew - started
+    replays = {name: counters["replays"] for name, counters in stack.sandbox.stats().items()}
+    refused_claims = log.count(": not claimable")
+    return result_row(
+        17,
+        f"Two worker hosts, clocks {plan.skew_seconds}s apart",
+        outcome,
+        checks={
+            # Its first log line came at most the start-up time after `started`, on a clock skew_seconds ahead.
+            f"the second host's clock ran {plan.skew_seconds}s ahead": skew is not None
+            and plan.skew_seconds <= skew <= plan.skew_seconds + 60,
+            "the second host sent part of the burst": _succeeded(log, "notifications.deliver") > 0,
+            "the second host was handed rows another host held, and left them": refused_claims > 0,
+            "no key was sent twice to any provider": not any(replays.values()),
+        },
+        notes=[
+            f"its first log line {skew if skew is None else round(skew, 1)}s after it was started (real clock)",
+            f"{duplicates_sent} rows delivered a second time while sending; the second host ran "
+            f"{_succeeded(log, 'notifications.deliver')} deliveries ({refused_claims} of them not claimable) and "
+            f"{_succeeded(log, 'notifications.relay')} relay runs; sent by {dict(outcome.providers)}",
+        ],
+    )
+
+
+def _first_log_time(log: str) -> float | None:
+    """Epoch seconds of the first timestamped line of a worker's log, by the worker's own clock."""
+    import datetime as dt
+
+    for line in log.splitlines():
+        try:
+            moment = dt.datetime.strptime(line.lstrip("[")[:23], "%Y-%m-%d %H:%M:%S,%f")
+        except ValueError:
+            continue
+        return moment.replace(tzinfo=dt.UTC).timestamp()
+    return None
+
+
+def _succeeded(log: str, task: str) -> int:
+    """Runs of `task` a worker's log reports as succeeded."""
+    return sum(1 for line in log.splitlines() if f"Task {task}[" in line and " succeeded " in line)
