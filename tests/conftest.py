@@ -76,6 +76,16 @@ def workers(django_db_setup, django_db_blocker, sandbox, broker, tmp_path_factor
 
 
 @pytest.fixture
+def closed_breakers():
+    """Breakers closed and unpaced and rate limiters fresh, before and after the test."""
+    from tests.support.sending import reset_breakers_and_limits
+
+    reset_breakers_and_limits()
+    yield
+    reset_breakers_and_limits()
+
+
+@pytest.fixture
 def api_user(django_user_model):
     return django_user_model.objects.create_user(username="api-client", password="x")
 

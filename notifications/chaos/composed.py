@@ -209,6 +209,19 @@ def final_after(stack: ChaosStack, ids: list[str], since: float) -> float | None
     return max(0.0, max(at for _, at in rows) - since)
 
 
+def _completed_exactly_once(
+    stack: ChaosStack, campaign_id: int, outcome: Tally, consenting: int, finished: bool
+) -> dict[str, bool]:
+    """The promise of a campaign met by a fault: it completes, one e-mail per consenting recipient, none dead."""
+    return {
+        "the campaign completed": finished and campaign_row(stack, campaign_id)["status"] == "completed",
+        "every consenting recipient has exactly one notification": outcome.submitted == consenting,
+        "every consenting recipient got exactly one e-mail": len(outcome.ledger) == consenting
+        and outcome.duplicates == 0,
+        "nothing was dead-lettered": outcome.dead == 0,
+    }
+
+
 # --- the drills -----------------------------------------------------------------------------
 
 
@@ -231,14 +244,7 @@ def drill_campaign_provider_errors(stack: ChaosStack, plan: Plan, rng: random.Ra
         11,
         f"Campaign, primary 500 on {plan.campaign_error_rate:.0%} of calls {plan.campaign_error_seconds:.0f}s",
         outcome,
-        checks={
-            **checks,
-            "the campaign completed": finished and campaign_row(stack, campaign_id)["status"] == "completed",
-            "every consenting recipient has exactly one notification": outcome.submitted == consenting,
-            "every consenting recipient got exactly one e-mail": len(outcome.ledger) == consenting
-            and outcome.duplicates == 0,
-            "nothing was dead-lettered": outcome.dead == 0,
-        },
+        checks={**checks, **_completed_exactly_once(stack, campaign_id, outcome, consenting, finished)},
         notes=[
             *notes,
             f"{refused} messages refused with 500 during the fault; {len(retrying)} rows waiting for a retry at "
@@ -277,11 +283,8 @@ def drill_campaign_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) ->
         outcome,
         checks={
             **checks,
-            "the campaign completed": finished and campaign_row(stack, campaign_id)["status"] == "completed",
-            "every consenting recipient got exactly one e-mail": len(outcome.ledger) == consenting
-            and outcome.duplicates == 0,
+            **_completed_exactly_once(stack, campaign_id, outcome, consenting, finished),
             "no message was sent to postmark again (looked up instead)": replays == 0,
-            "nothing was dead-lettered": outcome.dead == 0,
         },
         notes=[*campaign_notes, *notes, "recovery = kill -> the rows in flight final"],
         recovery=None if None in recoveries else max(recoveries),

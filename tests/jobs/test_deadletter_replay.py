@@ -10,24 +10,12 @@ from django.utils import timezone
 from jobs.breaker import CircuitBreaker
 from jobs.deadletters import deadletter_record, deadletter_replay, deadletters_replay_many
 from jobs.models import DeadLetter
-from jobs.redis import redis_client
-from notifications.delivery import notification_deliver
 from notifications.models import Notification
 from tests.support.deadletters import make_dead_letter
+from tests.support.sending import deliver
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("closed_breakers")]
 LIST_URL = "/admin/jobs/deadletter/"
-
-
-@pytest.fixture(autouse=True)
-def closed_breakers():
-    def reset() -> None:
-        for key in redis_client().scan_iter("jobs:breaker:*"):
-            redis_client().delete(key)
-
-    reset()
-    yield
-    reset()
 
 
 def old_dead_letter() -> tuple[Notification, DeadLetter]:
@@ -35,12 +23,6 @@ def old_dead_letter() -> tuple[Notification, DeadLetter]:
     notification, letter = make_dead_letter(channel="email", provider="postmark", attempts=3)
     Notification.objects.filter(pk=notification.pk).update(created_at=timezone.now() - timedelta(hours=3))
     return notification, letter
-
-
-def deliver(notification: Notification) -> Notification:
-    notification_deliver(notification_id=str(notification.pk))
-    notification.refresh_from_db()
-    return notification
 
 
 def test_a_replayed_dead_letter_starts_a_fresh_attempt_count_and_time_budget(ledger):

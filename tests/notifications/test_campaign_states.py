@@ -11,35 +11,15 @@ from jobs.deadletters import deadletter_replay
 from jobs.models import DeadLetter
 from notifications import campaign_delivery
 from notifications.campaign_delivery import campaign_batch_send
-from notifications.campaigns import (
-    campaign_cancel,
-    campaign_create,
-    campaign_fanout_segment,
-    campaign_notifications,
-    campaign_pause,
-    campaign_resume,
-    campaign_start,
-)
-from notifications.models import Campaign, CampaignBatch, CampaignSegment, Recipient
+from notifications.campaigns import campaign_cancel, campaign_notifications, campaign_pause, campaign_resume
+from notifications.models import Campaign, CampaignBatch
+from tests.support.sending import fanned_out_campaign
 
 pytestmark = pytest.mark.django_db
 
-NEWS = {"headline": "h", "body": "b"}
-
-
-def fanned_out(tag: str, count: int = 3) -> Campaign:
-    Recipient.objects.bulk_create(
-        [Recipient(email=f"{tag}{i}@example.com", email_marketing_consent=True, tags=[tag]) for i in range(count)]
-    )
-    campaign = campaign_create(name=tag, template="newsletter", channel="email", context=NEWS, audience_tag=tag)
-    campaign_start(campaign_id=campaign.pk)
-    for segment in CampaignSegment.objects.filter(campaign=campaign):
-        campaign_fanout_segment(segment_id=segment.pk)
-    return Campaign.objects.get(pk=campaign.pk)
-
 
 def test_a_batch_handed_back_just_after_a_resume_is_queued_not_parked(ledger, django_capture_on_commit_callbacks):
-    campaign = fanned_out("resume-race")
+    campaign = fanned_out_campaign("resume-race")
     (batch,) = CampaignBatch.objects.filter(campaign=campaign)
     campaign_pause(campaign_id=campaign.pk)
     claimed = campaign_delivery._claim_batch(batch.pk)  # a worker took the batch while the campaign was paused
@@ -57,7 +37,7 @@ def test_a_batch_handed_back_just_after_a_resume_is_queued_not_parked(ledger, dj
 
 
 def test_a_batch_handed_back_just_after_a_cancel_skips_its_rows(ledger):
-    campaign = fanned_out("cancel-race")
+    campaign = fanned_out_campaign("cancel-race")
     (batch,) = CampaignBatch.objects.filter(campaign=campaign)
     campaign_pause(campaign_id=campaign.pk)
     claimed = campaign_delivery._claim_batch(batch.pk)
@@ -72,7 +52,7 @@ def test_a_batch_handed_back_just_after_a_cancel_skips_its_rows(ledger):
 
 
 def test_a_campaign_whose_last_rows_finished_while_it_was_paused_completes_on_resume(ledger):
-    campaign = fanned_out("paused-done")
+    campaign = fanned_out_campaign("paused-done")
     campaign_pause(campaign_id=campaign.pk)
     # The calls in flight when the pause came were the last ones: every row is done, every batch too.
     campaign_notifications(campaign).update(status="sent", sent_at=timezone.now())
@@ -87,7 +67,7 @@ def test_a_campaign_whose_last_rows_finished_while_it_was_paused_completes_on_re
 
 
 def test_a_batch_whose_runs_keep_dying_is_dead_lettered_with_its_rows_and_revived_by_a_replay(ledger):
-    campaign = fanned_out("doomed")
+    campaign = fanned_out_campaign("doomed")
     (batch,) = CampaignBatch.objects.filter(campaign=campaign)
     # Its last CAMPAIGN_BATCH_MAX_RUNS runs died (worker killed, task failing): the lease ran out each time.
     CampaignBatch.objects.filter(pk=batch.pk).update(
@@ -119,7 +99,7 @@ def test_a_batch_whose_runs_keep_dying_is_dead_lettered_with_its_rows_and_revive
 
 
 def test_a_run_that_ends_resets_the_count_of_runs_that_died(ledger):
-    campaign = fanned_out("survivor")
+    campaign = fanned_out_campaign("survivor")
     (batch,) = CampaignBatch.objects.filter(campaign=campaign)
     CampaignBatch.objects.filter(pk=batch.pk).update(
         status="sending",

@@ -9,36 +9,11 @@ from django.utils import timezone
 from jobs.breaker import OPEN, CircuitBreaker
 from jobs.deadletters import deadletter_replay
 from jobs.models import DeadLetter
-from jobs.redis import redis_client
-from notifications.delivery import notification_claim, notification_deliver, notification_relay
+from notifications.delivery import notification_claim, notification_relay
 from notifications.models import Notification
-from notifications.services import notification_send
+from tests.support.sending import deliver, submit
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def closed_breakers():
-    def reset() -> None:
-        for key in redis_client().scan_iter("jobs:breaker:*"):
-            redis_client().delete(key)
-
-    reset()
-    yield
-    reset()
-
-
-def submit(channel: str = "email", to: str = "ada@example.com", priority: str = "transactional") -> Notification:
-    notification, _ = notification_send(
-        priority=priority, channel=channel, template="password_reset", context={"code": "123456"}, to=to
-    )
-    return notification
-
-
-def deliver(notification: Notification) -> Notification:
-    notification_deliver(notification_id=str(notification.pk))
-    notification.refresh_from_db()
-    return notification
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("closed_breakers")]
 
 
 def test_a_failing_primary_falls_back_to_the_next_provider_in_the_same_attempt(ledger):

@@ -10,61 +10,21 @@ from django.utils import timezone
 from jobs.breaker import CircuitBreaker
 from jobs.deadletters import deadletter_replay
 from jobs.models import DeadLetter
-from jobs.redis import redis_client
 from notifications.campaign_delivery import campaign_batch_send
-from notifications.campaigns import campaign_create, campaign_fanout_segment, campaign_notifications, campaign_start
-from notifications.delivery import notification_claim, notification_deliver, notification_relay
-from notifications.models import Campaign, CampaignBatch, CampaignSegment, Notification, Recipient, Suppression
+from notifications.campaigns import campaign_notifications
+from notifications.delivery import notification_claim, notification_relay
+from notifications.models import Campaign, CampaignBatch, Notification, Suppression
 from notifications.providers.base import OutboundMessage
 from notifications.providers.registry import providers_for
 from notifications.rendering import render
 from notifications.sending import record_sent
-from notifications.services import notification_send
+from tests.support.sending import deliver, fanned_out_campaign, submit
 
-pytestmark = pytest.mark.django_db
-
-NEWS = {"headline": "Autumn sale", "body": "Everything must go"}
-
-
-@pytest.fixture(autouse=True)
-def clean_redis_state():
-    def reset() -> None:
-        client = redis_client()
-        for pattern in ("jobs:breaker:*", "jobs:ratelimit:*"):
-            for key in client.scan_iter(pattern):
-                client.delete(key)
-
-    reset()
-    yield
-    reset()
-
-
-def submit(*, priority: str = "transactional", channel: str = "email", to: str = "ada@example.com") -> Notification:
-    notification, _ = notification_send(
-        priority=priority, channel=channel, template="password_reset", context={"code": "123456"}, to=to
-    )
-    return notification
-
-
-def deliver(notification: Notification) -> Notification:
-    notification_deliver(notification_id=str(notification.pk))
-    notification.refresh_from_db()
-    return notification
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("closed_breakers")]
 
 
 def make_due(notification: Notification) -> None:
     Notification.objects.filter(pk=notification.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
-
-
-def fanned_out_campaign(tag: str, count: int = 3) -> Campaign:
-    Recipient.objects.bulk_create(
-        [Recipient(email=f"{tag}{i}@example.com", email_marketing_consent=True, tags=[tag]) for i in range(count)]
-    )
-    campaign = campaign_create(name=tag, template="newsletter", channel="email", context=NEWS, audience_tag=tag)
-    campaign_start(campaign_id=campaign.pk)
-    for segment in CampaignSegment.objects.filter(campaign=campaign):
-        campaign_fanout_segment(segment_id=segment.pk)
-    return campaign
 
 
 def send_batches(campaign: Campaign) -> None:

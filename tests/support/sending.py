@@ -1,0 +1,46 @@
+"""One notification or one small campaign, submitted and delivered in the test's own process, the way a worker
+would (the services and the delivery functions, on the real PostgreSQL, Redis and sandbox)."""
+
+from jobs.redis import redis_client
+from notifications.campaigns import campaign_create, campaign_fanout_segment, campaign_start
+from notifications.delivery import notification_deliver
+from notifications.models import Campaign, CampaignSegment, Notification, Recipient
+from notifications.services import notification_send
+
+NEWS = {"headline": "Autumn sale", "body": "Everything must go"}
+
+
+def reset_breakers_and_limits() -> None:
+    """Every breaker closed and unpaced, every rate limiter's schedule and penalty forgotten."""
+    client = redis_client()
+    for pattern in ("jobs:breaker:*", "jobs:ratelimit:*"):
+        for key in client.scan_iter(pattern):
+            client.delete(key)
+
+
+def submit(*, priority: str = "transactional", channel: str = "email", to: str = "ada@example.com") -> Notification:
+    notification, _ = notification_send(
+        priority=priority, channel=channel, template="password_reset", context={"code": "123456"}, to=to
+    )
+    return notification
+
+
+def deliver(notification: Notification) -> Notification:
+    """One delivery attempt, then the row as it is now."""
+    notification_deliver(notification_id=str(notification.pk))
+    notification.refresh_from_db()
+    return notification
+
+
+def fanned_out_campaign(tag: str, count: int = 3, context: dict | None = None) -> Campaign:
+    """A started e-mail campaign to `count` new consenting recipients, its notifications and batches written."""
+    Recipient.objects.bulk_create(
+        [Recipient(email=f"{tag}{i}@example.com", email_marketing_consent=True, tags=[tag]) for i in range(count)]
+    )
+    campaign = campaign_create(
+        name=tag, template="newsletter", channel="email", context=context or NEWS, audience_tag=tag
+    )
+    campaign_start(campaign_id=campaign.pk)
+    for segment in CampaignSegment.objects.filter(campaign=campaign):
+        campaign_fanout_segment(segment_id=segment.pk)
+    return Campaign.objects.get(pk=campaign.pk)
