@@ -295,6 +295,7 @@ def _storm(
     stack: ChaosStack, plan: Plan, rng: random.Random, *, ending: str
 ) -> tuple[Tally, dict[str, bool], list[str], float | None]:
     tag = _tag(13)
+    baseline = sent_so_far(stack)
     seed_audience(stack, tag, plan.campaign_recipients)
     session = api_session(stack)
     campaign_id = start_campaign(stack, session, tag)
@@ -311,7 +312,7 @@ def _storm(
             break  # it finished between two transitions: the storm is over
         else:
             refused[answer.status_code] += 1
-    sent_before_end = sent_so_far(stack)
+    sent_before_end = sent_so_far(stack) - baseline
     if ending == "resume" and state == "paused":
         campaign_post(stack, session, f"/{campaign_id}/resume")
         transitions += 1

@@ -794,8 +794,8 @@ def drill_retry_after(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dril
         notes=[
             f"{rejected} calls refused with 429, {seen} seen on rows",
             f"shortest 429 -> accepted gap {min(gaps):.2f}s" if gaps else "no row was accepted after a 429",
-            f"{attempts} attempts for {outcome.submitted} notifications, {attempts - calls} of them skipped fcm "
-            "because its breaker was open",
+            f"{calls} calls to fcm for {outcome.submitted} notifications ({attempts} attempts counted): after a "
+            "429 the others waited out fcm's pace instead of calling it",
         ],
     )
 

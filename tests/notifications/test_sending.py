@@ -15,7 +15,7 @@ from notifications.campaigns import campaign_notifications
 from notifications.delivery import notification_claim, notification_relay
 from notifications.models import Campaign, CampaignBatch, Notification, Suppression
 from notifications.providers.base import OutboundMessage
-from notifications.providers.registry import providers_for
+from notifications.providers.registry import providers_for, reset_providers
 from notifications.rendering import render
 from notifications.sending import record_sent
 from tests.support.sending import deliver, fanned_out_campaign, submit
@@ -181,3 +181,18 @@ def test_a_row_whose_worker_died_after_the_vendor_accepted_is_looked_up_not_sent
     )
     assert len(ledger.entries(idempotency_key=notification.delivery_key)) == 1
     assert ledger.stats()[provider]["replays"] == 0, "the vendor was asked, not sent the message again"
+
+
+def test_an_ok_without_the_vendors_message_id_is_not_recorded_as_sent(ledger, settings):
+    settings.NOTIFICATIONS_PROVIDERS = {
+        **settings.NOTIFICATIONS_PROVIDERS,
+        "push": [{"name": "silent", "backend": "tests.support.providers.Provider", "options": {}}],
+    }
+    reset_providers()
+    try:
+        notification = deliver(submit(channel="push", to="device-token-silent-0001"))
+    finally:
+        reset_providers()
+
+    assert (notification.status, notification.outcome_unknown) == ("failed", True)
+    assert "without a message id" in notification.last_error
