@@ -531,29 +531,45 @@ def drill_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow
 
 
 def drill_sigterm(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
-    """SIGTERM a pool mid-burst (warm shutdown), then start it again as a deploy would."""
-    outcome, notes, clean = Tally(), [], True
+    """SIGTERM a pool mid-burst (warm shutdown), then start it again as a deploy would.
+
+    Celery has a race of its own (celery/celery#7950): a message fetched in the instant the warm
+    shutdown begins is handed to a pool that is closing, and the worker waits for it until the
+    supervisor's SIGKILL.  Nothing is lost (late acks bring the message back), but the exit is
+    not clean; such a run is reported, and only an unclean exit without that signature fails.
+    """
+    outcome, notes, unexplained = Tally(), [], []
     _slow_providers(stack)
     for run in range(plan.sigterm_runs):
         tag = _tag(2)
         burst, priority, in_flight = _burst_with_work_in_flight(stack, tag, plan, rng)
         termed_at = time.time()
         code, seconds = stack.term_pool(priority)
-        clean = clean and code == 0
+        log = stack.pools[priority].output()
+        race = code != 0 and _fetched_after_warm_shutdown(log)
+        if code != 0 and not race:
+            unexplained.append(f"run {run + 1}: exit {code}")
         stack.start_pool(priority)
         run_outcome = _settle(stack, burst, plan, fault_end=termed_at)
         outcome.add(run_outcome)
         notes.append(
-            f"run {run + 1}: {priority} pool ({in_flight} unfinished) exited {code} {seconds:.1f}s after SIGTERM, "
-            f"recovered in {run_outcome.recovery or 0:.1f}s"
+            f"run {run + 1}: {priority} pool ({in_flight} unfinished) exited {code} {seconds:.1f}s after SIGTERM"
+            + (" (celery#7950: a message fetched as the warm shutdown began held it)" if race else "")
+            + f", recovered in {run_outcome.recovery or 0:.1f}s"
         )
     return result_row(
         2,
         "SIGTERM a worker mid-burst",
         outcome,
-        checks={"every pool exited 0 on SIGTERM (warm shutdown)": clean},
+        checks={"every pool exited 0 on SIGTERM (warm shutdown), celery#7950 aside": not unexplained},
         notes=notes,
     )
+
+
+def _fetched_after_warm_shutdown(log: str) -> bool:
+    """The worker's log shows a task received after its warm shutdown began (celery#7950)."""
+    _, began, after = log.rpartition("worker: Warm shutdown")
+    return bool(began) and " received" in after
 
 
 def drill_redis_restart(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
