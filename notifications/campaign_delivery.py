@@ -15,7 +15,7 @@ checked in the claim itself) and send each call through the one provider-call pa
 | CAMPAIGN_BATCH_MAX_RUNS runs in a row died  | batch and its unsent rows dead-lettered; a replay   |
 |                                             | of its dead letter revives both                     |
 
-Where the batch goes when the campaign left `running` is decided under a share lock on the campaign
+Where the batch goes when the campaign left `running` is decided under a lock on the campaign
 row, so a pause, resume or cancel arriving at any moment cannot leave a batch parked for ever.
 """
 
@@ -37,7 +37,6 @@ from notifications.campaigns import (
     batch_key_range,
     campaign_batch_recount,
     campaign_batches_publish,
-    campaign_finish_if_done,
     campaign_pause_with_error,
 )
 from notifications.consent import quiet_until
@@ -106,17 +105,22 @@ def _claim_batch(batch_id: int) -> CampaignBatch | None:
 
 
 def _set_batch(batch: CampaignBatch, status: str, *, wait: float | None = None) -> bool:
-    """End this run: the batch goes to `status` (deferred: for `wait` seconds).  False if the claim was lost."""
-    updated = CampaignBatch.objects.filter(
-        pk=batch.pk, status=BatchStatus.SENDING, claim_token=batch.claim_token
-    ).update(
-        status=status,
-        unfinished_runs=0,
-        next_attempt_at=None if wait is None else ExpressionWrapper(Now() + timedelta(seconds=wait), DateTimeField()),
-        lease_expires_at=None,
-        queued_at=Now() if status == BatchStatus.QUEUED else F("queued_at"),
-        updated_at=Now(),
-    )
+    """End this run: the batch goes to `status` (deferred: for `wait` seconds) and its rows are counted,
+    in one transaction.  False if the claim was lost."""
+    due = None if wait is None else ExpressionWrapper(Now() + timedelta(seconds=wait), DateTimeField())
+    with transaction.atomic():
+        updated = CampaignBatch.objects.filter(
+            pk=batch.pk, status=BatchStatus.SENDING, claim_token=batch.claim_token
+        ).update(
+            status=status,
+            unfinished_runs=0,
+            next_attempt_at=due,
+            lease_expires_at=None,
+            queued_at=Now() if status == BatchStatus.QUEUED else F("queued_at"),
+            updated_at=Now(),
+        )
+        if updated:
+            campaign_batch_recount(batch_id=batch.pk)
     if status == BatchStatus.QUEUED and updated:
         campaign_batches_publish(batch.campaign, [batch.pk])
     return bool(updated)
@@ -128,11 +132,9 @@ def campaign_batch_send(*, batch_id: int) -> None:
     if batch is None:
         logger.info("campaign batch %s: not claimable (done, owned by another worker, or not due)", batch_id)
         return
-    try:
-        _run(batch)
-    finally:
-        campaign_batch_recount(batch_id=batch.pk)
-        campaign_finish_if_done(campaign_id=batch.campaign_id)
+    # Every way a run ends counts the batch's rows in the transaction that ends it (_set_batch); a
+    # run that raises or dies leaves the batch to its lease, and the run that takes it over counts.
+    _run(batch)
 
 
 def _run(batch: CampaignBatch) -> None:
@@ -295,20 +297,18 @@ def _release_rows(rows: list[Notification]) -> None:
     )
 
 
-_CAMPAIGN_STATUS_FOR_SHARE = "SELECT status FROM notifications_campaign WHERE id = %s FOR SHARE"
-
-
 def _hand_back(batch: CampaignBatch) -> None:
     """The campaign is not running (as this run last saw it): park the batch as the campaign's state says now.
 
-    Decided under a share lock on the campaign row, which pause, resume and cancel lock for update:
-    a resume either comes first (the batch is queued again here) or sees the batch paused and
-    queues it itself; a cancel either comes first (the rows are skipped here) or finds it paused.
+    Decided under a lock on the campaign row, which pause, resume and cancel take too: a resume
+    either comes first (the batch is queued again here) or finds the batch paused and queues it;
+    a cancel either comes first (the rows are skipped here) or finds it paused and queues it.
+    Locks are taken batch first, then campaign, the order every path that counts rows uses.
     """
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(_CAMPAIGN_STATUS_FOR_SHARE, [batch.campaign_id])
-            (status,) = cursor.fetchone()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM notifications_campaignbatch WHERE id = %s FOR UPDATE", [batch.pk])
+        cursor.execute("SELECT status FROM notifications_campaign WHERE id = %s FOR UPDATE", [batch.campaign_id])
+        (status,) = cursor.fetchone()
         if status == CampaignStatus.PAUSED:
             _set_batch(batch, BatchStatus.PAUSED)
             logger.info("campaign batch %s: campaign paused; batch handed back", batch.pk)
@@ -357,8 +357,7 @@ def _dead_letter_batch(batch: CampaignBatch) -> None:
             queue=queue_name(Priority.MARKETING, batch.campaign.channel),
             subject=batch,
         )
-    campaign_batch_recount(batch_id=batch.pk)
-    campaign_finish_if_done(campaign_id=batch.campaign_id)
+        campaign_batch_recount(batch_id=batch.pk)
     logger.error("%s; %s unsent row(s) dead-lettered with it", reason, rows)
 
 

@@ -422,10 +422,11 @@ FROM notifications_notification WHERE id BETWEEN %s AND %s
 def campaign_batch_recount(*, batch_id: int) -> None:
     """Recount a batch's rows by outcome and add the difference to its campaign's counters.
 
-    Called at the end of every batch run and after a single-send outcome of a campaign row,
-    in the transaction that changed the rows when there is one: counters cannot drift, and a
-    recount after a crash repairs what the crash left.  One update of the campaign row per
-    call, not per message.
+    Called in the transaction that changed the rows (a batch run's end, a single-send outcome of
+    a campaign row), and completes the campaign in it when that was the last row: a worker that
+    dies at any moment leaves either both undone (its batch or row is taken over and recounted
+    again) or both done, never rows counted nowhere.  One update of the campaign row per call,
+    not per message.
     """
     with transaction.atomic():
         batch = CampaignBatch.objects.select_for_update().filter(pk=batch_id).first()
@@ -435,14 +436,14 @@ def campaign_batch_recount(*, batch_id: int) -> None:
             cursor.execute(_RECOUNT_SQL, batch_key_range(batch))
             sent, dead, skipped = cursor.fetchone()
         delta = (sent - batch.sent_count, dead - batch.dead_count, skipped - batch.skipped_count)
-        if not any(delta):
-            return
-        CampaignBatch.objects.filter(pk=batch.pk).update(sent_count=sent, dead_count=dead, skipped_count=skipped)
-        Campaign.objects.filter(pk=batch.campaign_id).update(
-            sent_count=F("sent_count") + delta[0],
-            dead_count=F("dead_count") + delta[1],
-            skipped_count=F("skipped_count") + delta[2],
-        )
+        if any(delta):
+            CampaignBatch.objects.filter(pk=batch.pk).update(sent_count=sent, dead_count=dead, skipped_count=skipped)
+            Campaign.objects.filter(pk=batch.campaign_id).update(
+                sent_count=F("sent_count") + delta[0],
+                dead_count=F("dead_count") + delta[1],
+                skipped_count=F("skipped_count") + delta[2],
+            )
+        campaign_finish_if_done(campaign_id=batch.campaign_id)
 
 
 def campaign_recount_for(notification: Notification) -> None:

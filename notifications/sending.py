@@ -42,7 +42,7 @@ from jobs.deadletters import deadletter_record
 from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
 from jobs.ratelimit import RateLimiter, rate_limiter_for
 from jobs.retry import retry_policy
-from notifications.campaigns import campaign_finish_if_done, campaign_recount_for
+from notifications.campaigns import campaign_recount_for
 from notifications.consent import address_suppress
 from notifications.events import notification_event, notifications_events
 from notifications.models import Channel, Notification, NotificationStatus, Priority
@@ -349,8 +349,6 @@ def record_sent(sent: list[tuple[Notification, str, str]], *, recount: bool = Tr
         for row, provider, message_id in sent
         if row.pk in updated
     )
-    if recount:
-        _finish({row.campaign_id for row, _, _ in sent if row.campaign_id})
 
 
 def record_retry(
@@ -427,7 +425,6 @@ def record_skipped(row: Notification, reason: str) -> None:
         if updated:
             _recount([row])
     notification_event(row, "skipped", detail=reason)
-    _finish([row.campaign_id])
 
 
 def record_dead(
@@ -465,21 +462,14 @@ def record_dead(
             first_failed_at=row.first_failed_at or now,
         )
     notification_event(row, "dead", provider=provider, detail=str(error))
-    if recount:
-        _finish([row.campaign_id])
 
 
 def _recount(rows: Iterable[Notification]) -> None:
-    """A campaign row's outcome moves its batch's and campaign's counters, in the transaction that wrote it."""
+    """A campaign row's outcome moves its batch's and campaign's counters (and completes the campaign when
+    it was the last), in the transaction that wrote it."""
     for row in rows:
         if row.campaign_id:
             campaign_recount_for(row)
-
-
-def _finish(campaign_ids: Iterable[int | None]) -> None:
-    for campaign_id in set(campaign_ids):
-        if campaign_id:
-            campaign_finish_if_done(campaign_id=campaign_id)
 
 
 def claim_lease() -> timedelta:

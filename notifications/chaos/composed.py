@@ -296,6 +296,8 @@ def _storm(
 ) -> tuple[Tally, dict[str, bool], list[str], float | None]:
     tag = _tag(13)
     baseline = sent_so_far(stack)
+    # Slow enough that the campaign outlasts the storm: every transition meets batches in flight.
+    stack.sandbox.set_fault("postmark", latency_ms=CAMPAIGN_LATENCY_MS)
     seed_audience(stack, tag, plan.campaign_recipients)
     session = api_session(stack)
     campaign_id = start_campaign(stack, session, tag)
