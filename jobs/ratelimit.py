@@ -26,6 +26,8 @@ If Redis is unreachable every request is granted: a broken limiter must not stop
 import logging
 import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import redis
@@ -168,6 +170,48 @@ class RateLimiter:
 
     def reset(self) -> None:
         self.client.delete(self.key, *self.client.keys(f"{self.key}:share:*"))
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One throttle: at most `count` events in any `seconds`, all `count` at once after a quiet spell.
+
+    The same GCRA as the provider limits (interval = seconds / count, burst = count), for callers
+    that are not providers: a public form per client IP, an API token's requests, a login name.
+    """
+
+    key: str
+    count: int
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.seconds <= 0:
+            raise ValueError(
+                f"throttle {self.key}: count must be >= 1 and seconds > 0, not {self.count}/{self.seconds}"
+            )
+
+
+@lru_cache(maxsize=1)
+def _take_script():
+    return redis_client().register_script(_ACQUIRE)
+
+
+def throttle_take(buckets: Sequence[Bucket]) -> float:
+    """One event from every bucket, all or none, in one Redis round trip.
+
+    0.0 when granted; otherwise the seconds until all of them would grant (nothing is taken).
+    If Redis is unreachable the event is allowed: a broken throttle must not take a site down.
+    """
+    keys, args = [], [1]
+    for bucket in buckets:
+        keys.append(f"jobs:throttle:{bucket.key}")
+        args += [repr(bucket.seconds * 1_000_000 / bucket.count), repr(bucket.seconds * 1_000_000)]
+    try:
+        granted, wait_us, _ = _take_script()(keys=keys, args=args)
+    except redis.RedisError:
+        logger.warning("throttle %s: Redis unreachable; letting the request through", [b.key for b in buckets])
+        return 0.0
+    return 0.0 if granted else wait_us / 1_000_000
 
 
 _CONFIG_KEYS = {"rate_per_second", "burst", "marketing_share"}

@@ -19,6 +19,7 @@ from notifications.campaigns import (
     campaign_start,
     campaign_validate,
 )
+from notifications.inputs import parse_json_object
 from notifications.models import (
     ApiToken,
     Campaign,
@@ -54,12 +55,9 @@ class ServiceValidatedForm(forms.ModelForm):
 
     def clean_context_json(self) -> dict:
         try:
-            value = json.loads(self.cleaned_data["context_json"] or "{}")
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"not valid JSON: {exc}") from exc
-        if not isinstance(value, dict):
-            raise ValidationError("must be a JSON object")
-        return value
+            return parse_json_object(self.cleaned_data["context_json"] or "{}", field="context")
+        except ValidationError as exc:
+            raise ValidationError([f"{field}: {' '.join(m)}" for field, m in exc.message_dict.items()]) from None
 
     def validate(self, data: dict) -> None:
         """Call the service's validation; raise its ValidationError."""
@@ -73,8 +71,11 @@ class ServiceValidatedForm(forms.ModelForm):
             self.validate(data)
         except ValidationError as exc:
             for field, errors in exc.message_dict.items():
-                target = self.error_fields.get(field, field)
-                self.add_error(target if target in self.fields else None, errors)
+                # "context.code" belongs on the context's field, named so the user sees which variable.
+                base, _, inner = field.partition(".")
+                target = self.error_fields.get(field) or self.error_fields.get(base, field)
+                messages = [f"{inner}: {e}" for e in errors] if inner and target != field else errors
+                self.add_error(target if target in self.fields else None, messages)
         return data
 
 
@@ -90,7 +91,12 @@ class NotificationSendForm(ServiceValidatedForm):
         model = Notification
         fields: list[str] = []
 
+    #: Who is adding (set by NotificationAdmin.get_form): sending is a permission per priority.
+    user = None
+
     def validate(self, data: dict) -> None:
+        if self.user is not None and not self.user.has_perm(f"notifications.send_{data['priority']}"):
+            raise ValidationError({"priority": f"you may not send {data['priority']} notifications"})
         notification_validate(
             priority=data["priority"],
             channel=data["channel"],
@@ -127,7 +133,7 @@ class NotificationAdmin(admin.ModelAdmin):
 
     def get_form(self, request: HttpRequest, obj=None, change: bool = False, **kwargs):
         if obj is None:
-            kwargs["form"] = NotificationSendForm
+            kwargs["form"] = type("NotificationSendForm", (NotificationSendForm,), {"user": request.user})
             kwargs["fields"] = ["priority", "channel", "template", "to", "context_json"]
         return super().get_form(request, obj, change, **kwargs)
 

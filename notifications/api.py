@@ -1,7 +1,7 @@
 """The JSON HTTP API: submit a notification (202 + status URL) and read its status; create, start, pause,
 resume and cancel campaigns and read their progress. Token auth; campaigns need the model permissions."""
 
-import json
+import math
 import re
 from collections.abc import Callable
 from functools import wraps
@@ -16,8 +16,10 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from notifications import campaigns
-from notifications.models import ApiToken, Campaign, Notification
+from notifications.inputs import parse_json_object
+from notifications.models import ApiToken, Campaign, Notification, Priority
 from notifications.services import IdempotencyConflict, notification_send, request_fingerprint
+from notifications.throttles import api_quota_wait, api_request_wait
 
 #: Fields a POST body may have, with the JSON type each must be.
 FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -43,6 +45,12 @@ def error(status: int, message: str, fields: dict[str, str] | None = None, **hea
     return response
 
 
+def too_many(wait: float, message: str) -> JsonResponse:
+    """429 with Retry-After (whole seconds) and the wait in the body."""
+    seconds = max(1, math.ceil(wait))
+    return error(429, f"{message}; retry in {seconds}s", Retry_After=str(seconds))
+
+
 def api_view(*methods: str) -> Callable:
     """CSRF-exempt, token-authenticated JSON view; a database outage answers 503, not a traceback."""
 
@@ -62,7 +70,11 @@ def api_view(*methods: str) -> Callable:
                         "(create one with: python manage.py create_api_token <username>)",
                         WWW_Authenticate="Token",
                     )
+                wait = api_request_wait(token_id=token.pk)
+                if wait > 0:
+                    return too_many(wait, "too many requests for this token")
                 request.user = token.user
+                request.api_token = token
                 return view(request, *args, **kwargs)
             except (OperationalError, InterfaceError):
                 return error(503, "the database is unavailable; retry shortly", Retry_After="5")
@@ -88,11 +100,11 @@ def _read_json(request: HttpRequest) -> tuple[dict[str, Any] | None, JsonRespons
     if len(raw) > limit:
         return None, error(413, f"request body is {len(raw)} bytes; the limit is {limit}")
     try:
-        payload = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, error(400, "malformed JSON", {"body": f"not valid JSON: {exc}"})
-    if not isinstance(payload, dict):
-        return None, error(400, "invalid request", {"body": "must be a JSON object"})
+        payload = parse_json_object(raw)
+    except ValidationError as exc:
+        fields = {name: " ".join(messages) for name, messages in exc.message_dict.items()}
+        malformed = "not valid JSON" in fields.get("body", "")
+        return None, error(400, "malformed JSON" if malformed else "invalid request", fields)
     return payload, None
 
 
@@ -120,6 +132,25 @@ def _parse_body(request: HttpRequest) -> tuple[dict[str, Any] | None, JsonRespon
     return payload, None
 
 
+def _may_send(request: HttpRequest, priority: str) -> JsonResponse | None:
+    """403 unless the user may send `priority` (add_notification and send_<priority>) and the token may send
+    security when that is asked; 429 when the token's daily quota for the priority is used up."""
+    if priority not in Priority.values:
+        return None  # the service names the field
+    for permission in ("notifications.add_notification", f"notifications.send_{priority}"):
+        if not request.user.has_perm(permission):
+            return _forbidden(permission)
+    token = request.api_token
+    if priority == Priority.SECURITY and not token.may_send_security:
+        return error(
+            403, "this token may not send security notifications; an admin allows it on the token (API tokens)"
+        )
+    wait = api_quota_wait(token_id=token.pk, priority=priority, quota=token.daily_quota(priority))
+    if wait > 0:
+        return too_many(wait, f"this token's daily quota of {priority} notifications is used up")
+    return None
+
+
 def _summary(request: HttpRequest, notification: Notification) -> dict[str, Any]:
     return {
         "id": str(notification.pk),
@@ -133,6 +164,9 @@ def notifications_create(request: HttpRequest) -> JsonResponse:
     payload, problem = _parse_body(request)
     if problem is not None:
         return problem
+    refused = _may_send(request, payload["priority"])
+    if refused is not None:
+        return refused
     header_key = request.headers.get("Idempotency-Key")
     key = None
     if header_key is not None:

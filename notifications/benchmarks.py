@@ -85,8 +85,12 @@ def ensure_recipients(count: int) -> float | None:
 
 def api_session(base_url: str) -> requests.Session:
     user, _ = get_user_model().objects.get_or_create(username="bench")
-    user.user_permissions.add(*Permission.objects.filter(codename__in=["add_campaign", "change_campaign"]))
-    _, key = ApiToken.issue(user)
+    user.user_permissions.add(
+        *Permission.objects.filter(
+            codename__in=["add_campaign", "change_campaign", "add_notification", "send_security", "send_transactional"]
+        )
+    )
+    _, key = ApiToken.issue(user, may_send_security=True)
     session = requests.Session()
     session.headers["Authorization"] = f"Token {key}"
     session.base_url = base_url

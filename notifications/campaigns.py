@@ -30,6 +30,7 @@ from jobs.clock import database_now
 from jobs.publishing import publish_after_commit
 from jobs.redis import queue_head, queue_lost_before
 from notifications.events import RATE_WINDOW_SECONDS, campaign_rate
+from notifications.inputs import context_check, text_check
 from notifications.models import (
     MARKETING_CONSENT_FIELDS,
     BatchStatus,
@@ -40,7 +41,7 @@ from notifications.models import (
     Channel,
     Notification,
 )
-from notifications.rendering import render
+from notifications.rendering import render, template_names
 from settings.topology import FANOUT_QUEUE, queue_name
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,9 @@ def campaign_validate(
         errors["audience.tag"] = "a tag of 1 to 50 letters, digits or - _ . :"
     if errors:
         raise ValidationError(errors)
+    text_check(name, path="name")
+    if template in template_names():
+        context_check(template, context)
     # Every recipient gets the same content; a template that cannot render is refused now.
     render(template=template, channel=channel, context=context)
 

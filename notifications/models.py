@@ -157,6 +157,8 @@ class Notification(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        #: Sending is a permission per priority, on top of add_notification (API and admin alike).
+        permissions = [(f"send_{p}", f"Can send {p} notifications") for p in ("security", "transactional", "marketing")]
         indexes = [
             # The admin's default list and its filters.
             models.Index(fields=["-created_at"], name="notif_created_idx"),
@@ -362,6 +364,20 @@ class ApiToken(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     key_hash = models.CharField(max_length=64, unique=True)
     prefix = models.CharField(max_length=8, help_text="First characters of the key, to recognise it.")
+    #: Security notifications (reset codes, sign-in alerts) are the ones an attacker wants to send;
+    #: a token may send them only when an admin says so, whatever its user's permissions.
+    may_send_security = models.BooleanField(
+        default=False, help_text="May this token send security-priority notifications?"
+    )
+    daily_quota_security = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Security notifications in any 24 hours; empty for no quota."
+    )
+    daily_quota_transactional = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Transactional notifications in any 24 hours; empty for no quota."
+    )
+    daily_quota_marketing = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Marketing notifications in any 24 hours; empty for no quota."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
@@ -371,7 +387,11 @@ class ApiToken(models.Model):
         return f"{self.prefix}… ({self.user})"
 
     @classmethod
-    def issue(cls, user) -> tuple["ApiToken", str]:
+    def issue(cls, user, **settings) -> tuple["ApiToken", str]:
+        """A new token for `user` (with `settings`: may_send_security, daily quotas); the key is returned once."""
         key = secrets.token_hex(20)
-        token = cls.objects.create(user=user, key_hash=_hash_key(key), prefix=key[:8])
+        token = cls.objects.create(user=user, key_hash=_hash_key(key), prefix=key[:8], **settings)
         return token, key
+
+    def daily_quota(self, priority: str) -> int | None:
+        return getattr(self, f"daily_quota_{priority}")

@@ -15,6 +15,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from jobs.publishing import publish_after_commit
+from notifications.inputs import context_check, text_check
 from notifications.models import (
     MARKETING_CONSENT_FIELDS,
     Channel,
@@ -24,7 +25,7 @@ from notifications.models import (
     PushDevice,
     Recipient,
 )
-from notifications.rendering import render
+from notifications.rendering import render, template_names
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +36,27 @@ class IdempotencyConflict(Exception):
     """The idempotency key was already used for a different request."""
 
 
+#: RFC 5321: a local part (before @) of at most 64 octets, a path of at most 254.
+EMAIL_LOCAL_MAX, EMAIL_MAX = 64, 254
+
+
 def _validate_address(channel: str, to: str) -> str:
+    text_check(to, path="to")
     to = to.strip()
     if channel == Channel.EMAIL:
         try:
             validate_email(to)
         except ValidationError:
             raise ValidationError({"to": f"{to!r} is not a valid e-mail address"}) from None
+        local, _, domain = to.rpartition("@")
+        if len(local.encode()) > EMAIL_LOCAL_MAX or len(to.encode()) > EMAIL_MAX:
+            raise ValidationError(
+                {
+                    "to": f"an e-mail address has at most {EMAIL_LOCAL_MAX} characters before the @ and {EMAIL_MAX} in all"
+                }
+            )
+        if domain.startswith("["):
+            raise ValidationError({"to": "an address at an IP literal ([…]) is not accepted; use a domain name"})
         return to.lower()
     if channel == Channel.SMS:
         if not E164.match(to):
@@ -125,6 +140,8 @@ def notification_validate(
             errors.update({k: " ".join(v) for k, v in exc.message_dict.items()})
     if errors:
         raise ValidationError(errors)
+    if template in template_names():
+        context_check(template, context)
     render(template=template, channel=channel, context=context)
 
 

@@ -35,6 +35,21 @@ def env_bool(name: str, default: bool) -> bool:
     raise ValueError(f"environment variable {name} must be true or false, got {raw!r}")
 
 
+def env_throttle(name: str, default: tuple[int, float]) -> tuple[int, float]:
+    """A throttle written "count/seconds" (e.g. "3/900": three in any fifteen minutes)."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    count, sep, seconds = raw.partition("/")
+    try:
+        value = (int(count), float(seconds))
+    except ValueError:
+        value = None
+    if not sep or value is None or value[0] < 1 or value[1] <= 0:
+        raise ValueError(f"environment variable {name} must look like '3/900' (count per seconds), got {raw!r}")
+    return value
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name)
     if raw is None:
@@ -123,6 +138,25 @@ STORAGES = {
 # Requests above this size are answered 413 by the API before they are parsed.
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
+
+#: Reverse proxies in front of the web process that append the client's address to
+#: X-Forwarded-For; 0 trusts only the socket's peer (a client could forge the header).
+TRUSTED_PROXY_HOPS = env_int("TRUSTED_PROXY_HOPS", 0)
+#: The public password-reset page, as (count, seconds): at most 3 mails to one address in any
+#: 15 minutes and 20 requests from one client IP in any hour; beyond, the same page is answered
+#: and nothing is sent (no account enumeration, nothing for an inbox bomb).
+PASSWORD_RESET_THROTTLE = {
+    "per_address": env_throttle("PASSWORD_RESET_PER_ADDRESS", (3, 900)),
+    "per_ip": env_throttle("PASSWORD_RESET_PER_IP", (20, 3600)),
+}
+#: API requests per token, as (count, seconds); above it the API answers 429 with Retry-After.
+#: Daily quotas per priority are set on each token in the admin.
+API_TOKEN_THROTTLE = env_throttle("API_TOKEN_THROTTLE", (1000, 1))
+#: Admin log-in attempts (right or wrong), as (count, seconds): password guessing gets 429.
+ADMIN_LOGIN_THROTTLE = {
+    "per_username": env_throttle("ADMIN_LOGIN_PER_USERNAME", (5, 60)),
+    "per_ip": env_throttle("ADMIN_LOGIN_PER_IP", (20, 60)),
+}
 
 # --- Redis and Celery -------------------------------------------------------
 

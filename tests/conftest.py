@@ -87,14 +87,20 @@ def closed_breakers():
 
 @pytest.fixture
 def api_user(django_user_model):
-    return django_user_model.objects.create_user(username="api-client", password="x")
+    from django.contrib.auth.models import Permission
+
+    from tests.support.api import SENDER_PERMISSIONS
+
+    user = django_user_model.objects.create_user(username="api-client", password="x")
+    user.user_permissions.add(*Permission.objects.filter(codename__in=SENDER_PERMISSIONS))
+    return user
 
 
 @pytest.fixture
 def api_key(api_user) -> str:
     from notifications.models import ApiToken
 
-    _, key = ApiToken.issue(api_user)
+    _, key = ApiToken.issue(api_user, may_send_security=True)
     return key
 
 

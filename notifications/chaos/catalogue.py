@@ -30,6 +30,8 @@ DRILLS: dict[int, Callable[[ChaosStack, Plan, random.Random], DrillRow]] = {
     15: composed.drill_relay_urgency,
     16: composed.drill_replay_expired,
     17: composed.drill_clock_skew,
+    # Abuse of the triggers.
+    18: composed.drill_reset_flood,
 }
 #: Vendors that can say whether they already accepted a message (notifications/providers: can_look_up):
 #: a message whose outcome is unknown is looked up there, never sent again.

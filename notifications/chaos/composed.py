@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import glob
 import random
+import re
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -27,6 +29,7 @@ from notifications.chaos.drills import (
     api_session,
     burst_bodies,
     in_background,
+    percentile,
     result_row,
     submit,
     tally,
@@ -600,3 +603,107 @@ def _first_log_time(log: str) -> float | None:
 def _succeeded(log: str, task: str) -> int:
     """Runs of `task` a worker's log reports as succeeded."""
     return sum(1 for line in log.splitlines() if f"Task {task}[" in line and " succeeded " in line)
+
+
+#: Threads that flood the password-reset page (browsers of one attacker behind one address).
+FLOOD_THREADS = 8
+
+
+def _reset_form_session(stack: ChaosStack) -> tuple[requests.Session, str]:
+    """A browser session with the reset form's CSRF token, as a page load gives it."""
+    session = requests.Session()
+    page = session.get(f"{stack.api_url}/password-reset/", timeout=REQUEST_TIMEOUT_SECONDS)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    return session, token
+
+
+def _flood_resets(stack: ChaosStack, address: str, count: int, seconds: float) -> Counter:
+    """`count` reset requests for `address` spread over `seconds` from FLOOD_THREADS threads; answers by code."""
+    answers: Counter = Counter()
+    lock = threading.Lock()
+    started = time.monotonic()
+    per_thread = count // FLOOD_THREADS
+
+    def flood(thread: int) -> None:
+        session, token = _reset_form_session(stack)
+        for i in range(per_thread):
+            time.sleep(max(0.0, started + (i * FLOOD_THREADS + thread) * seconds / count - time.monotonic()))
+            try:
+                answer = session.post(
+                    f"{stack.api_url}/password-reset/",
+                    data={"email": address, "csrfmiddlewaretoken": token},
+                    headers={"Referer": f"{stack.api_url}/password-reset/"},
+                    timeout=REQUEST_TIMEOUT_SECONDS,
+                ).status_code
+            except requests.RequestException as exc:
+                answer = type(exc).__name__
+            with lock:
+                answers[answer] += 1
+
+    threads = [threading.Thread(target=flood, args=(t,)) for t in range(FLOOD_THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def _security_stream(stack: ChaosStack, tag: str, rate: float, seconds: float) -> tuple[Submission, dict[str, float]]:
+    """Security e-mails through the API at `rate` per second for `seconds`; the submission and each one's
+    submit time by idempotency key."""
+    bodies = burst_bodies(tag, int(rate * seconds), [("security", "email")])
+    submission, submitted_at = Submission(), {}
+    started = time.monotonic()
+    for index, (key, body) in enumerate(bodies):
+        time.sleep(max(0.0, started + index / rate - time.monotonic()))
+        submitted_at[key] = time.time()
+        submission.add(submit(stack, [(key, body)], threads=1))
+    return submission, submitted_at
+
+
+def _latencies(outcome: Tally, submitted_at: dict[str, float]) -> list[float]:
+    """Submit -> the vendor accepted, per sent notification."""
+    values = []
+    for key, entries in outcome.ledger.items():
+        client_key = key.partition(":")[2]
+        if client_key in submitted_at:
+            values.append(entries[0]["accepted_ts"] - submitted_at[client_key])
+    return values
+
+
+def drill_reset_flood(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """1,000 password-reset requests for one address from one IP in 10 s while security e-mails go through the
+    API: at most three reset mails, every request answered like any other, security latency as before."""
+    tag = _tag(18)
+    victim = f"{tag}-victim@example.com"
+    baseline, baseline_at = _security_stream(stack, f"{tag}-before", plan.abuse_security_rate, plan.abuse_seconds)
+    stream = in_background(_security_stream, stack, f"{tag}-during", plan.abuse_security_rate, plan.abuse_seconds)
+    flood_started = time.monotonic()
+    answers = _flood_resets(stack, victim, plan.abuse_requests, plan.abuse_seconds)
+    flood_seconds = time.monotonic() - flood_started
+    during, during_at = stream.result()
+    ids = baseline.ids + during.ids
+    wait_final(stack, ids, plan.final_timeout)
+    time.sleep(2)  # the reset mails that were let through are on their way too
+    before = tally(stack, baseline.ids, refused=baseline.refused)
+    outcome = tally(stack, during.ids, refused=during.refused)
+    p99_before = percentile(_latencies(before, baseline_at), 0.99)
+    p99_during = percentile(_latencies(outcome, during_at), 0.99)
+    outcome.add(before)
+    resets = len(stack.sandbox.entries(to=victim))
+    rows = stack.query('SELECT count(*) FROM notifications_notification WHERE "to" = %s', (victim,))[0][0]
+    return result_row(
+        18,
+        f"Reset-page flood, {plan.abuse_requests} in {plan.abuse_seconds:.0f}s",
+        outcome,
+        checks={
+            "at most 3 reset mails reached the address": resets <= 3 and rows <= 3,
+            "every flood request was answered 200, the same page": answers == Counter({200: plan.abuse_requests}),
+            "security p99 under 1 s during the flood": p99_during < 1.0,
+        },
+        notes=[
+            f"flood: {sum(answers.values())} requests in {flood_seconds:.1f}s, answers {dict(answers)}; "
+            f"{resets} reset mail(s) sent, {rows} row(s) written",
+            f"security submit -> accepted p99: {p99_before * 1000:.0f} ms before, {p99_during * 1000:.0f} ms during",
+        ],
+    )

@@ -82,6 +82,10 @@ class Plan:
     replay_letters: int = 100
     skew_burst: int = 100
     skew_seconds: int = 30
+    abuse_requests: int = 1_000
+    abuse_seconds: float = 10.0
+    #: Security e-mails per second submitted through the API beside the abuse, and before it (baseline).
+    abuse_security_rate: float = 5.0
     #: Seconds a campaign drill waits for its campaign to be final before counting what is not.
     campaign_timeout: float = 600.0
 
@@ -103,6 +107,8 @@ QUICK = Plan(
     relay_backlog=1_000,
     replay_letters=30,
     skew_burst=40,
+    abuse_requests=300,
+    abuse_seconds=5.0,
     campaign_timeout=180.0,
 )
 

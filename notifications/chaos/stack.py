@@ -329,7 +329,7 @@ class ChaosStack:
             self.start_redis()
             self.sandbox.start()
             self.manage("migrate", "--no-input", "-v", "0")
-            self.api_key = self.manage("create_api_token", API_USER, "--create-user").strip()
+            self.api_key = self.manage("create_api_token", API_USER, "--create-user", "--may-send-security").strip()
             # The drills run campaigns too: the API user may do everything an operator may.
             self.execute("UPDATE auth_user SET is_superuser = true, is_staff = true WHERE username = %s", (API_USER,))
             self.settings = json.loads(self.manage("shell", "-c", _SNAPSHOT_CODE).strip().splitlines()[-1])

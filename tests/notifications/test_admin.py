@@ -110,3 +110,19 @@ def test_a_campaign_with_a_bad_context_is_refused_with_the_reason(admin_client):
     assert response.status_code == 200
     assert "missing variable(s)" in response.content.decode()
     assert not Campaign.objects.exists()
+
+
+def test_staff_who_may_add_but_not_send_security_cannot_send_it_from_the_admin(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    clerk = django_user_model.objects.create_user(username="clerk", password="x", is_staff=True)
+    clerk.user_permissions.add(
+        *Permission.objects.filter(codename__in=["add_notification", "view_notification", "send_transactional"])
+    )
+    client.force_login(clerk)
+
+    refused = client.post(ADD_URL, form(priority="security"))
+    assert refused.status_code == 200 and "you may not send security notifications" in refused.content.decode()
+    assert Notification.objects.count() == 0
+    assert client.post(ADD_URL, form()).status_code == 302
+    assert Notification.objects.count() == 1

@@ -3,6 +3,7 @@
 import pytest
 
 from notifications.models import Notification, Recipient
+from tests.support.api import make_sender
 
 URL = "/api/v1/notifications"
 VALID = {
@@ -57,10 +58,7 @@ def test_idempotency_key_reused_for_another_request_is_refused(api):
 
 
 def test_two_clients_may_use_the_same_key(api, client, django_user_model):
-    from notifications.models import ApiToken
-
-    other = django_user_model.objects.create_user(username="other")
-    _, other_key = ApiToken.issue(other)
+    _, other_key = make_sender(django_user_model, "other")
     api.post(URL, VALID, HTTP_IDEMPOTENCY_KEY="k1")
     response = client.post(
         URL,

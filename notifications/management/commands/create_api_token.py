@@ -12,8 +12,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("username")
         parser.add_argument("--create-user", action="store_true", help="Create the user if it does not exist.")
+        parser.add_argument(
+            "--may-send-security",
+            action="store_true",
+            help="Let this token send security-priority notifications (its user also needs the permission).",
+        )
 
-    def handle(self, *args, username: str, create_user: bool, **options) -> None:
+    def handle(self, *args, username: str, create_user: bool, may_send_security: bool, **options) -> None:
         User = get_user_model()
         user = User.objects.filter(username=username).first()
         if user is None:
@@ -25,5 +30,5 @@ class Command(BaseCommand):
             user = User.objects.create_user(username=username)
         if not user.is_active:
             raise CommandError(f"user {username!r} is inactive; activate it in the admin first")
-        _, key = ApiToken.issue(user)
+        _, key = ApiToken.issue(user, may_send_security=may_send_security)
         self.stdout.write(key)

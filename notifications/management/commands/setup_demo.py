@@ -25,5 +25,5 @@ class Command(BaseCommand):
             self.stdout.write(f"Created superuser {username!r} with password {password!r}.")
         else:
             self.stdout.write(f"Superuser {username!r} exists (password unchanged).")
-        _, key = ApiToken.issue(user)
+        _, key = ApiToken.issue(user, may_send_security=True)
         self.stdout.write(f"API token for {username}: {key}")
