@@ -622,12 +622,11 @@ def _flood_resets(stack: ChaosStack, address: str, count: int, seconds: float) -
     answers: Counter = Counter()
     lock = threading.Lock()
     started = time.monotonic()
-    per_thread = count // FLOOD_THREADS
 
     def flood(thread: int) -> None:
         session, token = _reset_form_session(stack)
-        for i in range(per_thread):
-            time.sleep(max(0.0, started + (i * FLOOD_THREADS + thread) * seconds / count - time.monotonic()))
+        for index in range(thread, count, FLOOD_THREADS):
+            time.sleep(max(0.0, started + index * seconds / count - time.monotonic()))
             try:
                 answer = session.post(
                     f"{stack.api_url}/password-reset/",
