@@ -26,11 +26,20 @@ from jobs.publishing import publish, publish_after_commit
 logger = logging.getLogger(__name__)
 
 _replayers: dict[str, Callable[[DeadLetter], None]] = {}
+_refusals: dict[str, Callable[[DeadLetter], str | None]] = {}
 
 
-def register_replayer(job_name: str, replayer: Callable[[DeadLetter], None]) -> None:
-    """`replayer(dead_letter)` puts the job back to work, inside the caller's transaction."""
+def register_replayer(
+    job_name: str,
+    replayer: Callable[[DeadLetter], None],
+    *,
+    refusal: Callable[[DeadLetter], str | None] | None = None,
+) -> None:
+    """`replayer(dead_letter)` puts the job back to work, inside the caller's transaction; `refusal(dead_letter)`
+    says why one of its dead letters cannot be (None when it can)."""
     _replayers[job_name] = replayer
+    if refusal is not None:
+        _refusals[job_name] = refusal
 
 
 def deadletter_record(
@@ -66,7 +75,11 @@ def deadletter_record(
         "last_failed_at": now,
     }
     if subject is not None:
-        values["subject_type"] = ContentType.objects.get_for_model(subject)
+        # Read, not taken from the per-process cache: a long-lived worker must not hold on to an id
+        # the table no longer has (a restored or re-created database).
+        values["subject_type"] = ContentType.objects.get(
+            app_label=subject._meta.app_label, model=subject._meta.model_name
+        )
         values["subject_id"] = str(subject.pk)
         existing = DeadLetter.objects.filter(
             subject_type=values["subject_type"], subject_id=values["subject_id"], status=DeadLetterStatus.OPEN
@@ -90,7 +103,8 @@ def deadletter_replay_refusal(dead_letter: DeadLetter) -> str | None:
         model = dead_letter.subject_type.model_class() if dead_letter.subject_type_id else None
         if model is None or not model._default_manager.filter(pk=dead_letter.subject_id).exists():
             return f"the {dead_letter.subject_type or 'row'} {dead_letter.subject_id} it was about no longer exists"
-        return None
+        refusal = _refusals.get(dead_letter.job_name)
+        return refusal(dead_letter) if refusal is not None else None
     from settings.celery_app import app
 
     if dead_letter.job_name not in app.tasks:

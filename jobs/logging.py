@@ -1,4 +1,5 @@
-"""One JSON object per log line for production (LOG_FORMAT=json): what log pipelines index without parsing.
+"""Log lines: personal data masked in every one (MaskPersonalData, on every handler), and one JSON object per
+line for production (LOG_FORMAT=json): what log pipelines index without parsing.
 
 State changes of jobs are logged with `extra={"event": {...}}`; the event's fields become
 top-level keys of the JSON line (id, priority, channel, provider, attempt, outcome, ...).
@@ -7,6 +8,25 @@ top-level keys of the JSON line (id, priority, channel, provider, attempt, outco
 import json
 import logging
 from datetime import UTC, datetime
+
+from jobs.masking import mask_personal_data, mask_text
+
+
+class MaskPersonalData(logging.Filter):
+    """Masks e-mail addresses and phone numbers in a record's message, event fields and traceback, whoever
+    logged it (our code, a provider library's error text, Celery, Django)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_text(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        event = getattr(record, "event", None)
+        if isinstance(event, dict):
+            record.event = mask_personal_data(event)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = mask_text(logging.Formatter().formatException(record.exc_info))
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,5 +41,5 @@ class JsonFormatter(logging.Formatter):
         if isinstance(event, dict):
             line.update(event)
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(line, default=str)

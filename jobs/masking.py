@@ -31,11 +31,16 @@ def mask_personal_data(value: Any) -> Any:
     return value
 
 
+def mask_text(text: str) -> str:
+    """Addresses and phone numbers anywhere in `text` masked (prose: long words are left alone)."""
+    masked = EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    return E164.sub(lambda m: f"+{m.group(1)}{'*' * len(m.group(2))}{m.group(3)}", masked)
+
+
 def _mask_string(text: str) -> str:
     if _is_uuid(text):
         return text
-    masked = EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
-    masked = E164.sub(lambda m: f"+{m.group(1)}{'*' * len(m.group(2))}{m.group(3)}", masked)
+    masked = mask_text(text)
     # Only a whole value is taken for a token: inside prose, long words are identifiers, not tokens.
     if masked == text and TOKEN.fullmatch(text):
         return f"{text[:4]}…"

@@ -5,8 +5,11 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
-from django.http import HttpRequest
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from notifications.campaigns import (
@@ -19,7 +22,7 @@ from notifications.campaigns import (
     campaign_start,
     campaign_validate,
 )
-from notifications.inputs import parse_json_object
+from notifications.inputs import parse_json_object, without_secrets
 from notifications.models import (
     ApiToken,
     Campaign,
@@ -129,7 +132,13 @@ class NotificationAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ()
     show_full_result_count = False
-    readonly_fields = [f.name for f in Notification._meta.fields]
+    # The context is shown with its secrets hidden (a reset code is never on screen), never as stored.
+    readonly_fields = [f.name if f.name != "context" else "shown_context" for f in Notification._meta.fields]
+    exclude = ["context"]
+
+    @admin.display(description="context")
+    def shown_context(self, obj: Notification) -> str:
+        return json.dumps(without_secrets(obj.template, obj.context), ensure_ascii=False)
 
     def get_form(self, request: HttpRequest, obj=None, change: bool = False, **kwargs):
         if obj is None:
@@ -185,23 +194,61 @@ class RecipientAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("prefix", "user", "created_at", "revoked_at")
-    list_filter = ("revoked_at",)
-    fields = ("user",)
+    """Tokens are minted here (the key is shown once, on the page that answers the add, never kept) and revoked
+    here.  Only a superuser mints a token for someone else; changing a token's switches and revoking it need
+    the change permission."""
+
+    list_display = (
+        "prefix",
+        "user",
+        "may_send_security",
+        "daily_quota_security",
+        "daily_quota_transactional",
+        "daily_quota_marketing",
+        "created_at",
+        "revoked_at",
+    )
+    list_filter = ("revoked_at", "may_send_security")
     actions = ["revoke"]
+    switches = ["may_send_security", "daily_quota_security", "daily_quota_transactional", "daily_quota_marketing"]
+    identity = ["user", "prefix", "created_at", "revoked_at"]
+
+    def get_fields(self, request: HttpRequest, obj=None) -> list[str]:
+        return ["user", *self.switches] if obj is None else [*self.identity, *self.switches]
+
+    def get_readonly_fields(self, request: HttpRequest, obj=None) -> list[str]:
+        return [] if obj is None else self.identity
+
+    def formfield_for_foreignkey(self, db_field, request: HttpRequest, **kwargs):
+        if db_field.name == "user" and not request.user.is_superuser:
+            # Anyone else may only mint a token that acts as themselves.
+            kwargs["queryset"] = get_user_model().objects.filter(pk=request.user.pk)
+            kwargs["initial"] = request.user.pk
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def save_model(self, request: HttpRequest, obj: ApiToken, form, change: bool) -> None:
-        token, key = ApiToken.issue(obj.user)
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        if obj.user_id != request.user.pk and not request.user.is_superuser:
+            raise PermissionDenied("only a superuser may mint a token for another user")
+        token, key = ApiToken.issue(obj.user, **{name: getattr(obj, name) for name in self.switches})
         obj.pk = token.pk
-        self.message_user(request, f"API token for {obj.user}: {key} (shown once; copy it now)", level=messages.WARNING)
+        request.minted_key = key
 
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
+    def response_add(self, request: HttpRequest, obj: ApiToken, post_url_continue=None) -> HttpResponse:
+        # The key goes into this page only: a message would keep it in the session or a cookie.
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "API token created",
+            "opts": self.opts,
+            "token": obj,
+            "key": getattr(request, "minted_key", ""),
+        }
+        return TemplateResponse(request, "admin/notifications/apitoken/minted.html", context)
 
-    @admin.action(description="Revoke selected tokens")
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset) -> None:
-        from django.utils import timezone
-
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"Revoked {count} token(s).")
 

@@ -37,6 +37,7 @@ from jobs.retry import retry_policy
 from notifications.campaigns import campaign_recount_for
 from notifications.consent import marketing_consent, quiet_until, suppression_reason
 from notifications.events import notification_event
+from notifications.inputs import secret_variables
 from notifications.models import Campaign, CampaignStatus, Channel, Notification, NotificationStatus, Priority
 from notifications.rendering import render
 from notifications.sending import (
@@ -205,7 +206,21 @@ def notification_replay(dead_letter: DeadLetter) -> None:
     notification_publish(notification)
 
 
-register_replayer(JOB_NAME, notification_replay)
+def notification_replay_refusal(dead_letter: DeadLetter) -> str | None:
+    """A notification whose secret (a reset code) was wiped when it died cannot be sent again."""
+    notification = Notification.objects.filter(pk=dead_letter.subject_id).only("template", "context").first()
+    if notification is None:
+        return None
+    wiped = sorted(secret_variables(notification.template) - set(notification.context))
+    if wiped:
+        return (
+            f"its secret {', '.join(wiped)} was wiped when it died; the recipient must ask for a new one "
+            "(another password reset, say)"
+        )
+    return None
+
+
+register_replayer(JOB_NAME, notification_replay, refusal=notification_replay_refusal)
 
 #: The relay serves urgency first: each priority gets its own budget per run, in this order.
 RELAY_ORDER = PRIORITIES

@@ -84,6 +84,33 @@ def secret_variables(template: str) -> frozenset[str]:
     return frozenset(name for name, d in template_variables(template).items() if d.get("secret"))
 
 
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@cache
+def wipe_secrets_sql(alias: str = "") -> str:
+    """An SQL expression: the row's context without its template's secret variables (for an UPDATE ... SET)."""
+    from notifications.rendering import template_names
+
+    cases = []
+    for template in template_names():
+        names = sorted(secret_variables(template))
+        if names:
+            if not _NAME.match(template) or not all(_NAME.match(n) for n in names):
+                raise ValueError(f"template {template!r} or its secret variables {names} are not plain names")
+            keys = ",".join(names)
+            cases.append(f"WHEN '{template}' THEN {alias}context - '{{{keys}}}'::text[]")
+    if not cases:
+        return f"{alias}context"
+    return f"CASE {alias}template {' '.join(cases)} ELSE {alias}context END"
+
+
+def without_secrets(template: str, context: dict[str, Any]) -> dict[str, Any]:
+    """`context` with its secret values hidden, for showing it."""
+    secret = secret_variables(template)
+    return {name: "•••••• (secret)" if name in secret else value for name, value in context.items()}
+
+
 def context_check(template: str, context: Any) -> None:
     """Refuse a context that is not exactly what `template` declares: unknown variables, wrong types, too long."""
     if not isinstance(context, dict):

@@ -6,6 +6,7 @@ from typing import Any
 
 import redis
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -138,9 +139,23 @@ def _operations_data(request: HttpRequest) -> JsonResponse:
     return JsonResponse(operations_snapshot())
 
 
-# Staff only, like the rest of the admin: anyone else is sent to the admin's login page.
-operations_page = admin.site.admin_view(_operations_page)
-operations_data = admin.site.admin_view(_operations_data)
+#: The page shows dead letters and campaigns: who sees it must be allowed to see both.
+VIEW_PERMISSIONS = ("jobs.view_deadletter", "notifications.view_campaign")
+
+
+def _allowed(view):
+    def check(request: HttpRequest, *args, **kwargs):
+        if not request.user.has_perms(VIEW_PERMISSIONS):
+            raise PermissionDenied(f"the operations page needs {' and '.join(VIEW_PERMISSIONS)}")
+        return view(request, *args, **kwargs)
+
+    return check
+
+
+# Staff only, like the rest of the admin (anyone else is sent to the admin's login page), and only those
+# who may view what it shows.
+operations_page = admin.site.admin_view(_allowed(_operations_page))
+operations_data = admin.site.admin_view(_allowed(_operations_data))
 
 # The stock admin templates come first in the template search (django.contrib.admin is the first
 # installed app), so an admin/index.html here would never be found: the index names its own.

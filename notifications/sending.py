@@ -34,6 +34,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -45,6 +46,7 @@ from jobs.retry import retry_policy
 from notifications.campaigns import campaign_recount_for
 from notifications.consent import address_suppress
 from notifications.events import notification_event, notifications_events
+from notifications.inputs import wipe_secrets_sql
 from notifications.models import Channel, Notification, NotificationStatus, Priority
 from notifications.providers.base import BaseProvider, OutboundMessage, SendResult
 from notifications.providers.registry import providers_for
@@ -318,7 +320,7 @@ def _found_by_lookup(delivery: Delivery, *, recount: bool) -> bool:
 _SENT_SQL = """
 UPDATE notifications_notification n SET status = 'sent', provider = v.provider, provider_message_id = v.message_id,
     outcome_unknown = false, sent_at = statement_timestamp(), lease_expires_at = NULL, next_attempt_at = NULL, last_error = '',
-    updated_at = statement_timestamp()
+    context = {wipe}, updated_at = statement_timestamp()
 FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::uuid[]) AS v(id, provider, message_id, token)
 WHERE n.id = v.id AND n.status = 'sending' AND n.claim_token = v.token
 RETURNING n.id
@@ -330,7 +332,7 @@ def record_sent(sent: list[tuple[Notification, str, str]], *, recount: bool = Tr
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
-                _SENT_SQL,
+                _SENT_SQL.format(wipe=wipe_secrets_sql("n.")),
                 [
                     [row.pk for row, _, _ in sent],
                     [provider for _, provider, _ in sent],
@@ -421,7 +423,13 @@ def record_skipped(row: Notification, reason: str) -> None:
     with transaction.atomic():
         updated = Notification.objects.filter(
             pk=row.pk, status=NotificationStatus.SENDING, claim_token=row.claim_token
-        ).update(status=NotificationStatus.SKIPPED, last_error=reason, lease_expires_at=None, updated_at=timezone.now())
+        ).update(
+            status=NotificationStatus.SKIPPED,
+            last_error=reason,
+            context=RawSQL(wipe_secrets_sql(), ()),
+            lease_expires_at=None,
+            updated_at=timezone.now(),
+        )
         if updated:
             _recount([row])
     notification_event(row, "skipped", detail=reason)
@@ -442,6 +450,8 @@ def record_dead(
             status=NotificationStatus.DEAD,
             provider=provider or row.provider,
             last_error=str(error)[:4000],
+            # A reset code is of no use any more and must not lie around: a replay asks for a new one.
+            context=RawSQL(wipe_secrets_sql(), ()),
             lease_expires_at=None,
             next_attempt_at=None,
             first_failed_at=row.first_failed_at or now,

@@ -468,7 +468,12 @@ def drill_replay_expired(stack: ChaosStack, plan: Plan, rng: random.Random) -> D
     """Replay dead letters whose time budget ran out long ago, while a short outage of both e-mail providers
     makes their first attempts fail: a replay's budget starts at the replay, so all are sent."""
     stack.sandbox.set_fault("postmark", error_rate=1.0, status=400)  # refused for good: dead at once
-    submission = submit(stack, burst_bodies(_tag(16), plan.replay_letters, [("transactional", "email")]))
+    # An order confirmation, not a reset code: a code is wiped when its message dies, and is never replayed.
+    bodies = [
+        (key, {**body, "template": "order_shipped", "context": {"name": "Ada", "order_number": key[-12:]}})
+        for key, body in burst_bodies(_tag(16), plan.replay_letters, [("transactional", "email")])
+    ]
+    submission = submit(stack, bodies)
     wait_final(stack, submission.ids, plan.final_timeout)
     dead = stack.query(
         "SELECT count(*) FROM notifications_notification WHERE id = ANY(%s::uuid[]) AND status = 'dead'",

@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -66,6 +67,14 @@ SNAPSHOT_SETTINGS = (
     "CHAOS_DRILLS_ENABLED",
     "NOTIFICATIONS_PROVIDERS",
 )
+
+
+#: An e-mail address or E.164 number in clear (masked ones read a***@example.com and +141******99).
+UNMASKED = re.compile(
+    r"(?<![\w.%+*-])[A-Za-z0-9._%+-]{2,}@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}|(?<![\w+])\+[1-9]\d{6,14}(?!\d)"
+)
+#: Logs of what is not the platform: the vendors' stand-in and the stack's own servers and notes.
+NOT_PLATFORM_LOGS = {"sandbox.log", "postgres.log", "redis.log", "events.log", "manage.log"}
 
 
 class StackError(RuntimeError):
@@ -397,6 +406,18 @@ class ChaosStack:
         state["web"] = bool(self.web and self.web.alive())
         state["beat"] = bool(self.beat and self.beat.alive())
         return state
+
+    def unmasked_personal_data(self) -> list[str]:
+        """Log lines of the platform's processes (not the sandbox, which plays the vendors) that carry an e-mail
+        address or a phone number in clear; each as "file: line"."""
+        found = []
+        for path in sorted(self.run_dir.glob("*.log")):
+            if path.name in NOT_PLATFORM_LOGS:
+                continue
+            for line in path.read_text(errors="replace").splitlines():
+                if UNMASKED.search(line):
+                    found.append(f"{path.name}: {line[:300]}")
+        return found
 
     def failure_report(self, lines: int = 30) -> str:
         """Where the logs are, and the last lines of each."""

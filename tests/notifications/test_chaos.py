@@ -42,3 +42,9 @@ def test_drill_loses_nothing_and_sends_nothing_twice(stack, rng, number):
     assert row["lost"] == 0, explanation
     assert row["duplicates"] == 0, explanation
     assert row["ok"], explanation
+
+
+def test_no_log_line_of_the_drills_carries_an_address_in_clear(stack):
+    """Runs after the drills: every worker, web and beat log line they produced has its addresses masked."""
+    found = stack.unmasked_personal_data()
+    assert not found, "\n".join(found[:20])

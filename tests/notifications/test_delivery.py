@@ -11,7 +11,7 @@ from jobs.deadletters import deadletter_replay
 from jobs.models import DeadLetter
 from notifications.delivery import notification_claim, notification_relay
 from notifications.models import Notification
-from tests.support.sending import deliver, submit
+from tests.support.sending import ORDER_SHIPPED, deliver, submit
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("closed_breakers")]
 
@@ -145,7 +145,7 @@ def test_relay_publishes_what_nobody_will_pick_up(django_capture_on_commit_callb
 
 
 def test_replay_from_the_dead_letter_table_keeps_the_idempotency_key(ledger, django_capture_on_commit_callbacks):
-    notification = deliver(submit(channel="sms", to="+15005550001"))
+    notification = deliver(submit(channel="sms", to="+15005550001", message=ORDER_SHIPPED))
     assert notification.status == "dead"
     letter = DeadLetter.objects.get(subject_id=str(notification.pk))
 

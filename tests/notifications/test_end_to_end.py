@@ -136,3 +136,20 @@ def test_permanent_provider_refusal_is_dead_lettered_at_once_without_retry(worke
     assert letter.error_class == "jobs.errors.PermanentError"
     assert "21211" in letter.message and letter.provider == "twilio"
     assert ledger.entries(provider="twilio") == []
+
+
+def test_the_workers_logs_carry_no_address_in_clear(workers, ledger, live_api):
+    from notifications.chaos.stack import UNMASKED
+
+    # The vendor refuses it, and its error text (logged with the dead letter) names the address.
+    response = live_api.post(
+        f"{live_api.base_url}/api/v1/notifications",
+        json={"priority": "transactional", "channel": "email", "to": "nobody-here@invalid.example", **PASSWORD_RESET},
+        timeout=10,
+    )
+    notification_id = response.json()["id"]
+    assert wait_until_done([notification_id])[notification_id].status == "dead"
+
+    log = workers["transactional"].output()
+    assert "n***@invalid.example" in log, "the address was logged, masked"
+    assert not [line for line in log.splitlines() if UNMASKED.search(line)]

@@ -196,3 +196,41 @@ def test_an_ok_without_the_vendors_message_id_is_not_recorded_as_sent(ledger, se
 
     assert (notification.status, notification.outcome_unknown) == ("failed", True)
     assert "without a message id" in notification.last_error
+
+
+# --- secrets: never kept once final, never shown ----------------------------------------------
+
+
+def test_a_reset_code_is_wiped_from_the_row_once_it_is_sent_or_dead(ledger):
+    sent = deliver(submit(to="kept@example.com"))
+    dead = deliver(submit(channel="sms", to="+15005550001"))  # the vendor refuses this number
+
+    assert (sent.status, sent.context) == ("sent", {})
+    assert (dead.status, dead.context) == ("dead", {})
+    assert "123456" in ledger.entries(to="kept@example.com")[0]["body"], "the code went out before it was wiped"
+
+
+def test_a_dead_message_whose_code_was_wiped_cannot_be_replayed_and_says_why(ledger):
+    from jobs.deadletters import NotReplayable, deadletters_replay_many
+
+    dead = deliver(submit(channel="sms", to="+15005550001"))
+    letter = DeadLetter.objects.get(subject_id=str(dead.pk))
+
+    with pytest.raises(NotReplayable, match="secret code was wiped"):
+        deadletter_replay(dead_letter=letter)
+    outcome = deadletters_replay_many(ids=[letter.pk])
+    assert outcome.not_replayable and DeadLetter.objects.get(pk=letter.pk).status == "open"
+
+
+def test_a_viewer_in_the_admin_never_sees_a_live_reset_code(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user(username="viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_notification"))
+    client.force_login(viewer)
+    pending = submit(to="waiting@example.com")
+
+    page = client.get(f"/admin/notifications/notification/{pending.pk}/change/").content.decode()
+
+    assert "123456" not in page
+    assert "(secret)" in page

@@ -18,10 +18,15 @@ def reset_breakers_and_limits() -> None:
             client.delete(key)
 
 
-def submit(*, priority: str = "transactional", channel: str = "email", to: str = "ada@example.com") -> Notification:
-    notification, _ = notification_send(
-        priority=priority, channel=channel, template="password_reset", context={"code": "123456"}, to=to
-    )
+#: A template with no secret in its context (a password reset's code is wiped once it is final).
+ORDER_SHIPPED = {"template": "order_shipped", "context": {"name": "Ada", "order_number": "A-1"}}
+PASSWORD_RESET = {"template": "password_reset", "context": {"code": "123456"}}
+
+
+def submit(
+    *, priority: str = "transactional", channel: str = "email", to: str = "ada@example.com", message=PASSWORD_RESET
+) -> Notification:
+    notification, _ = notification_send(priority=priority, channel=channel, to=to, **message)
     return notification
 
 

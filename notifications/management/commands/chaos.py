@@ -102,6 +102,7 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"{row['drill']}: {'ok' if row['ok'] else 'FAILED'} in {row['seconds']}s; {row['notes']}"
                 )
+            unmasked = stack.unmasked_personal_data()
         seconds = time.monotonic() - started
         self.stdout.write("\n" + format_table(rows) + "\n\n" + format_resends(rows) + "\n")
         self.stdout.write(f"{len(rows)} drill(s) in {seconds:.0f}s; logs in {stack.run_dir}")
@@ -121,6 +122,11 @@ class Command(BaseCommand):
                 default=str,
             )
         )
+        self.stdout.write(f"log lines with an address or phone number in clear: {len(unmasked)}")
+        for line in unmasked[:20]:
+            self.stdout.write(f"  {line}")
         failed = [row["drill"] for row in rows if not row["ok"]]
+        if unmasked:
+            failed.append("personal data in clear in the logs")
         if failed:
             raise CommandError(f"{len(failed)} drill(s) failed: {', '.join(failed)}; logs in {stack.run_dir}")
