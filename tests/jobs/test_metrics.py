@@ -156,6 +156,7 @@ def test_each_state_change_is_one_json_line_with_its_fields(ledger):
     assert [line["outcome"] for line in lines] == ["sending", "sent"]
     sent = lines[-1]
     assert {"notification_id", "priority", "channel", "provider", "attempt", "ts", "level"} <= set(sent)
+    assert sent["to"] == "j***@example.com", "the address, masked"
     assert (sent["priority"], sent["channel"], sent["provider"], sent["attempt"]) == (
         "security",
         "email",
