@@ -327,6 +327,11 @@ RETURNING n.id
 """
 
 
+def _still_claimed(row: Notification):
+    """The row, as long as this worker still holds the claim it was given (one rule for every outcome)."""
+    return Notification.objects.filter(pk=row.pk, status=NotificationStatus.SENDING, claim_token=row.claim_token)
+
+
 def record_sent(sent: list[tuple[Notification, str, str]], *, recount: bool = True, detail: str = "") -> None:
     """(row, provider, message id) accepted: sent, in one statement however many."""
     with transaction.atomic():
@@ -378,9 +383,7 @@ def record_retry(
         return
     delay = moment - now
     with transaction.atomic():
-        updated = Notification.objects.filter(
-            pk=row.pk, status=NotificationStatus.SENDING, claim_token=row.claim_token
-        ).update(
+        updated = _still_claimed(row).update(
             status=NotificationStatus.FAILED,
             attempts=attempts,
             provider=provider,
@@ -407,7 +410,7 @@ def record_retry(
 
 def record_wait(row: Notification, until, reason: str) -> None:
     """Wait for the recipient's sake (quiet hours, a paused campaign): no attempt used, no budget spent."""
-    Notification.objects.filter(pk=row.pk, status=NotificationStatus.SENDING, claim_token=row.claim_token).update(
+    _still_claimed(row).update(
         status=NotificationStatus.FAILED,
         attempts=F("attempts") - 1,
         next_attempt_at=until,
@@ -421,9 +424,7 @@ def record_wait(row: Notification, until, reason: str) -> None:
 def record_skipped(row: Notification, reason: str) -> None:
     """Not sent and never will be (consent withdrawn, address suppressed, campaign cancelled)."""
     with transaction.atomic():
-        updated = Notification.objects.filter(
-            pk=row.pk, status=NotificationStatus.SENDING, claim_token=row.claim_token
-        ).update(
+        updated = _still_claimed(row).update(
             status=NotificationStatus.SKIPPED,
             last_error=reason,
             context=_wiped_context(),
@@ -443,8 +444,7 @@ def record_dead(
     `claimed` False: the caller does not hold the row (it is exhausted at the claim).
     """
     now = timezone.now()
-    rows = Notification.objects.filter(pk=row.pk)
-    rows = rows.filter(status=NotificationStatus.SENDING, claim_token=row.claim_token) if claimed else rows
+    rows = _still_claimed(row) if claimed else Notification.objects.filter(pk=row.pk)
     with transaction.atomic():
         updated = rows.exclude(status__in=[NotificationStatus.SENT, NotificationStatus.DEAD]).update(
             status=NotificationStatus.DEAD,
