@@ -9,21 +9,19 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from jobs.masking import mask_personal_data, mask_text
+from jobs.masking import mask_text
 
 
 class MaskPersonalData(logging.Filter):
-    """Masks e-mail addresses and phone numbers in a record's message, event fields and traceback, whoever
-    logged it (our code, a provider library's error text, Celery, Django)."""
+    """Masks e-mail addresses and phone numbers in a record's message and traceback, whoever logged it (our
+    code, a provider library's error text, Celery, Django).  Structured event fields are masked where they are
+    built, by the code that knows which of them holds an address (notifications/events.py)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         masked = mask_text(message)
         if masked != message:
             record.msg, record.args = masked, ()
-        event = getattr(record, "event", None)
-        if isinstance(event, dict):
-            record.event = mask_personal_data(event)
         if record.exc_info and not record.exc_text:
             record.exc_text = mask_text(logging.Formatter().formatException(record.exc_info))
         return True

@@ -169,14 +169,6 @@ def register_gauges(source: Callable[[], Iterable[Metric]]) -> None:
         _gauge_sources.append(source)
 
 
-def queue_oldest_age(name: str, *, now: float | None = None, client: redis.Redis | None = None) -> float | None:
-    """Seconds since the next message of a queue was published; None if the queue is empty or the age unknown."""
-    head = queue_head(name, client=client or broker_client())
-    if head is None or head.published_at is None:
-        return None
-    return max(0.0, (now or time.time()) - head.published_at)
-
-
 class PlatformCollector:
     """Everything above, read at scrape time."""
 
@@ -194,8 +186,11 @@ class PlatformCollector:
         )
         now = time.time()
         for queue in self.queues():
-            depth.add_metric([queue], float(broker.llen(queue)))
-            age.add_metric([queue], queue_oldest_age(queue, now=now, client=broker) or 0.0)
+            head = queue_head(queue, client=broker)
+            if head is None:
+                raise redis.ConnectionError("the broker does not answer; no queue figures for this scrape")
+            depth.add_metric([queue], float(head.depth))
+            age.add_metric([queue], head.age(now) or 0.0)
         yield depth
         yield age
         yield GaugeMetricFamily(

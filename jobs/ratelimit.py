@@ -146,18 +146,15 @@ class RateLimiter:
                 f"rate limiter {self.name}: a batch of {n} never fits a burst of {self.burst} at share {share:g}; "
                 f"send batches of 1 to {self.max_batch(share)}"
             )
-        keys = [self.key]
-        args = [n, repr(self._interval_us), repr(self._tau_us)]
+        schedules = [(self.key, self._interval_us, self._tau_us)]
         if share < 1:
             # The same tau at a longer interval: the share's burst is burst * share tokens.
-            keys.append(f"{self.key}:share:{share:g}")
-            args += [repr(self._interval_us / share), repr(self._tau_us)]
+            schedules.append((f"{self.key}:share:{share:g}", self._interval_us / share, self._tau_us))
         try:
-            granted, wait_us, now_us = self._acquire(keys=keys, args=args)
+            return _gcra(self._acquire, schedules, n)
         except redis.RedisError:
             logger.warning("rate limiter %s: Redis unreachable; letting %d sends through", self.name, n)
             return 0.0, None
-        return (0.0 if granted else wait_us / 1_000_000), now_us / 1_000_000
 
     def penalize(self, seconds: float) -> None:
         """The provider answered 429: grant nobody a token for `seconds`, then resume at the rate without a burst."""
@@ -190,6 +187,11 @@ class Bucket:
                 f"throttle {self.key}: count must be >= 1 and seconds > 0, not {self.count}/{self.seconds}"
             )
 
+    @property
+    def schedule(self) -> tuple[str, float, float]:
+        """(Redis key, emission interval µs, tau µs) as the GCRA script takes them."""
+        return f"jobs:throttle:{self.key}", self.seconds * 1_000_000 / self.count, self.seconds * 1_000_000
+
 
 @lru_cache(maxsize=1)
 def _take_script():
@@ -202,16 +204,22 @@ def throttle_take(buckets: Sequence[Bucket]) -> float:
     0.0 when granted; otherwise the seconds until all of them would grant (nothing is taken).
     If Redis is unreachable the event is allowed: a broken throttle must not take a site down.
     """
-    keys, args = [], [1]
-    for bucket in buckets:
-        keys.append(f"jobs:throttle:{bucket.key}")
-        args += [repr(bucket.seconds * 1_000_000 / bucket.count), repr(bucket.seconds * 1_000_000)]
     try:
-        granted, wait_us, _ = _take_script()(keys=keys, args=args)
+        return _gcra(_take_script(), [bucket.schedule for bucket in buckets], 1)[0]
     except redis.RedisError:
         logger.warning("throttle %s: Redis unreachable; letting the request through", [b.key for b in buckets])
         return 0.0
-    return 0.0 if granted else wait_us / 1_000_000
+
+
+def _gcra(script, schedules: Sequence[tuple[str, float, float]], n: int) -> tuple[float, float]:
+    """Take n tokens from every (key, interval µs, tau µs) schedule, all or none, with the _ACQUIRE script:
+    (seconds to wait, 0.0 when granted; the Redis server time in seconds).  RedisError is the caller's."""
+    keys, args = [], [n]
+    for key, interval_us, tau_us in schedules:
+        keys.append(key)
+        args += [repr(interval_us), repr(tau_us)]
+    granted, wait_us, now_us = script(keys=keys, args=args)
+    return (0.0 if granted else wait_us / 1_000_000), now_us / 1_000_000
 
 
 _CONFIG_KEYS = {"rate_per_second", "burst", "marketing_share"}

@@ -3,6 +3,7 @@ and what the runtime reads of the broker's queues."""
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 
 import redis
@@ -44,20 +45,16 @@ def broker_client() -> redis.Redis:
     return _client(settings.CELERY_BROKER_URL)
 
 
-def queue_length(name: str) -> int | None:
-    """Messages waiting in a Celery queue on the Redis broker (a list named after the queue); None if unknown."""
-    try:
-        return int(broker_client().llen(name))
-    except redis.RedisError:
-        return None
-
-
 @dataclass(frozen=True)
 class QueueHead:
     """A queue's depth and when its next message (the oldest waiting) was published, epoch seconds."""
 
     depth: int
     published_at: float | None
+
+    def age(self, now: float) -> float | None:
+        """Seconds since the next message was published; None if the queue is empty or the age unknown."""
+        return None if self.published_at is None else max(0.0, now - self.published_at)
 
 
 def queue_head(name: str, *, client: redis.Redis | None = None) -> QueueHead | None:
@@ -81,18 +78,14 @@ def queue_head(name: str, *, client: redis.Redis | None = None) -> QueueHead | N
     return QueueHead(int(depth), published)
 
 
-def queue_lost_before(head: QueueHead | None, *, now: float, grace: float) -> float | None:
-    """Epoch seconds: a row published to the queue before this has no message left in it, unless a busy
-    worker holds it (`grace`, longer than a task runs, covers that); None when that cannot be told.
+def queue_lost_before(head: QueueHead | None, *, now: float, grace: float) -> datetime:
+    """A row published to the queue before this moment has no message left in it, unless a busy worker
+    holds it (`grace`, longer than a task runs, covers that).
 
     The queue is FIFO: every message published before its head was taken off it already, so a row
     still waiting for its worker that long was lost (Redis restarted) or its worker died.  Rows
-    published after the head are waiting their turn, however long the backlog.
+    published after the head are waiting their turn, however long the backlog.  When the head cannot
+    be read, only the age counts: `grace` before `now`.
     """
-    if head is None:
-        return None
-    if head.depth == 0:
-        return now - grace
-    if head.published_at is None:
-        return None
-    return min(now, head.published_at) - grace
+    newest = now if head is None or head.depth == 0 or head.published_at is None else min(now, head.published_at)
+    return datetime.fromtimestamp(newest - grace, UTC)

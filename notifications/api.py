@@ -16,7 +16,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from notifications import campaigns
-from notifications.inputs import parse_json_object
+from notifications.inputs import MalformedJSON, parse_json_object
 from notifications.models import ApiToken, Campaign, Notification, Priority
 from notifications.services import IdempotencyConflict, notification_send, request_fingerprint
 from notifications.throttles import api_quota_wait, api_request_wait
@@ -103,8 +103,7 @@ def _read_json(request: HttpRequest) -> tuple[dict[str, Any] | None, JsonRespons
         payload = parse_json_object(raw)
     except ValidationError as exc:
         fields = {name: " ".join(messages) for name, messages in exc.message_dict.items()}
-        malformed = "not valid JSON" in fields.get("body", "")
-        return None, error(400, "malformed JSON" if malformed else "invalid request", fields)
+        return None, error(400, "malformed JSON" if isinstance(exc, MalformedJSON) else "invalid request", fields)
     return payload, None
 
 

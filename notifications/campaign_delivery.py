@@ -195,7 +195,7 @@ def _send_rows(batch: CampaignBatch, campaign: Campaign, ready: list[uuid.UUID],
                 [Delivery(row, build_message(row, content)) for row in call],
                 priority=Priority.MARKETING,
                 channel=campaign.channel,
-                recount=False,  # once per run, in campaign_batch_send
+                recount=False,  # once per run, where the run ends (_set_batch)
             )
             if unsent is not None:
                 # Nobody could be called (every provider open, or the primary busy past the inline

@@ -15,7 +15,6 @@ import logging
 import re
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
@@ -41,7 +40,7 @@ from notifications.models import (
     Channel,
     Notification,
 )
-from notifications.rendering import render, template_names
+from notifications.rendering import render
 from settings.topology import FANOUT_QUEUE, queue_name
 
 logger = logging.getLogger(__name__)
@@ -125,8 +124,7 @@ def campaign_validate(
     if errors:
         raise ValidationError(errors)
     text_check(name, path="name")
-    if template in template_names():
-        context_check(template, context)
+    context_check(template, context)
     # Every recipient gets the same content; a template that cannot render is refused now.
     render(template=template, channel=channel, context=context)
 
@@ -479,6 +477,7 @@ def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
 
     moment = now if now is not None else Now()
     wall = (now or database_now()).timestamp()
+    grace = settings.RELAY_QUEUED_AFTER_SECONDS
     published = 0
     with transaction.atomic():
         due = list(
@@ -490,7 +489,7 @@ def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
             .select_related("campaign")[:1000]
         )
         for channel in Channel.values:
-            lost = _lost_before(queue_name("marketing", channel), wall, queue_heads)
+            lost = queue_lost_before(queue_heads(queue_name("marketing", channel)), now=wall, grace=grace)
             due += list(
                 CampaignBatch.objects.select_for_update(skip_locked=True, of=("self",))
                 .filter(status=BatchStatus.QUEUED, queued_at__lt=lost, campaign__channel=channel)
@@ -509,7 +508,7 @@ def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
         published += len(due)
         segments = list(
             CampaignSegment.objects.select_for_update(skip_locked=True).filter(
-                done_at__isnull=True, queued_at__lt=_lost_before(FANOUT_QUEUE, wall, queue_heads)
+                done_at__isnull=True, queued_at__lt=queue_lost_before(queue_heads(FANOUT_QUEUE), now=wall, grace=grace)
             )[:100]
         )
         for segment in segments:
@@ -519,13 +518,6 @@ def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
     if published:
         logger.info("campaign relay: published %s batch(es) or segment(s) again", published)
     return published
-
-
-def _lost_before(queue: str, now: float, queue_heads) -> datetime:
-    """Rows published to `queue` before this moment have no message left in it."""
-    grace = settings.RELAY_QUEUED_AFTER_SECONDS
-    before = queue_lost_before(queue_heads(queue), now=now, grace=grace)
-    return datetime.fromtimestamp(now - grace if before is None else before, UTC)
 
 
 def campaign_metrics() -> Iterator[Metric]:

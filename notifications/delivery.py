@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -60,36 +60,29 @@ logger = logging.getLogger(__name__)
 PAUSED_RECHECK_SECONDS = 5.0
 
 
-def _claim_sql() -> str:
-    columns = ", ".join(f'n."{field.column}"' for field in Notification._meta.concrete_fields)
-    max_attempts = " ".join(
-        f"WHEN '{priority}' THEN {retry_policy(priority).max_attempts}" for priority in Priority.values
-    )
-    # Bandit B608 (SQL built from strings): the columns are the model's own, the attempts are settings'
-    # integers; every value is a parameter.
-    return f"""
+#: Rows a worker may take now, on PostgreSQL's clock (worker clocks may be off).
+_CLAIMABLE = """(n.status IN ('pending', 'queued')
+       OR (n.status = 'failed' AND n.next_attempt_at <= statement_timestamp())
+       OR (n.status = 'sending' AND n.lease_expires_at < statement_timestamp()))"""
+#: The attempts a row's priority allows (JOBS_RETRY_POLICIES), passed as parameters.
+_MAX_ATTEMPTS = "CASE n.priority " + " ".join(f"WHEN '{p}' THEN %(max_{p})s" for p in Priority.values) + " END"
+_COLUMNS = ", ".join(f'n."{field.column}"' for field in Notification._meta.concrete_fields)
+# Bandit B608 (SQL built from strings): the columns are the model's own and the priorities its choices;
+# every value is a parameter.
+_CLAIM_SQL = f"""
 UPDATE notifications_notification n SET
     status = 'sending', attempts = n.attempts + 1,
     lease_expires_at = statement_timestamp() + make_interval(secs => %(lease)s), claim_token = %(token)s,
     -- Its worker died mid-call (lease expired while sending): the vendor may have it.
     outcome_unknown = n.outcome_unknown OR n.status = 'sending',
     updated_at = statement_timestamp()
-WHERE n.id = %(id)s
-  AND (n.status IN ('pending', 'queued')
-       OR (n.status = 'failed' AND n.next_attempt_at <= statement_timestamp())
-       OR (n.status = 'sending' AND n.lease_expires_at < statement_timestamp()))
-  AND n.attempts < CASE n.priority {max_attempts} END
-RETURNING {columns}
+WHERE n.id = %(id)s AND {_CLAIMABLE} AND n.attempts < {_MAX_ATTEMPTS}
+RETURNING {_COLUMNS}
 """  # nosec B608
-
-
-def _claimable() -> Q:
-    """Rows a worker may take now, on PostgreSQL's clock (worker clocks may be off)."""
-    return (
-        Q(status__in=[NotificationStatus.PENDING, NotificationStatus.QUEUED])
-        | Q(status=NotificationStatus.FAILED, next_attempt_at__lte=Now())
-        | Q(status=NotificationStatus.SENDING, lease_expires_at__lt=Now())
-    )
+_EXHAUSTED_SQL = f"""
+SELECT {_COLUMNS} FROM notifications_notification n
+WHERE n.id = %(id)s AND {_CLAIMABLE} AND n.attempts >= {_MAX_ATTEMPTS}
+"""  # nosec B608
 
 
 def notification_claim(*, notification_id: str) -> Notification | None:
@@ -103,22 +96,16 @@ def notification_claim(*, notification_id: str) -> Notification | None:
         uuid.UUID(str(notification_id))
     except ValueError:
         raise ValidationError(f"{notification_id!r} is not a notification id") from None
-    claimed = list(
-        Notification.objects.raw(
-            _claim_sql(), {"id": notification_id, "lease": claim_lease().total_seconds(), "token": uuid.uuid4()}
-        )
-    )
+    params = {f"max_{p}": retry_policy(p).max_attempts for p in Priority.values}
+    params.update(id=notification_id, lease=claim_lease().total_seconds(), token=uuid.uuid4())
+    claimed = list(Notification.objects.raw(_CLAIM_SQL, params))
     if claimed:
         return claimed[0]
-    exhausted = (
-        Notification.objects.filter(_claimable(), pk=notification_id).values_list("priority", "attempts").first()
-    )
-    if exhausted is not None and exhausted[1] >= retry_policy(exhausted[0]).max_attempts:
-        notification = Notification.objects.get(pk=notification_id)
+    for exhausted in Notification.objects.raw(_EXHAUSTED_SQL, params):
         record_dead(
-            notification,
-            f"gave up after {notification.attempts} attempts; the last did not finish (its worker died or timed out)",
-            provider=notification.provider,
+            exhausted,
+            f"gave up after {exhausted.attempts} attempts; the last did not finish (its worker died or timed out)",
+            provider=exhausted.provider,
             claimed=False,
         )
     return None
@@ -235,7 +222,7 @@ def notification_relay(*, now=None, queue_heads=queue_head) -> int:
     published (pending), rows whose worker died (sending, lease expired), and queued rows whose
     message is really gone (published before the head of their queue: see queue_lost_before),
     never a backlog that is only waiting its turn.  Rows are locked with SKIP LOCKED, so
-    concurrent relays share the work.  `now` (tests) replaces PostgreSQL's clock;
+    concurrent relays share the work.  `now`: PostgreSQL's time of this run (the task reads it once);
     `queue_heads(name)` reads a queue.
     """
     moment = now if now is not None else Now()
@@ -280,12 +267,12 @@ def notification_relay(*, now=None, queue_heads=queue_head) -> int:
 
 def _lost_queued(priority: str, now: float, queue_heads) -> Q:
     """Queued rows of `priority` whose message is no longer in their queue (see queue_lost_before)."""
-    grace = settings.RELAY_QUEUED_AFTER_SECONDS
     lost = Q(pk__in=[])
     for channel in Channel.values:
-        before = queue_lost_before(queue_heads(queue_name(priority, channel)), now=now, grace=grace)
-        cutoff = now - grace if before is None else before
-        lost |= Q(channel=channel, status=NotificationStatus.QUEUED, queued_at__lt=datetime.fromtimestamp(cutoff, UTC))
+        before = queue_lost_before(
+            queue_heads(queue_name(priority, channel)), now=now, grace=settings.RELAY_QUEUED_AFTER_SECONDS
+        )
+        lost |= Q(channel=channel, status=NotificationStatus.QUEUED, queued_at__lt=before)
     return lost
 
 

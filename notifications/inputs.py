@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from notifications.rendering import TEMPLATE_DIR
+from notifications.rendering import TEMPLATE_DIR, template_names
 
 #: Characters PostgreSQL cannot store (NUL) or UTF-8 cannot encode (lone surrogates), and other C0 controls
 #: but tab, line feed and carriage return.
@@ -26,14 +26,18 @@ DRILL_MARKER = "chaos"
 DEFAULT_MAX_LENGTH = 1000
 
 
+class MalformedJSON(ValidationError):
+    """The text is not JSON at all (as opposed to JSON with a value that is refused)."""
+
+
 def parse_json_object(raw: bytes | str, *, field: str = "body") -> dict[str, Any]:
-    """The JSON object in `raw`; ValidationError naming `field` (or the path inside it) otherwise."""
+    """The JSON object in `raw`; MalformedJSON or ValidationError naming `field` (or the path inside it) otherwise."""
     try:
         value = json.loads(raw, parse_constant=_refuse_constant)
     except UnicodeDecodeError:
-        raise ValidationError({field: "not UTF-8"}) from None
+        raise MalformedJSON({field: "not UTF-8"}) from None
     except json.JSONDecodeError as exc:
-        raise ValidationError({field: f"not valid JSON: {exc}"}) from None
+        raise MalformedJSON({field: f"not valid JSON: {exc}"}) from None
     except ValueError as exc:  # NaN, Infinity
         raise ValidationError({field: str(exc)}) from None
     if not isinstance(value, dict):
@@ -90,8 +94,6 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 @cache
 def wipe_secrets_sql(alias: str = "") -> str:
     """An SQL expression: the row's context without its template's secret variables (for an UPDATE ... SET)."""
-    from notifications.rendering import template_names
-
     cases = []
     for template in template_names():
         names = sorted(secret_variables(template))
@@ -116,6 +118,8 @@ def context_check(template: str, context: Any) -> None:
     if not isinstance(context, dict):
         raise ValidationError({"context": "must be a JSON object"})
     text_check(context, path="context")
+    if template not in template_names():
+        return  # rendering names the unknown template
     declared = template_variables(template)
     errors: dict[str, str] = {}
     for name, value in context.items():

@@ -13,9 +13,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from jobs.metrics import queue_oldest_age
 from jobs.models import DeadLetter, DeadLetterStatus
-from jobs.redis import queue_length, redis_client
+from jobs.redis import queue_head, redis_client
 from jobs.selectors import breaker_states, queue_priority_channel
 from notifications.campaigns import campaign_progress
 from notifications.events import RATE_WINDOW_SECONDS, provider_rate
@@ -64,14 +63,11 @@ def operations_snapshot(*, queues: list[str] | None = None, now: float | None = 
 def _queues(names: list[str], now: float) -> dict[str, Any]:
     rows = []
     for name in names:
-        depth = queue_length(name)
-        if depth is None:
+        head = queue_head(name)
+        if head is None:
             # One failed read means the broker is down: asking the other queues would only add timeouts.
             return {"error": BROKER_DOWN, "rows": []}
-        try:
-            age = queue_oldest_age(name, now=now)
-        except redis.RedisError:
-            return {"error": BROKER_DOWN, "rows": []}
+        depth, age = head.depth, head.age(now)
         parts = queue_priority_channel(name)
         rows.append(
             {

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cache
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -130,10 +131,9 @@ def send(deliveries: list[Delivery], *, priority: str, channel: str, recount: bo
         uncalled = [d for d in pending if not d.called]
         wait = min(waits, default=0.0)
         # A chain busy for less than the inline budget is waited for; longer, the slot is freed.
-        if uncalled and waits and time.monotonic() + wait <= deadline:
-            time.sleep(wait)
-            continue
-        break
+        if not (uncalled and waits and time.monotonic() + wait <= deadline):
+            break
+        time.sleep(wait)
     for delivery in pending:
         if delivery.called:
             record_retry(
@@ -144,7 +144,6 @@ def send(deliveries: list[Delivery], *, priority: str, channel: str, recount: bo
                 outcome_unknown=bool(delivery.unknown_at),
                 recount=recount,
             )
-    uncalled = [d for d in pending if not d.called]
     if not uncalled:
         return None
     return Unsent(uncalled, wait or breaker_config().cooldown_seconds, "; ".join(uncalled[0].errors))
@@ -327,6 +326,11 @@ RETURNING n.id
 """
 
 
+@cache
+def _sent_sql() -> str:
+    return _SENT_SQL.format(wipe=wipe_secrets_sql("n."))
+
+
 def _still_claimed(row: Notification):
     """The row, as long as this worker still holds the claim it was given (one rule for every outcome)."""
     return Notification.objects.filter(pk=row.pk, status=NotificationStatus.SENDING, claim_token=row.claim_token)
@@ -337,7 +341,7 @@ def record_sent(sent: list[tuple[Notification, str, str]], *, recount: bool = Tr
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
-                _SENT_SQL.format(wipe=wipe_secrets_sql("n.")),
+                _sent_sql(),
                 [
                     [row.pk for row, _, _ in sent],
                     [provider for _, provider, _ in sent],

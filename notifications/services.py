@@ -25,7 +25,7 @@ from notifications.models import (
     PushDevice,
     Recipient,
 )
-from notifications.rendering import render, template_names
+from notifications.rendering import render
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +140,7 @@ def notification_validate(
             errors.update({k: " ".join(v) for k, v in exc.message_dict.items()})
     if errors:
         raise ValidationError(errors)
-    if template in template_names():
-        context_check(template, context)
+    context_check(template, context)
     render(template=template, channel=channel, context=context)
 
 

@@ -1,5 +1,6 @@
 """Celery tasks of the notification domain: thin shells around services."""
 
+from jobs.clock import database_now
 from jobs.tasks import JobTask
 from notifications import campaign_delivery, campaigns, delivery
 from settings.celery_app import app
@@ -12,8 +13,9 @@ def notification_deliver_task(notification_id: str) -> None:
 
 @app.task(base=JobTask, name="notifications.relay")
 def notification_relay_task() -> None:
-    delivery.notification_relay()
-    campaigns.campaign_relay()
+    now = database_now()  # one reading of PostgreSQL's clock for both
+    delivery.notification_relay(now=now)
+    campaigns.campaign_relay(now=now)
 
 
 @app.task(base=JobTask, name="notifications.campaign_fanout")

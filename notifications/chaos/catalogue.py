@@ -33,9 +33,6 @@ DRILLS: dict[int, Callable[[ChaosStack, Plan, random.Random], DrillRow]] = {
     # Abuse of the triggers.
     18: composed.drill_reset_flood,
 }
-#: Vendors that can say whether they already accepted a message (notifications/providers: can_look_up):
-#: a message whose outcome is unknown is looked up there, never sent again.
-LOOKUP_VENDORS = ("postmark", "twilio")
 
 
 def run_drill(stack: ChaosStack, number: int, plan: Plan, rng: random.Random) -> DrillRow:

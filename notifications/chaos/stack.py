@@ -458,7 +458,9 @@ class ChaosStack:
 
     def execute(self, sql: str, params: Any = None) -> int:
         """One write on the stack's database; the number of rows it touched."""
-        self.query("SELECT 1")  # connects (or reconnects) the way query() does
+        # A stale connection (PostgreSQL was restarted by a drill) is replaced first; the write itself is
+        # never repeated, since it may have landed.
+        self.query("SELECT 1")
         return self._db.execute(sql, params).rowcount
 
     def _close_db(self) -> None:

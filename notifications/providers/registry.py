@@ -19,6 +19,15 @@ def providers_for(channel: str) -> list[BaseProvider]:
         return _providers[channel]
 
 
+def provider_lookups() -> dict[str, bool]:
+    """Every configured provider's name, and whether its vendor can be asked about a message (`can_look_up`)."""
+    return {
+        entry["name"]: import_string(entry["backend"]).can_look_up
+        for entries in settings.NOTIFICATIONS_PROVIDERS.values()
+        for entry in entries
+    }
+
+
 def build_provider(entry: dict) -> BaseProvider:
     cls = import_string(entry["backend"])
     return cls(name=entry["name"], timeout=settings.PROVIDER_TIMEOUT_SECONDS, **entry.get("options", {}))

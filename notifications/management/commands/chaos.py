@@ -13,9 +13,10 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from notifications.chaos.catalogue import DRILLS, LOOKUP_VENDORS, run_drill
+from notifications.chaos.catalogue import DRILLS, run_drill
 from notifications.chaos.drills import FULL, QUICK
 from notifications.chaos.stack import ChaosStack
+from notifications.providers.registry import provider_lookups
 
 RESULTS = Path(settings.BASE_DIR) / "bench-results"
 COLUMNS = (
@@ -29,8 +30,6 @@ COLUMNS = (
     ("replays", "resends", 16),
     ("ok", "ok", 4),
 )
-#: Every vendor the resends are reported for, even with none.
-VENDORS = ("postmark", "smtp", "twilio", "vonage", "fcm")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -54,14 +53,16 @@ def format_table(rows: list[dict]) -> str:
 
 
 def format_resends(rows: list[dict]) -> str:
-    """Resends per vendor over every drill: a key sent again to a provider that already had it."""
-    totals = {vendor: 0 for vendor in VENDORS}
+    """Resends per provider over every drill (a key sent again to a provider that already had it), for every
+    configured provider, and whether its vendor is looked up before a resend."""
+    lookups = provider_lookups()
+    totals = dict.fromkeys(lookups, 0)
     for row in rows:
-        for vendor, count in (row.get("replays") or {}).items():
-            totals[vendor] = totals.get(vendor, 0) + count
+        for provider, count in (row.get("replays") or {}).items():
+            totals[provider] = totals.get(provider, 0) + count
     lines = ["| vendor | lookup before a resend | resends |", "|---|---|---|"]
-    for vendor, count in totals.items():
-        lines.append(f"| {vendor} | {'yes' if vendor in LOOKUP_VENDORS else 'no'} | {count} |")
+    for provider, count in totals.items():
+        lines.append(f"| {provider} | {'yes' if lookups.get(provider) else 'no'} | {count} |")
     return "\n".join(lines)
 
 
