@@ -537,7 +537,8 @@ def drill_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow
 
 
 def drill_sigterm(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
-    """SIGTERM a pool mid-burst (warm shutdown), then start it again as a deploy would.
+    """SIGTERM a pool's main process mid-burst (warm shutdown, as Kubernetes sends it), then start it again as a
+    deploy would.
 
     Celery has a race of its own (celery/celery#7950): a message fetched in the instant the warm
     shutdown begins is handed to a pool that is closing, and the worker waits for it until the

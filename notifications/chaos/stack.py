@@ -149,17 +149,40 @@ class ManagedProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM to the whole group, SIGKILL after `timeout`; the exit code."""
+        """SIGTERM to the process itself, as Kubernetes, Docker and systemd's KillMode=mixed send it (never to
+        its whole group: a Celery pool child dies at once on SIGTERM, which is a cold kill, not a warm
+        shutdown); after `timeout` the stacks of the tree go to the log and the group gets SIGKILL.  The
+        exit code."""
         if self.process is None:
             return None
         if self.process.poll() is None:
-            _signal_group(self.process.pid, signal.SIGTERM)
             try:
+                self.process.send_signal(signal.SIGTERM)
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
+                self._dump_stacks(f"still running {timeout:.0f}s after SIGTERM")
                 _signal_group(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
+        _signal_group(self.process.pid, signal.SIGKILL)  # whatever of the tree outlived its parent
         return self.process.returncode
+
+    def _dump_stacks(self, why: str) -> None:
+        """Every thread's stack of the process and its children (py-spy), appended to the log: why it hangs."""
+        try:
+            tree = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== {time.strftime('%H:%M:%S')} {why}: stacks (py-spy dump)\n".encode())
+            for proc in tree:
+                log.flush()
+                subprocess.run(
+                    [str(Path(sys.executable).with_name("py-spy")), "dump", "--pid", str(proc.pid)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=20,
+                    check=False,
+                )
 
 
 def _signal_group(pid: int, sig: int) -> None:
