@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DJANGO_SETTINGS_MODULE ?= settings.local
 export FLOWER_BASIC_AUTH ?= admin:admin
 
-.PHONY: run test test-tools lint bench chaos services migrate clean
+.PHONY: run test test-tools lint audit bench chaos services migrate clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/bandit -r jobs notifications settings -q --severity-level medium
+
+# Known vulnerabilities in the pinned dependencies; --strict: a package it could not check fails the run. Needs
+# PyPI's JSON API or OSV on the network (in its own virtualenv: pip-audit pins its own dependencies).
+audit:
+	test -x .venv-audit/bin/pip-audit || ($(PYTHON) -m venv .venv-audit && .venv-audit/bin/pip install --quiet pip-audit==2.10.1)
+	.venv-audit/bin/pip-audit --strict -r requirements.txt -r requirements-dev.txt
 
 # Chromium, promtool, faketime and the Compose v2 plugin, when missing: nothing in the suite is skipped for a tool.
 test-tools:

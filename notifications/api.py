@@ -1,239 +1,36 @@
-"""The JSON HTTP API: submit a notification (202 + status URL) and read its status; create, start, pause,
-resume and cancel campaigns and read their progress. Token auth; campaigns need the model permissions."""
+"""The JSON HTTP API on django-ninja: submit a notification (202 + status URL) and read its status; create, start,
+pause, resume and cancel campaigns and read their progress.
+
+Typed schemas validate every request and publish the OpenAPI 3.1 document at /api/v1/openapi.json (interactive
+docs at /api/v1/docs for staff). The wire format is the one clients have always had: token auth
+(`Authorization: Token <key>`), and every refusal is `{"error": reason, "errors": {field: reason}}` with a 4xx
+status (a field is a dotted path such as `context.code` or `audience.tag`); nothing is stored on a refusal.
+"""
 
 import math
-import re
-from collections.abc import Callable
-from functools import wraps
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from django.conf import settings
+from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.db import InterfaceError, OperationalError
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
-from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_http_methods
+from ninja import Field, Header, NinjaAPI, Schema, Status
+from ninja.errors import AuthenticationError, HttpError, ValidationErrorContext
+from ninja.errors import ValidationError as SchemaError
+from ninja.openapi.views import openapi_view
+from ninja.parser import Parser
+from ninja.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict
 
 from notifications import campaigns
 from notifications.inputs import MalformedJSON, parse_json_object
-from notifications.models import ApiToken, Campaign, Notification, Priority
+from notifications.models import ApiToken, Campaign, Channel, Notification, Priority
 from notifications.services import IdempotencyConflict, notification_send, request_fingerprint
 from notifications.throttles import api_quota_wait, api_request_wait
 
-#: Fields a POST body may have, with the JSON type each must be.
-FIELDS: dict[str, type | tuple[type, ...]] = {
-    "priority": str,
-    "channel": str,
-    "template": str,
-    "to": str,
-    "recipient_id": int,
-    "context": dict,
-}
-REQUIRED = ("priority", "channel", "template")
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-JSON_TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object"}
-
-
-def error(status: int, message: str, fields: dict[str, str] | None = None, **headers: str) -> JsonResponse:
-    body: dict[str, Any] = {"error": message}
-    if fields:
-        body["errors"] = fields
-    response = JsonResponse(body, status=status)
-    for name, value in headers.items():
-        response[name.replace("_", "-")] = value
-    return response
-
-
-def too_many(wait: float, message: str) -> JsonResponse:
-    """429 with Retry-After (whole seconds) and the wait in the body."""
-    seconds = max(1, math.ceil(wait))
-    return error(429, f"{message}; retry in {seconds}s", Retry_After=str(seconds))
-
-
-def api_view(*methods: str) -> Callable:
-    """CSRF-exempt, token-authenticated JSON view; a database outage answers 503, not a traceback."""
-
-    def decorator(view: Callable) -> Callable:
-        @csrf_exempt
-        @require_http_methods(list(methods))
-        @wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
-            try:
-                header = request.headers.get("Authorization", "")
-                scheme, _, key = header.partition(" ")
-                token = ApiToken.objects.for_key(key.strip()) if scheme == "Token" and key.strip() else None
-                if token is None or not token.user.is_active:
-                    return error(
-                        401,
-                        "authentication required: send 'Authorization: Token <key>' "
-                        "(create one with: python manage.py create_api_token <username>)",
-                        WWW_Authenticate="Token",
-                    )
-                wait = api_request_wait(token_id=token.pk)
-                if wait > 0:
-                    return too_many(wait, "too many requests for this token")
-                request.user = token.user
-                request.api_token = token
-                return view(request, *args, **kwargs)
-            except (OperationalError, InterfaceError):
-                return error(503, "the database is unavailable; retry shortly", Retry_After="5")
-
-        return wrapper
-
-    return decorator
-
-
-def _read_json(request: HttpRequest) -> tuple[dict[str, Any] | None, JsonResponse | None]:
-    """The body as a JSON object, or the 400/413 answer that says what is wrong with it."""
-    limit = settings.API_MAX_BODY_BYTES
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return None, error(400, "invalid Content-Length header")
-    if declared > limit:
-        return None, error(413, f"request body is {declared} bytes; the limit is {limit}")
-    try:
-        raw = request.body
-    except RequestDataTooBig:
-        return None, error(413, f"request body is larger than the limit of {limit} bytes")
-    if len(raw) > limit:
-        return None, error(413, f"request body is {len(raw)} bytes; the limit is {limit}")
-    try:
-        payload = parse_json_object(raw)
-    except ValidationError as exc:
-        fields = {name: " ".join(messages) for name, messages in exc.message_dict.items()}
-        return None, error(400, "malformed JSON" if isinstance(exc, MalformedJSON) else "invalid request", fields)
-    return payload, None
-
-
-def _parse_body(request: HttpRequest) -> tuple[dict[str, Any] | None, JsonResponse | None]:
-    payload, problem = _read_json(request)
-    if problem is not None:
-        return None, problem
-    fields: dict[str, str] = {}
-    for name in payload:
-        if name not in FIELDS:
-            fields[name] = f"unknown field; allowed: {', '.join(FIELDS)}"
-    for name, expected in FIELDS.items():
-        value = payload.get(name)
-        if value is None:
-            if name in REQUIRED:
-                fields[name] = "this field is required"
-            continue
-        # bool is an int in Python, never in JSON.
-        if not isinstance(value, expected) or isinstance(value, bool):
-            fields[name] = f"must be {JSON_TYPE_NAMES[expected]}"
-    if "to" not in payload and "recipient_id" not in payload:
-        fields.setdefault("to", "give 'to' (an address) or 'recipient_id'")
-    if fields:
-        return None, error(400, "invalid request", fields)
-    return payload, None
-
-
-def _may_send(request: HttpRequest, priority: str) -> JsonResponse | None:
-    """403 unless the user may send `priority` (add_notification and send_<priority>) and the token may send
-    security when that is asked; 429 when the token's daily quota for the priority is used up."""
-    if priority not in Priority.values:
-        return None  # the service names the field
-    for permission in ("notifications.add_notification", f"notifications.send_{priority}"):
-        if not request.user.has_perm(permission):
-            return _forbidden(permission)
-    token = request.api_token
-    if priority == Priority.SECURITY and not token.may_send_security:
-        return error(
-            403, "this token may not send security notifications; an admin allows it on the token (API tokens)"
-        )
-    wait = api_quota_wait(token_id=token.pk, priority=priority, quota=token.daily_quota(priority))
-    if wait > 0:
-        return too_many(wait, f"this token's daily quota of {priority} notifications is used up")
-    return None
-
-
-def _summary(request: HttpRequest, notification: Notification) -> dict[str, Any]:
-    return {
-        "id": str(notification.pk),
-        "status": notification.status,
-        "status_url": request.build_absolute_uri(reverse("api-notification-detail", args=[notification.pk])),
-    }
-
-
-@api_view("POST")
-def notifications_create(request: HttpRequest) -> JsonResponse:
-    payload, problem = _parse_body(request)
-    if problem is not None:
-        return problem
-    refused = _may_send(request, payload["priority"])
-    if refused is not None:
-        return refused
-    header_key = request.headers.get("Idempotency-Key")
-    key = None
-    if header_key is not None:
-        if not IDEMPOTENCY_KEY.match(header_key):
-            return error(400, "invalid request", {"Idempotency-Key": "1 to 200 printable ASCII characters, no spaces"})
-        # Scoped per user, so two clients choosing the same key never collide.
-        key = f"u{request.user.pk}:{header_key}"
-    try:
-        notification, _ = notification_send(
-            priority=payload["priority"],
-            channel=payload["channel"],
-            template=payload["template"],
-            context=payload.get("context") or {},
-            to=payload.get("to"),
-            recipient_id=payload.get("recipient_id"),
-            idempotency_key=key,
-            created_by=request.user,
-            fingerprint=request_fingerprint(payload),
-        )
-    except ValidationError as exc:
-        fields = {name: " ".join(messages) for name, messages in exc.message_dict.items()}
-        return error(400, "invalid request", fields)
-    except IdempotencyConflict as exc:
-        return error(422, str(exc), {"Idempotency-Key": "already used for a different request body"})
-    response = JsonResponse(_summary(request, notification), status=202)
-    response["Location"] = _summary(request, notification)["status_url"]
-    return response
-
-
-@api_view("GET")
-def notifications_detail(request: HttpRequest, notification_id: str) -> JsonResponse:
-    notifications = Notification.objects.all()
-    if not request.user.is_staff:
-        notifications = notifications.filter(created_by=request.user)
-    try:
-        notification = notifications.filter(pk=notification_id).first()
-    except ValidationError:
-        notification = None
-    if notification is None:
-        return error(404, f"no notification {notification_id}")
-    return JsonResponse(
-        {
-            **_summary(request, notification),
-            "priority": notification.priority,
-            "channel": notification.channel,
-            "template": notification.template,
-            "to": notification.to,
-            "provider": notification.provider or None,
-            "provider_message_id": notification.provider_message_id or None,
-            "attempts": notification.attempts,
-            "created_at": notification.created_at.isoformat(),
-            "queued_at": notification.queued_at.isoformat() if notification.queued_at else None,
-            "sent_at": notification.sent_at.isoformat() if notification.sent_at else None,
-            "last_error": notification.last_error or None,
-        }
-    )
-
-
-# --- campaigns ----------------------------------------------------------------------
-
-CAMPAIGN_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "name": str,
-    "template": str,
-    "channel": str,
-    "context": dict,
-    "audience": dict,
-}
-AUDIENCE_FIELDS = ("locale", "tag")
+IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,200}$"
 CAMPAIGN_ACTIONS = {
     "start": campaigns.campaign_start,
     "pause": campaigns.campaign_pause,
@@ -242,91 +39,478 @@ CAMPAIGN_ACTIONS = {
 }
 
 
-def _forbidden(permission: str) -> JsonResponse:
-    return error(403, f"this token's user lacks the permission {permission!r}")
+class Refused(Exception):
+    """A request answered with a 4xx/5xx in the API's error envelope."""
+
+    def __init__(self, status: int, message: str, fields: dict[str, str] | None = None, **headers: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.fields = status, message, fields or {}
+        self.headers = {name.replace("_", "-"): value for name, value in headers.items()}
 
 
-def _campaign_body(request: HttpRequest) -> tuple[dict[str, Any] | None, JsonResponse | None]:
-    payload, problem = _read_json(request)
-    if problem is not None:
-        return None, problem
-    fields: dict[str, str] = {}
-    for name in payload:
-        if name not in CAMPAIGN_FIELDS:
-            fields[name] = f"unknown field; allowed: {', '.join(CAMPAIGN_FIELDS)}"
-    for name, expected in CAMPAIGN_FIELDS.items():
-        value = payload.get(name)
-        if value is None:
-            if name in ("name", "template", "channel"):
-                fields[name] = "this field is required"
-            continue
-        if not isinstance(value, expected) or isinstance(value, bool):
-            fields[name] = f"must be {JSON_TYPE_NAMES[expected]}"
-    audience = payload.get("audience") or {}
-    if isinstance(audience, dict):
-        for name, value in audience.items():
-            if name not in AUDIENCE_FIELDS:
-                fields[f"audience.{name}"] = f"unknown field; allowed: {', '.join(AUDIENCE_FIELDS)}"
-            elif not isinstance(value, str):
-                fields[f"audience.{name}"] = "must be a string"
-    if fields:
-        return None, error(400, "invalid request", fields)
-    return payload, None
+def _too_many(wait: float, message: str) -> Refused:
+    """429 with Retry-After (whole seconds) and the wait in the message."""
+    seconds = max(1, math.ceil(wait))
+    return Refused(429, f"{message}; retry in {seconds}s", Retry_After=str(seconds))
+
+
+def _invalid(exc: ValidationError) -> Refused:
+    return Refused(400, "invalid request", {name: " ".join(messages) for name, messages in exc.message_dict.items()})
+
+
+# --- how requests are read, authenticated and refused -------------------------------
+
+
+class StrictJSON(Parser):
+    """Bodies through the project's one JSON rule (no NaN/Infinity, no NUL, C0 or lone surrogates, an object),
+    within API_MAX_BODY_BYTES."""
+
+    def parse_body(self, request: HttpRequest) -> dict[str, Any]:
+        limit = settings.API_MAX_BODY_BYTES
+        if len(request.body) > limit:
+            raise Refused(413, f"request body is {len(request.body)} bytes; the limit is {limit}")
+        try:
+            return parse_json_object(request.body)
+        except ValidationError as exc:
+            refusal = _invalid(exc)
+            if isinstance(exc, MalformedJSON):
+                refusal.message = "malformed JSON"
+            raise refusal from None
+
+
+class TokenAuth(APIKeyHeader):
+    """`Authorization: Token <key>` of an active user's API token, then the token's request rate, then the
+    `permissions` the operation needs (before its body is read: a user who may not, learns only that)."""
+
+    param_name = "Authorization"
+
+    def __init__(self, *permissions: str) -> None:
+        super().__init__()
+        self.permissions = permissions
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> ApiToken | None:
+        scheme, _, key = (key or "").partition(" ")
+        token = ApiToken.objects.for_key(key.strip()) if scheme == "Token" and key.strip() else None
+        if token is None or not token.user.is_active:
+            return None
+        wait = api_request_wait(token_id=token.pk)
+        if wait > 0:
+            raise _too_many(wait, "too many requests for this token")
+        request.user = token.user
+        for permission in self.permissions:
+            if not token.user.has_perm(permission):
+                raise _forbidden(permission)
+        return token
+
+
+class PlatformAPI(NinjaAPI):
+    """Schema errors become `errors: {field: reason}` in the words the API has always used."""
+
+    def validation_error_from_error_contexts(self, error_contexts: list[ValidationErrorContext]) -> SchemaError:
+        fields: dict[str, str] = {}
+        for context in error_contexts:
+            source = context.model.__ninja_param_source__
+            for problem in context.pydantic_validation_error.errors(include_url=False):
+                loc = context.model.__ninja_flatten_map_reverse__.get(problem["loc"], problem["loc"])
+                # A body's loc starts with the view's parameter name; a header's is the header's name.
+                path = [str(part) for part in (loc[1:] if source == "body" else loc)]
+                fields.setdefault(".".join(path) or source, _reason(problem, context.model, list(loc)))
+        error = SchemaError([])
+        error.fields = fields
+        return error
+
+
+def _reason(problem: dict[str, Any], model: type[BaseModel], loc: list) -> str:
+    kind, value = problem["type"], problem.get("input")
+    field = _field_at(model, loc)
+    if kind == "missing":
+        return "this field is required"
+    if kind == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        allowed = ", ".join(f.alias or name for name, f in parent.model_fields.items()) if parent else ""
+        return f"unknown field; allowed: {allowed}"
+    if kind == "literal_error":
+        if not isinstance(value, str):
+            return "must be a string"
+        return f"unknown {loc[-1]} {value!r}; expected one of {problem['ctx']['expected']}"
+    if kind == "string_pattern_mismatch" and field is not None and field.description:
+        return field.description
+    return {
+        "string_type": "must be a string",
+        "int_type": "must be an integer",
+        "dict_type": "must be an object",
+        "model_type": "must be an object",
+        "model_attributes_type": "must be an object",
+        "string_too_long": f"at most {problem.get('ctx', {}).get('max_length')} characters",
+    }.get(kind, problem["msg"])
+
+
+def _model_at(model: type[BaseModel], loc: list) -> type[BaseModel] | None:
+    """The schema class reached by following `loc` from `model` (None if it leads to no schema)."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", {})
+        field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
+        if field is None:
+            return None
+        current = next(
+            (t for t in (field.annotation, *getattr(field.annotation, "__args__", ())) if _is_schema(t)), None
+        )
+    return current if _is_schema(current) else None
+
+
+def _field_at(model: type[BaseModel], loc: list) -> Any:
+    parent = _model_at(model, loc[:-1]) if len(loc) > 1 else model
+    if parent is None or not loc:
+        return None
+    fields = parent.model_fields
+    return fields.get(loc[-1]) or next((f for f in fields.values() if f.alias == loc[-1]), None)
+
+
+def _is_schema(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, BaseModel)
+
+
+api = PlatformAPI(
+    title="Notification platform API",
+    version="1",
+    description=(
+        "Submit notifications and run campaigns. Authenticate with `Authorization: Token <key>` "
+        '(an admin mints keys under API tokens). Every refusal is `{"error": reason, "errors": {field: reason}}`.'
+    ),
+    urls_namespace="api-v1",
+    auth=TokenAuth(),
+    parser=StrictJSON(),
+    docs_url=None,  # served below, behind the admin login; the document itself is public
+)
+
+
+def _answer(request: HttpRequest, refusal: Refused) -> HttpResponse:
+    body: dict[str, Any] = {"error": refusal.message}
+    if refusal.fields:
+        body["errors"] = refusal.fields
+    response = api.create_response(request, body, status=refusal.status)
+    for name, value in refusal.headers.items():
+        response[name] = value
+    return response
+
+
+@api.exception_handler(Refused)
+def _refused(request: HttpRequest, exc: Refused) -> HttpResponse:
+    return _answer(request, exc)
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    # The parser's refusals reach here wrapped ("Cannot parse request body"): answer the refusal itself.
+    cause = exc.__cause__
+    return _answer(request, cause if isinstance(cause, Refused) else Refused(exc.status_code, str(exc)))
+
+
+@api.exception_handler(SchemaError)
+def _schema_error(request: HttpRequest, exc: SchemaError) -> HttpResponse:
+    return _answer(request, Refused(400, "invalid request", getattr(exc, "fields", None) or {"body": str(exc)}))
+
+
+@api.exception_handler(ValidationError)
+def _service_refused(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    return _answer(request, _invalid(exc))
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return _answer(
+        request,
+        Refused(
+            401,
+            "authentication required: send 'Authorization: Token <key>' "
+            "(create one with: python manage.py create_api_token <username>)",
+            WWW_Authenticate="Token",
+        ),
+    )
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return _answer(
+        request, Refused(413, f"request body is larger than the limit of {settings.API_MAX_BODY_BYTES} bytes")
+    )
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def _database_down(request: HttpRequest, exc: Exception) -> HttpResponse:
+    return _answer(request, Refused(503, "the database is unavailable; retry shortly", Retry_After="5"))
+
+
+# --- schemas ------------------------------------------------------------------------
+
+
+class Body(Schema):
+    """A request body: exactly these fields, each of exactly its JSON type (no coercion of "1" to 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+PriorityName = Literal[tuple(Priority.values)]  # type: ignore[valid-type]
+ChannelName = Literal[tuple(Channel.values)]  # type: ignore[valid-type]
+
+
+class NotificationIn(Body):
+    priority: PriorityName
+    channel: ChannelName
+    template: str = Field(description="a template under message_templates/")
+    to: str | None = Field(None, description="an e-mail address, an E.164 number or a device token")
+    recipient_id: int | None = Field(None, description="instead of `to`: a known recipient")
+    context: dict[str, Any] = Field(default_factory=dict, description="exactly the variables the template declares")
+
+
+class NotificationAccepted(Schema):
+    id: str
+    status: str
+    status_url: str
+
+
+class NotificationOut(NotificationAccepted):
+    priority: str
+    channel: str
+    template: str
+    to: str
+    provider: str | None
+    provider_message_id: str | None
+    attempts: int
+    created_at: str
+    queued_at: str | None
+    sent_at: str | None
+    last_error: str | None
+
+
+class Audience(Body):
+    locale: str = Field("", description="only recipients of this locale, e.g. 'de'")
+    tag: str = Field("", description="only recipients with this tag")
+
+
+class CampaignIn(Body):
+    name: str
+    template: str
+    channel: ChannelName
+    context: dict[str, Any] = Field(default_factory=dict)
+    audience: Audience | None = None
+
+
+class Segments(Schema):
+    done: int
+    total: int
+
+
+class CampaignOut(Schema):
+    id: int
+    name: str
+    status: str
+    fanout_complete: bool
+    segments: Segments
+    recipients: int
+    sent: int
+    failed: int
+    skipped: int
+    remaining: int
+    percent_done: float
+    rate_per_second: float
+    eta_seconds: int | None
+    last_error: str | None
+    started_at: str | None
+    finished_at: str | None
+    url: str
+
+
+class ErrorOut(Schema):
+    error: str
+    errors: dict[str, str] | None = None
+
+
+#: What every operation may answer besides its success.
+REFUSALS = {code: ErrorOut for code in (400, 401, 403, 404, 413, 429, 503)}
+
+
+# --- notifications ------------------------------------------------------------------
+
+
+def _may_send(request: HttpRequest, priority: str) -> None:
+    """Refused (403) unless the user may send `priority` (add_notification and send_<priority>) and the token
+    may send security when that is asked; 429 when the token's daily quota for the priority is used up."""
+    for permission in ("notifications.add_notification", f"notifications.send_{priority}"):
+        if not request.user.has_perm(permission):
+            raise _forbidden(permission)
+    token = request.auth
+    if priority == Priority.SECURITY and not token.may_send_security:
+        raise Refused(
+            403, "this token may not send security notifications; an admin allows it on the token (API tokens)"
+        )
+    wait = api_quota_wait(token_id=token.pk, priority=priority, quota=token.daily_quota(priority))
+    if wait > 0:
+        raise _too_many(wait, f"this token's daily quota of {priority} notifications is used up")
+
+
+def _forbidden(permission: str) -> Refused:
+    return Refused(403, f"this token's user lacks the permission {permission!r}")
+
+
+def _summary(request: HttpRequest, notification: Notification) -> dict[str, Any]:
+    return {
+        "id": str(notification.pk),
+        "status": notification.status,
+        "status_url": request.build_absolute_uri(reverse("api-v1:notification-detail", args=[notification.pk])),
+    }
+
+
+@api.post(
+    "/notifications",
+    response={202: NotificationAccepted, 422: ErrorOut, **REFUSALS},
+    url_name="notifications",
+    summary="Submit a notification",
+)
+def notifications_create(
+    request: HttpRequest,
+    response: HttpResponse,
+    payload: NotificationIn,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            None,
+            alias="Idempotency-Key",
+            pattern=IDEMPOTENCY_KEY,
+            description="1 to 200 printable ASCII characters, no spaces",
+        ),
+    ] = None,
+):
+    """Validated and written at once, sent by the workers: 202 with the status URL. The same Idempotency-Key
+    with the same body answers the same notification; with another body, 422."""
+    given = payload.model_dump(exclude_unset=True)
+    if payload.to is None and payload.recipient_id is None:
+        raise Refused(400, "invalid request", {"to": "give 'to' (an address) or 'recipient_id'"})
+    _may_send(request, payload.priority)
+    try:
+        notification, _ = notification_send(
+            priority=payload.priority,
+            channel=payload.channel,
+            template=payload.template,
+            context=payload.context,
+            to=payload.to,
+            recipient_id=payload.recipient_id,
+            # Scoped per user, so two clients choosing the same key never collide.
+            idempotency_key=f"u{request.user.pk}:{idempotency_key}" if idempotency_key is not None else None,
+            created_by=request.user,
+            fingerprint=request_fingerprint(given),
+        )
+    except IdempotencyConflict as exc:
+        raise Refused(422, str(exc), {"Idempotency-Key": "already used for a different request body"}) from None
+    summary = _summary(request, notification)
+    response["Location"] = summary["status_url"]
+    return Status(202, summary)
+
+
+@api.get(
+    "/notifications/{notification_id}",
+    response={200: NotificationOut, **REFUSALS},
+    url_name="notification-detail",
+    summary="A notification's status",
+)
+def notifications_detail(request: HttpRequest, notification_id: str):
+    """Staff see every notification; other users the ones they submitted."""
+    notifications = Notification.objects.all()
+    if not request.user.is_staff:
+        notifications = notifications.filter(created_by=request.user)
+    try:
+        notification = notifications.filter(pk=notification_id).first()
+    except ValidationError:
+        notification = None
+    if notification is None:
+        raise Refused(404, f"no notification {notification_id}")
+    return {
+        **_summary(request, notification),
+        "priority": notification.priority,
+        "channel": notification.channel,
+        "template": notification.template,
+        "to": notification.to,
+        "provider": notification.provider or None,
+        "provider_message_id": notification.provider_message_id or None,
+        "attempts": notification.attempts,
+        "created_at": notification.created_at.isoformat(),
+        "queued_at": notification.queued_at.isoformat() if notification.queued_at else None,
+        "sent_at": notification.sent_at.isoformat() if notification.sent_at else None,
+        "last_error": notification.last_error or None,
+    }
+
+
+# --- campaigns ----------------------------------------------------------------------
 
 
 def _campaign_json(request: HttpRequest, campaign: Campaign) -> dict[str, Any]:
     return {
         **campaigns.campaign_progress(campaign),
-        "url": request.build_absolute_uri(reverse("api-campaign-detail", args=[campaign.pk])),
+        "url": request.build_absolute_uri(reverse("api-v1:campaign-detail", args=[campaign.pk])),
     }
 
 
-@api_view("POST")
-def campaigns_create(request: HttpRequest) -> JsonResponse:
-    if not request.user.has_perm("notifications.add_campaign"):
-        return _forbidden("notifications.add_campaign")
-    payload, problem = _campaign_body(request)
-    if problem is not None:
-        return problem
-    audience = payload.get("audience") or {}
-    try:
-        campaign = campaigns.campaign_create(
-            name=payload["name"],
-            template=payload["template"],
-            channel=payload["channel"],
-            context=payload.get("context") or {},
-            audience_locale=audience.get("locale", ""),
-            audience_tag=audience.get("tag", ""),
-            created_by=request.user,
-        )
-    except ValidationError as exc:
-        return error(400, "invalid request", {name: " ".join(messages) for name, messages in exc.message_dict.items()})
-    response = JsonResponse(_campaign_json(request, campaign), status=201)
-    response["Location"] = reverse("api-campaign-detail", args=[campaign.pk])
-    return response
+@api.post(
+    "/campaigns",
+    response={201: CampaignOut, **REFUSALS},
+    auth=TokenAuth("notifications.add_campaign"),
+    url_name="campaigns",
+    summary="Create a campaign",
+)
+def campaigns_create(request: HttpRequest, response: HttpResponse, payload: CampaignIn):
+    """A draft; start it with POST /campaigns/{id}/start. Needs notifications.add_campaign."""
+    audience = payload.audience or Audience()
+    campaign = campaigns.campaign_create(
+        name=payload.name,
+        template=payload.template,
+        channel=payload.channel,
+        context=payload.context,
+        audience_locale=audience.locale,
+        audience_tag=audience.tag,
+        created_by=request.user,
+    )
+    response["Location"] = reverse("api-v1:campaign-detail", args=[campaign.pk])
+    return Status(201, _campaign_json(request, campaign))
 
 
-@api_view("GET")
-def campaigns_detail(request: HttpRequest, campaign_id: int) -> JsonResponse:
-    if not request.user.has_perm("notifications.view_campaign"):
-        return _forbidden("notifications.view_campaign")
+@api.get(
+    "/campaigns/{int:campaign_id}",
+    response={200: CampaignOut, **REFUSALS},
+    auth=TokenAuth("notifications.view_campaign"),
+    url_name="campaign-detail",
+    summary="A campaign's progress",
+)
+def campaigns_detail(request: HttpRequest, campaign_id: int):
+    """Counts, percent done, current rate and time to finish. Needs notifications.view_campaign."""
     campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is None:
-        return error(404, f"no campaign {campaign_id}")
-    return JsonResponse(_campaign_json(request, campaign))
+        raise Refused(404, f"no campaign {campaign_id}")
+    return _campaign_json(request, campaign)
 
 
-@api_view("POST")
-def campaigns_action(request: HttpRequest, campaign_id: int, action: str) -> JsonResponse:
-    """start, pause, resume or cancel; 202 at once (the work happens in the workers), 409 if the state forbids it."""
+@api.post(
+    "/campaigns/{int:campaign_id}/{action}",
+    response={202: CampaignOut, 409: ErrorOut, **REFUSALS},
+    url_name="campaign-action",
+    summary="Start, pause, resume or cancel a campaign",
+)
+def campaigns_action(request: HttpRequest, campaign_id: int, action: str):
+    """`action` is start, pause, resume or cancel; 202 at once (the work happens in the workers), 409 if the
+    campaign's state forbids it. Needs notifications.change_campaign."""
     if action not in CAMPAIGN_ACTIONS:
-        return error(404, f"unknown action {action!r}; use one of {', '.join(CAMPAIGN_ACTIONS)}")
+        raise Refused(404, f"unknown action {action!r}; use one of {', '.join(CAMPAIGN_ACTIONS)}")
     if not request.user.has_perm("notifications.change_campaign"):
-        return _forbidden("notifications.change_campaign")
+        raise _forbidden("notifications.change_campaign")
     try:
         campaign = CAMPAIGN_ACTIONS[action](campaign_id=campaign_id)
     except Campaign.DoesNotExist:
-        return error(404, f"no campaign {campaign_id}")
+        raise Refused(404, f"no campaign {campaign_id}") from None
     except campaigns.CampaignStateError as exc:
-        return error(409, str(exc))
-    return JsonResponse(_campaign_json(request, campaign), status=202)
+        raise Refused(409, str(exc)) from None
+    return Status(202, _campaign_json(request, campaign))
+
+
+#: The interactive docs (Swagger UI from the package's own static files), for staff only.
+docs = staff_member_required(lambda request: openapi_view(request, api=api))

@@ -5,11 +5,8 @@ from django.urls import path
 from notifications import api, views
 
 urlpatterns = [
-    path("api/v1/notifications", api.notifications_create, name="api-notifications"),
-    path("api/v1/notifications/<str:notification_id>", api.notifications_detail, name="api-notification-detail"),
-    path("api/v1/campaigns", api.campaigns_create, name="api-campaigns"),
-    path("api/v1/campaigns/<int:campaign_id>", api.campaigns_detail, name="api-campaign-detail"),
-    path("api/v1/campaigns/<int:campaign_id>/<str:action>", api.campaigns_action, name="api-campaign-action"),
+    path("api/v1/docs", api.docs, name="api-docs"),
+    path("api/v1/", api.api.urls),
     path("password-reset/", views.password_reset, name="password-reset"),
     path("unsubscribe/<str:token>", views.unsubscribe, name="unsubscribe"),
     path("", views.index, name="index"),

@@ -194,3 +194,18 @@ def test_flower_shows_the_three_worker_pools_behind_its_password(workers, flower
             expect(row).to_contain_text("Online", timeout=PATIENCE_MS)
     finally:
         context.close()
+
+
+def test_an_operator_reads_the_api_docs_rendered_from_our_own_scripts(page: Page, operator) -> None:
+    """Swagger UI from the package's static files (no CDN), fed by /api/v1/openapi.json, behind the admin login."""
+    failed = []
+    page.on("requestfailed", lambda request: failed.append(request.url))
+    page.goto("/api/v1/docs")
+    expect(page.locator("#id_username")).to_be_visible()  # the admin's login first
+
+    log_in(page)
+    page.goto("/api/v1/docs")
+    for summary in ("Submit a notification", "A notification's status", "Create a campaign"):
+        expect(page.get_by_text(summary, exact=True)).to_be_visible()
+    expect(page.get_by_text("NotificationIn", exact=True)).to_be_visible()
+    assert not failed, f"requests that failed: {failed}"

@@ -29,6 +29,8 @@ def test_creating_a_campaign_needs_the_permission(api):
     response = api.post("/api/v1/campaigns", BODY)
     assert response.status_code == 403 and "add_campaign" in response.json()["error"]
     assert not Campaign.objects.exists()
+    unread = api.post("/api/v1/campaigns", {"budget": 5})
+    assert unread.status_code == 403, "without the permission the body is not even read"
 
 
 def test_a_campaign_is_created_as_a_draft(api, marketer):
