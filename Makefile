@@ -31,7 +31,7 @@ run: migrate
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/bandit -r jobs notifications settings -q --severity-level medium
+	$(BIN)/bandit -r jobs notifications harness settings -q --severity-level medium
 
 # Known vulnerabilities in the pinned dependencies; --strict: a package it could not check fails the run. Needs
 # PyPI's JSON API or OSV on the network (in its own virtualenv: pip-audit pins its own dependencies).

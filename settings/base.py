@@ -74,6 +74,8 @@ INSTALLED_APPS = [
     "ninja",
     "jobs",
     "notifications",
+    # The sandbox, drills and benchmarks (their manage.py commands); production settings leave it out.
+    "harness",
 ]
 
 MIDDLEWARE = [

@@ -70,6 +70,8 @@ if _problems:
     raise ImproperlyConfigured("settings.production refuses to start:\n- " + "\n- ".join(_problems))
 
 CHAOS_DRILLS_ENABLED = False
+#: The proving harness (sandbox, drills, benchmarks) is never installed in production.
+INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "harness"]  # noqa: F405
 
 # HTTPS everywhere.  The platform runs behind a TLS-terminating proxy; X-Forwarded-Proto is believed
 # only when one is declared (TRUSTED_PROXY_HOPS), since a client could send it itself.

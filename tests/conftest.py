@@ -8,7 +8,7 @@ import redis
 from django.conf import settings
 from django.db import connections
 
-from jobs.processes import WorkerProcess
+from harness.processes import WorkerProcess
 from settings.topology import PRIORITIES
 from tests.support.workers import pool_process
 
@@ -42,7 +42,7 @@ def publish_threads(django_db_setup, django_db_blocker):
 
 @pytest.fixture(scope="session")
 def sandbox(broker):
-    from notifications.sandbox.process import SandboxProcess
+    from harness.sandbox.process import SandboxProcess
 
     http_port = urlparse(settings.SANDBOX_HTTP_URL).port
     process = SandboxProcess(http_port=http_port, smtp_port=settings.SANDBOX_SMTP_PORT)

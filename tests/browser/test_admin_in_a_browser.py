@@ -16,8 +16,8 @@ from django.conf import settings
 from django.db import connections, transaction
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from harness.processes import REPO, WorkerProcess
 from jobs.models import DeadLetter, DeadLetterStatus
-from jobs.processes import REPO, WorkerProcess
 from notifications.models import Notification, NotificationStatus
 from settings.topology import all_queue_names
 from tests.support.deadletters import make_dead_letter

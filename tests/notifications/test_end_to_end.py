@@ -139,7 +139,7 @@ def test_permanent_provider_refusal_is_dead_lettered_at_once_without_retry(worke
 
 
 def test_the_workers_logs_carry_no_address_in_clear(workers, ledger, live_api):
-    from notifications.chaos.stack import UNMASKED
+    from harness.chaos.stack import UNMASKED
 
     # The vendor refuses it, and its error text (logged with the dead letter) names the address.
     response = live_api.post(

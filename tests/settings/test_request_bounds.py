@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from notifications.chaos.stack import ManagedProcess, procfile_command, replace_option
+from harness.chaos.stack import ManagedProcess, procfile_command, replace_option
+from harness.sandbox.process import free_port
 from notifications.models import Notification
-from notifications.sandbox.process import free_port
 
 pytestmark = pytest.mark.django_db
 

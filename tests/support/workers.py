@@ -3,7 +3,7 @@
 import time
 from pathlib import Path
 
-from jobs.processes import WorkerProcess
+from harness.processes import WorkerProcess
 from settings.topology import pool_queues
 
 

@@ -3,10 +3,10 @@
 import pytest
 from django.conf import settings
 
+from harness.sandbox.process import free_port
 from jobs.errors import PermanentError, TransientError
 from notifications.providers.base import SendResult
 from notifications.providers.postmark import Provider
-from notifications.sandbox.process import free_port
 from tests.notifications.providers.contract import ProviderContract
 
 

@@ -3,8 +3,8 @@
 import pytest
 from django.conf import settings
 
+from harness.sandbox.process import free_port
 from notifications.providers.smtp import Provider
-from notifications.sandbox.process import free_port
 from tests.notifications.providers.contract import ProviderContract
 
 

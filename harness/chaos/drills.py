@@ -27,8 +27,8 @@ from typing import Any
 
 import requests
 
+from harness.chaos.stack import ChaosStack
 from jobs.breaker import CLOSED, CircuitBreaker
-from notifications.chaos.stack import ChaosStack
 from settings.topology import PRIORITIES
 
 DrillRow = dict[str, Any]

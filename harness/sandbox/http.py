@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from notifications.sandbox.state import DEFAULT_LEDGER_LIMIT, INVALID_DOMAIN, FaultError, SandboxState, iso_utc
+from harness.sandbox.state import DEFAULT_LEDGER_LIMIT, INVALID_DOMAIN, FaultError, SandboxState, iso_utc
 
 #: Postmark refuses larger batches; so do we, so a client that would break in production breaks here.
 POSTMARK_BATCH_LIMIT = 500

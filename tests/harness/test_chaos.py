@@ -11,9 +11,9 @@ import shutil
 
 import pytest
 
-from notifications.chaos.catalogue import DRILLS, run_drill
-from notifications.chaos.drills import QUICK
-from notifications.chaos.stack import ChaosStack
+from harness.chaos.catalogue import DRILLS, run_drill
+from harness.chaos.drills import QUICK
+from harness.chaos.stack import ChaosStack
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
 """The provider sandbox: a local stand-in for the email, SMS and push vendors that records every accepted message.
 
-Free of Django so `python -m notifications.sandbox.server` runs without settings.
+Free of Django so `python -m harness.sandbox.server` runs without settings.
 """

@@ -1,6 +1,6 @@
 """Runs the provider sandbox, HTTP and SMTP on one asyncio loop, until SIGINT or SIGTERM.
 
-Without Django: `python -m notifications.sandbox.server --http-port 8025 --smtp-port 1025` (-m: see main()).
+Without Django: `python -m harness.sandbox.server --http-port 8025 --smtp-port 1025` (-m: see main()).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Callable
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
-from notifications.sandbox.http import create_app
-from notifications.sandbox.smtp import SandboxHandler, create_protocol
-from notifications.sandbox.state import SandboxState
+from harness.sandbox.http import create_app
+from harness.sandbox.smtp import SandboxHandler, create_protocol
+from harness.sandbox.state import SandboxState
 
 #: Seconds open HTTP requests get to finish on shutdown; the sandbox holds nothing worth waiting for.
 SHUTDOWN_GRACE_SECONDS = 2.0
@@ -93,7 +93,7 @@ def describe(host: str, http_port: int, smtp_port: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Command line without Django. Run it with -m: as a script, this package's http.py would
     shadow the standard library's http, which aiohttp imports."""
-    parser = argparse.ArgumentParser(prog="python -m notifications.sandbox.server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m harness.sandbox.server", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--http-port", type=int, default=8025)
     parser.add_argument("--smtp-port", type=int, default=1025)

@@ -13,9 +13,9 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from notifications.chaos.catalogue import DRILLS, run_drill
-from notifications.chaos.drills import FULL, QUICK
-from notifications.chaos.stack import ChaosStack
+from harness.chaos.catalogue import DRILLS, run_drill
+from harness.chaos.drills import FULL, QUICK
+from harness.chaos.stack import ChaosStack
 from notifications.providers.registry import provider_lookups
 
 RESULTS = Path(settings.BASE_DIR) / "bench-results"

@@ -7,9 +7,9 @@ import time
 import traceback
 from collections.abc import Callable
 
-from notifications.chaos import composed, drills
-from notifications.chaos.drills import DrillRow, Plan
-from notifications.chaos.stack import ChaosStack
+from harness.chaos import composed, drills
+from harness.chaos.drills import DrillRow, Plan
+from harness.chaos.stack import ChaosStack
 
 DRILLS: dict[int, Callable[[ChaosStack, Plan, random.Random], DrillRow]] = {
     1: drills.drill_sigkill,

@@ -19,12 +19,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from jobs.processes import WorkerProcess
+from harness import benchmarks
+from harness.processes import WorkerProcess
+from harness.sandbox.process import SandboxProcess
 from jobs.redis import redis_client
 from jobs.tasks import probe
-from notifications import benchmarks
 from notifications.models import Notification, NotificationStatus, Recipient
-from notifications.sandbox.process import SandboxProcess
 from notifications.services import notification_send
 
 RESULTS = Path(settings.BASE_DIR) / "bench-results"

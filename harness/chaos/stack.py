@@ -28,8 +28,8 @@ import psycopg
 import redis
 import requests
 
-from jobs.processes import WorkerProcess
-from notifications.sandbox.process import SandboxProcess, free_port
+from harness.processes import WorkerProcess
+from harness.sandbox.process import SandboxProcess, free_port
 from settings.topology import PRIORITIES, pool_queues
 
 REPO = Path(__file__).resolve().parents[2]

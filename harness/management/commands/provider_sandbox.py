@@ -5,7 +5,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from notifications.sandbox import server
+from harness.sandbox import server
 
 
 def _port_of(url: str) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from notifications.chaos.drills import (
+from harness.chaos.drills import (
     REQUEST_TIMEOUT_SECONDS,
     DrillRow,
     Plan,
@@ -35,7 +35,7 @@ from notifications.chaos.drills import (
     tally,
     wait_final,
 )
-from notifications.chaos.stack import ChaosStack, StackError
+from harness.chaos.stack import ChaosStack, StackError
 
 CAMPAIGN_CONTEXT = {"headline": "Chaos sale", "body": "Everything must go"}
 #: Every tenth seeded recipient has no marketing consent: the fan-out must leave them out.

@@ -20,10 +20,10 @@ from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.db import connection
 
-from jobs.processes import WebProcess, WorkerProcess
+from harness.processes import WebProcess, WorkerProcess
+from harness.sandbox.process import SandboxProcess, free_port
 from jobs.redis import broker_client
 from notifications.models import ApiToken, Campaign, CampaignBatch, Recipient
-from notifications.sandbox.process import SandboxProcess, free_port
 from settings.topology import FANOUT_QUEUE, pool_queues
 
 MARKETING_QUEUE = "marketing.email"

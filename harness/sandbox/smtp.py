@@ -16,7 +16,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from notifications.sandbox.state import INVALID_DOMAIN, SandboxState
+from harness.sandbox.state import INVALID_DOMAIN, SandboxState
 
 PROVIDER = "smtp"
 #: The name the server gives in its greeting and EHLO reply.

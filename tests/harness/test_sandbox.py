@@ -13,7 +13,7 @@ from anymail.exceptions import AnymailRecipientsRefused
 from anymail.message import AnymailMessage
 from django.core.mail import get_connection
 
-from notifications.sandbox.process import SandboxProcess
+from harness.sandbox.process import SandboxProcess
 
 POSTMARK_TOKEN = {"X-Postmark-Server-Token": "sandbox-token"}
 TWILIO_SID = "ACsandbox"
