@@ -31,6 +31,7 @@ run: migrate
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/bandit -r jobs notifications harness settings -q --severity-level medium
 
 # Known vulnerabilities in the pinned dependencies; --strict: a package it could not check fails the run. Needs

@@ -110,7 +110,7 @@ class WebProcess(ManagedProcess):
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "gunicorn", "settings.wsgi:application", "--config", "settings/gunicorn.conf.py",
+            sys.executable, "-m", "gunicorn", "settings.wsgi:application", "--config", "settings/gunicorn_conf.py",
             "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers), "--log-level", "warning",
         ]  # fmt: skip
 

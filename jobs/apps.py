@@ -9,4 +9,6 @@ class JobsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from jobs import checks  # noqa: F401  (registers the system checks)
+        # The system checks; the runtime's tasks, registered in every process (web too), since they are
+        # published by name and a replay asks whether a task of that name exists.
+        from jobs import checks, tasks  # noqa: F401

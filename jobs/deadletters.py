@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
@@ -105,9 +106,7 @@ def deadletter_replay_refusal(dead_letter: DeadLetter) -> str | None:
             return f"the {dead_letter.subject_type or 'row'} {dead_letter.subject_id} it was about no longer exists"
         refusal = _refusals.get(dead_letter.job_name)
         return refusal(dead_letter) if refusal is not None else None
-    from settings.celery_app import app
-
-    if dead_letter.job_name not in app.tasks:
+    if dead_letter.job_name not in current_app.tasks:
         return f"no task named {dead_letter.job_name!r} exists in this version of the code; discard it"
     if not isinstance(dead_letter.arguments.get("args", []), list):
         return "its recorded arguments are not a list; discard it"
@@ -144,16 +143,17 @@ def deadletter_discard(*, dead_letter: DeadLetter, user=None, reason: str) -> bo
 
 def _republish(dead_letter: DeadLetter) -> None:
     """The task again, with the arguments it failed with (a fix deployed since may let it through)."""
-    from settings.celery_app import app
-
-    task = app.tasks[dead_letter.job_name]
+    task = current_app.tasks[dead_letter.job_name]
     publish_after_commit(
-        task,
+        task.name,
         args=dead_letter.arguments.get("args", []),
         kwargs=dead_letter.arguments.get("kwargs") or {},
         queue=dead_letter.queue or task.app.conf.task_default_queue,
     )
 
+
+#: The task that replays a chunk of dead letters in the background (jobs/tasks.py), published by name.
+DEADLETTERS_REPLAY = "jobs.deadletters_replay"
 
 #: Rows read per query when a set is replayed or discarded, and ids per background task:
 #: 500 replays take a few seconds, well inside the task time limit (CELERY_TASK_TIME_LIMIT).
@@ -230,12 +230,10 @@ def deadletters_replay_in_background(*, ids: Sequence[int], user=None) -> tuple[
 
     Returns (batches published, batches the broker refused); a refused batch leaves its rows open.
     """
-    from jobs.tasks import deadletters_replay_task
-
     published = refused = 0
     for chunk in _chunks(list(ids)):
         if publish(
-            deadletters_replay_task, args=[chunk, user.pk if user else None], queue=settings.CELERY_TASK_DEFAULT_QUEUE
+            DEADLETTERS_REPLAY, args=[chunk, user.pk if user else None], queue=settings.CELERY_TASK_DEFAULT_QUEUE
         ):
             published += 1
         else:

@@ -1,7 +1,8 @@
 """Publish a task only after the transaction that wrote its row commits, and never let a broker hold the caller.
 
 A row written in PostgreSQL is the record; the message is a wake-up call.  A publish
-that fails or never finishes loses nothing: the relay publishes the row again.
+that fails or never finishes loses nothing: the relay publishes the row again.  Tasks are
+published by name, so a service never imports the module that defines its task.
 """
 
 import logging
@@ -12,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from celery import Task
+from celery import Celery, current_app
 from django.db import close_old_connections, connection, transaction
 
 from jobs.redis import PUBLISHED_AT_HEADER
@@ -35,10 +36,15 @@ _executor_pid: int | None = None
 _waiting = 0
 
 
-def publish(task: Task, *, args: Sequence[Any], queue: str, kwargs: dict[str, Any] | None = None) -> bool:
-    """Send one message now; False (logged) when the broker cannot take it."""
+def publish(
+    task_name: str, *, args: Sequence[Any], queue: str, kwargs: dict[str, Any] | None = None, app: Celery | None = None
+) -> bool:
+    """Send one message for the task named `task_name` now (through `app`, by default the current one); False
+    (logged) when the broker cannot take it."""
     try:
-        task.apply_async(
+        # A signature runs a task registered in this process as the task itself (eager mode included),
+        # and sends any other by name.
+        (app or current_app).signature(task_name).apply_async(
             args=list(args),
             kwargs=kwargs or {},
             queue=queue,
@@ -49,20 +55,21 @@ def publish(task: Task, *, args: Sequence[Any], queue: str, kwargs: dict[str, An
         )
     except Exception as exc:  # any broker failure: the row stays the record, the relay retries
         logger.warning(
-            "publish of %s to %s failed (%s: %s); left for the relay", task.name, queue, type(exc).__name__, exc
+            "publish of %s to %s failed (%s: %s); left for the relay", task_name, queue, type(exc).__name__, exc
         )
         return False
     return True
 
 
 def publish_after_commit(
-    task: Task,
+    task_name: str,
     *,
     args: Sequence[Any],
     queue: str,
     kwargs: dict[str, Any] | None = None,
     on_published: Callable[[], None] | None = None,
     background: bool = False,
+    app: Celery | None = None,
 ) -> None:
     """Publish once the current transaction commits (at once outside a transaction).
 
@@ -71,7 +78,7 @@ def publish_after_commit(
     """
 
     def _publish() -> None:
-        if publish(task, args=args, kwargs=kwargs, queue=queue) and on_published is not None:
+        if publish(task_name, args=args, kwargs=kwargs, queue=queue, app=app) and on_published is not None:
             on_published()
 
     if background:

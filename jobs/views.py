@@ -4,16 +4,22 @@ import base64
 import binascii
 import hmac
 
+from celery import current_app
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from jobs.metrics import PlatformCollector
-from settings.topology import all_queue_names
+
+
+def _queue_names() -> list[str]:
+    """Every queue the Celery app declares (CELERY_TASK_QUEUES): what the workers consume."""
+    return [queue.name for queue in current_app.conf.task_queues or ()]
+
 
 _registry = CollectorRegistry(auto_describe=False)
-_registry.register(PlatformCollector(all_queue_names))
+_registry.register(PlatformCollector(_queue_names))
 
 
 def _authorized(request: HttpRequest) -> bool:

@@ -9,9 +9,10 @@ class NotificationsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # System checks, the dead-letter replayer, the provider's bounce webhook receiver.
+        # System checks, the dead-letter replayer, the provider's bounce webhook receiver, and the tasks
+        # (registered in every process: they are published by name).
         from jobs.metrics import register_gauges
-        from notifications import bounces, checks, delivery  # noqa: F401
+        from notifications import bounces, checks, delivery, tasks  # noqa: F401
         from notifications.campaigns import campaign_metrics
 
         register_gauges(campaign_metrics)

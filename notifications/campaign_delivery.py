@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from jobs.deadletters import deadletter_record, register_replayer
 from jobs.models import DeadLetter
+from notifications import task_names
 from notifications.campaigns import (
     batch_key_range,
     campaign_batch_recount,
@@ -58,7 +59,7 @@ from settings.topology import queue_name
 logger = logging.getLogger(__name__)
 
 #: The job name of a batch's dead letter (its replayer is registered under it).
-BATCH_JOB_NAME = "notifications.campaign_batch"
+BATCH_JOB_NAME = task_names.CAMPAIGN_BATCH
 #: last_error of the rows dead-lettered with their batch; a replay of the batch revives exactly these.
 DEAD_WITH_BATCH = "dead with its campaign batch"
 #: Rows claimed per statement, sent in several provider calls: one claim (the consent and

@@ -28,6 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from jobs.clock import database_now
 from jobs.publishing import publish_after_commit
 from jobs.redis import queue_head, queue_lost_before
+from notifications import task_names
 from notifications.events import RATE_WINDOW_SECONDS, campaign_rate
 from notifications.inputs import context_check, text_check
 from notifications.models import (
@@ -181,8 +182,6 @@ def campaign_start(*, campaign_id: int) -> Campaign:
     Answers in milliseconds whatever the audience size; the fan-out runs in the workers.
     The audience is the recipients that exist now (ids up to the current maximum).
     """
-    from notifications.tasks import campaign_fanout_task
-
     now = timezone.now()
     with transaction.atomic():
         campaign = _transition(campaign_id, (CampaignStatus.DRAFT,), "started")
@@ -211,7 +210,7 @@ def campaign_start(*, campaign_id: int) -> Campaign:
             campaign.finished_at = now
         campaign.save()
         for segment_id in segment_ids:
-            publish_after_commit(campaign_fanout_task, args=[segment_id], queue=FANOUT_QUEUE, background=True)
+            publish_after_commit(task_names.CAMPAIGN_FANOUT, args=[segment_id], queue=FANOUT_QUEUE, background=True)
     logger.info("campaign %s started: %s fan-out segment(s)", campaign.pk, segments)
     return campaign
 
@@ -282,11 +281,9 @@ def campaign_cancel(*, campaign_id: int) -> Campaign:
 
 def campaign_batches_publish(campaign: Campaign, batch_ids: list[int], *, background: bool = False) -> None:
     """Queue one message per batch once the current transaction commits (`background`: for web requests)."""
-    from notifications.tasks import campaign_batch_task
-
     queue = queue_name("marketing", campaign.channel)
     for batch_id in batch_ids:
-        publish_after_commit(campaign_batch_task, args=[batch_id], queue=queue, background=background)
+        publish_after_commit(task_names.CAMPAIGN_BATCH, args=[batch_id], queue=queue, background=background)
 
 
 # --- fan-out ----------------------------------------------------------------------
@@ -473,8 +470,6 @@ def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
     the queue's head: see queue_lost_before) lost it (Redis restarted); thousands that only wait
     their turn in a busy queue are left alone.  `queue_heads(name)` reads a queue.
     """
-    from notifications.tasks import campaign_fanout_task
-
     moment = now if now is not None else Now()
     wall = (now or database_now()).timestamp()
     grace = settings.RELAY_QUEUED_AFTER_SECONDS
@@ -513,7 +508,7 @@ def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
         )
         for segment in segments:
             CampaignSegment.objects.filter(pk=segment.pk).update(queued_at=moment)
-            publish_after_commit(campaign_fanout_task, args=[segment.pk], queue=FANOUT_QUEUE)
+            publish_after_commit(task_names.CAMPAIGN_FANOUT, args=[segment.pk], queue=FANOUT_QUEUE)
         published += len(segments)
     if published:
         logger.info("campaign relay: published %s batch(es) or segment(s) again", published)

@@ -44,6 +44,7 @@ from jobs.deadletters import deadletter_record
 from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
 from jobs.ratelimit import RateLimiter, rate_limiter_for
 from jobs.retry import retry_policy
+from notifications import task_names
 from notifications.campaigns import campaign_recount_for
 from notifications.consent import address_suppress
 from notifications.events import notification_event, notifications_events
@@ -57,7 +58,7 @@ from notifications.unsubscribe import unsubscribe_headers
 logger = logging.getLogger(__name__)
 
 #: The job name of a notification's dead letters (its replayer is registered under it).
-JOB_NAME = "notifications.deliver"
+JOB_NAME = task_names.DELIVER
 #: Longest a call sleeps for a busy provider (no token, paced) before it frees its worker slot.
 INLINE_WAIT_SECONDS = 1.0
 #: Pause applied to a provider that answered 429 without a Retry-After.

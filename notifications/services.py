@@ -15,6 +15,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from jobs.publishing import publish_after_commit
+from notifications import task_names
 from notifications.inputs import context_check, text_check
 from notifications.models import (
     MARKETING_CONSENT_FIELDS,
@@ -227,8 +228,6 @@ def notification_publish(notification: Notification, *, background: bool = False
     `background` (the submit path) returns at once and publishes on a thread, so a
     frozen broker cannot hold a web request; the relay covers a publish that never lands.
     """
-    from notifications.tasks import notification_deliver_task
-
     pk = notification.pk
 
     def mark_queued() -> None:
@@ -241,7 +240,7 @@ def notification_publish(notification: Notification, *, background: bool = False
         )
 
     publish_after_commit(
-        notification_deliver_task,
+        task_names.DELIVER,
         args=[str(pk)],
         queue=notification.queue,
         on_published=mark_queued,

@@ -1,28 +1,29 @@
-"""Celery tasks of the notification domain: thin shells around services."""
+"""Celery tasks of the notification domain: thin shells around services, published by name (task_names)."""
+
+from celery import shared_task
 
 from jobs.clock import database_now
-from jobs.tasks import JobTask
-from notifications import campaign_delivery, campaigns, delivery
-from settings.celery_app import app
+from jobs.task import JobTask
+from notifications import campaign_delivery, campaigns, delivery, task_names
 
 
-@app.task(base=JobTask, name="notifications.deliver")
+@shared_task(base=JobTask, name=task_names.DELIVER)
 def notification_deliver_task(notification_id: str) -> None:
     delivery.notification_deliver(notification_id=notification_id)
 
 
-@app.task(base=JobTask, name="notifications.relay")
+@shared_task(base=JobTask, name=task_names.RELAY)
 def notification_relay_task() -> None:
     now = database_now()  # one reading of PostgreSQL's clock for both
     delivery.notification_relay(now=now)
     campaigns.campaign_relay(now=now)
 
 
-@app.task(base=JobTask, name="notifications.campaign_fanout")
+@shared_task(base=JobTask, name=task_names.CAMPAIGN_FANOUT)
 def campaign_fanout_task(segment_id: int) -> None:
     campaigns.campaign_fanout_segment(segment_id=segment_id)
 
 
-@app.task(base=JobTask, name="notifications.campaign_batch")
+@shared_task(base=JobTask, name=task_names.CAMPAIGN_BATCH)
 def campaign_batch_task(batch_id: int) -> None:
     campaign_delivery.campaign_batch_send(batch_id=batch_id)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from notifications import task_names
 from settings import topology
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -144,7 +145,7 @@ API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
 #: Fields of one form or query string (the admin's largest form, a changelist action on a page of 100 rows,
 #: sends about 110); more is answered 400 before a view runs. gunicorn bounds the request line and the
-#: headers (settings/gunicorn.conf.py).
+#: headers (settings/gunicorn_conf.py).
 DATA_UPLOAD_MAX_NUMBER_FIELDS = env_int("DATA_UPLOAD_MAX_NUMBER_FIELDS", 400)
 #: No page of the platform takes a file.
 DATA_UPLOAD_MAX_NUMBER_FILES = 1
@@ -237,7 +238,7 @@ RELAY_INTERVAL_SECONDS = float(env_str("RELAY_INTERVAL_SECONDS", "2"))
 RELAY_EXPIRES_SECONDS = 120.0
 CELERY_BEAT_SCHEDULE: dict = {
     "notifications-relay": {
-        "task": "notifications.relay",
+        "task": task_names.RELAY,
         "schedule": RELAY_INTERVAL_SECONDS,
         # A relay run that waited long is superseded by a later one; but a worker compares `expires`
         # with its own clock, and one running ahead would discard every run (the clock-skew drill

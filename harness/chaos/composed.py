@@ -529,7 +529,7 @@ while time.monotonic() < deadline:
     for row in sending.only("pk", "priority", "channel"):
         if row.pk not in seen:
             seen.add(row.pk)
-            publish(notification_deliver_task, args=[str(row.pk)], queue=row.queue)
+            publish(notification_deliver_task.name, args=[str(row.pk)], queue=row.queue)
     time.sleep(0.02)
 print(len(seen))
 """

@@ -7,7 +7,8 @@ import pytest
 from django.conf import settings
 
 from jobs.redis import redis_client
-from jobs.tasks import JobTask, probe
+from jobs.task import JobTask
+from jobs.tasks import probe
 
 #: A Redis database of its own, so the subprocess worker pools never take these messages.
 BROKER = settings.REDIS_URL.rsplit("/", 1)[0] + "/13"

@@ -92,7 +92,7 @@ def test_queue_depth_and_the_age_of_its_oldest_message():
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PlatformCollector(lambda: [queue]))
     try:
-        publish(probe, args=["metrics-test"], queue=queue)
+        publish(probe.name, args=["metrics-test"], queue=queue)
         families = text_string_to_metric_families(generate_latest(registry).decode())
         samples = {(s.name, s.labels.get("queue")): s.value for f in families for s in f.samples}
     finally:

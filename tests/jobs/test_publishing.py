@@ -17,7 +17,7 @@ from settings.topology import DEFAULT_QUEUE
 def test_a_publish_from_another_thread_reaches_the_workers(workers):
     key = f"test:probe:{uuid.uuid4()}"
     results: list[bool] = []
-    thread = threading.Thread(target=lambda: results.append(publish(probe, args=[key], queue=DEFAULT_QUEUE)))
+    thread = threading.Thread(target=lambda: results.append(publish(probe.name, args=[key], queue=DEFAULT_QUEUE)))
     thread.start()
     thread.join()
     assert results == [True]
@@ -39,11 +39,12 @@ def test_a_frozen_broker_does_not_hold_the_caller(settings):
     silent.listen(16)
     app = Celery("frozen", broker=f"redis://127.0.0.1:{silent.getsockname()[1]}/0", set_as_current=False)
     app.conf.broker_transport_options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
-    task = app.task(name="frozen.noop", shared=False)(lambda: None)
     published = threading.Event()
     try:
         # Outside a transaction the commit hook runs at once; the publish must not.
-        publish_after_commit(task, args=[], queue="frozen", on_published=published.set, background=True)
+        publish_after_commit(
+            "frozen.noop", args=[], queue="frozen", on_published=published.set, background=True, app=app
+        )
         assert waiting_publishes() == 1, "the publish is still in flight when the caller gets control back"
     finally:
         silent.close()  # the waiting publish now fails fast
@@ -60,7 +61,7 @@ def test_an_invalid_payload_is_dead_lettered_without_retry(workers):
     from jobs.models import DeadLetter
     from notifications.tasks import notification_deliver_task
 
-    assert publish(notification_deliver_task, args=["not-a-uuid"], queue="transactional.email")
+    assert publish(notification_deliver_task.name, args=["not-a-uuid"], queue="transactional.email")
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and not DeadLetter.objects.filter(job_name="notifications.deliver").exists():
         time.sleep(0.1)

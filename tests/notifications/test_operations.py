@@ -140,7 +140,7 @@ def test_the_json_has_every_part_of_the_page(admin_client, campaigns):
 
 def test_a_published_message_shows_as_depth_one_with_its_age(probe_queues):
     security, transactional = probe_queues
-    assert publish(probe, args=["operations-test"], queue=security)
+    assert publish(probe.name, args=["operations-test"], queue=security)
 
     rows = {q["name"]: q for q in operations_snapshot(queues=probe_queues)["queues"]["rows"]}
 
@@ -152,7 +152,7 @@ def test_a_published_message_shows_as_depth_one_with_its_age(probe_queues):
 
 def test_a_security_queue_is_late_after_ten_seconds_and_other_queues_never(probe_queues):
     for queue in probe_queues:
-        assert publish(probe, args=["operations-test"], queue=queue)
+        assert publish(probe.name, args=["operations-test"], queue=queue)
 
     eleven_seconds_later = operations_snapshot(queues=probe_queues, now=time.time() + 11)
     late = {q["name"]: q["late"] for q in eleven_seconds_later["queues"]["rows"]}

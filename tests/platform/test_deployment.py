@@ -74,7 +74,7 @@ def assert_real_command(argv: list[str]) -> None:
     elif program == "gunicorn":
         parsed, unknown = GunicornConfig(prog="gunicorn").parser().parse_known_args(argv[1:])
         assert unknown == [], f"{argv}: gunicorn does not take {unknown}"
-        assert parsed.config == "settings/gunicorn.conf.py", f"{argv}: the request bounds come from the config file"
+        assert parsed.config == "settings/gunicorn_conf.py", f"{argv}: the request bounds come from the config file"
         module_path, _, attribute = parsed.args[0].partition(":")
         assert callable(getattr(import_module(module_path), attribute or "application"))
     else:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 def web(tmp_path_factory) -> Iterator[str]:
     port = free_port()
     argv = replace_option(procfile_command("web"), "--bind", f"127.0.0.1:{port}")
-    assert "--config" in argv, "the Procfile's web process reads the bounds from settings/gunicorn.conf.py"
+    assert "--config" in argv, "the Procfile's web process reads the bounds from settings/gunicorn_conf.py"
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test"}
     process = ManagedProcess("web", argv, env=env, log_path=tmp_path_factory.mktemp("web") / "web.log").start()
     url = f"http://127.0.0.1:{port}"

@@ -1,5 +1,5 @@
 """gunicorn's bounds on what a request may carry before Django reads it. Every way the web tier starts (Procfile,
-Dockerfile, Kubernetes, compose, the benchmarks) passes `--config settings/gunicorn.conf.py`; a request beyond
+Dockerfile, Kubernetes, compose, the benchmarks) passes `--config settings/gunicorn_conf.py`; a request beyond
 them is answered 414 or 431 by gunicorn and never reaches the application.
 
 Django bounds the rest: DATA_UPLOAD_MAX_NUMBER_FIELDS (form fields), DATA_UPLOAD_MAX_MEMORY_SIZE and

@@ -1,0 +1,11 @@
+"""The names the domain's tasks are published by (jobs.publishing): services and the relay publish a name, so none
+of them imports notifications/tasks.py, which sits above them all."""
+
+#: One notification: notifications.delivery.notification_deliver.
+DELIVER = "notifications.deliver"
+#: Republish what a lost publish or a dead worker left behind (beat, every RELAY_INTERVAL_SECONDS).
+RELAY = "notifications.relay"
+#: Write one segment of a campaign's notifications.
+CAMPAIGN_FANOUT = "notifications.campaign_fanout"
+#: Send one batch of a campaign's notifications.
+CAMPAIGN_BATCH = "notifications.campaign_batch"
