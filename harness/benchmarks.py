@@ -300,5 +300,5 @@ def blast(*, platform: Platform, web: WebProcess, duration: float, per_second: f
         },
         "marketing_per_second_meanwhile": round(len(in_window) / duration, 1),
         "marketing_share_cap_per_second": settings.JOBS_RATE_LIMITS["postmark"]["rate_per_second"]
-        * settings.JOBS_RATE_LIMITS["postmark"]["marketing_share"],
+        * settings.JOBS_RATE_LIMITS["postmark"]["shares"]["marketing"],
     }

@@ -12,7 +12,7 @@ Time comes from the Redis server's clock, so worker clocks do not matter.  A bat
 is granted whole or not at all; in any window of W seconds at most rate*W + burst tokens
 are granted, so `burst` is also the largest batch and the overshoot of a 1-s window.
 
-A caller limited to a `share` of the rate (marketing, e.g. 0.8) acquires on two keys in
+A caller limited to a `share` of the rate (a kind its configuration names, e.g. marketing at 0.8) acquires on two keys in
 the same script: the provider's key and a second key running at rate*share with a burst
 of burst*share.  Both grant or neither does, so such callers never take more than their
 share, in a burst or in the long run, and urgent callers (share 1, the provider's key
@@ -26,7 +26,7 @@ If Redis is unreachable every request is granted: a broken limiter must not stop
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -87,18 +87,20 @@ class RateLimiter:
         burst: int | None = None,
         client: redis.Redis | None = None,
         *,
-        marketing_share: float = 1.0,
+        shares: Mapping[str, float] | None = None,
     ) -> None:
         if rate_per_second <= 0:
             raise ValueError(f"rate limiter {name}: rate_per_second must be positive, not {rate_per_second!r}")
-        if not 0 < marketing_share <= 1:
-            raise ValueError(f"rate limiter {name}: marketing_share must lie in (0, 1], not {marketing_share!r}")
+        for kind, share in (shares or {}).items():
+            if not 0 < share <= 1:
+                raise ValueError(f"rate limiter {name}: the share of {kind!r} must lie in (0, 1], not {share!r}")
         self.name = name
         self.rate_per_second = float(rate_per_second)
         #: Tokens that may be taken at once after an idle spell; one second's worth by default.
         self.burst = burst if burst is not None else max(1, math.ceil(rate_per_second))
-        #: Share of the rate the marketing priority may use (see the module docstring).
-        self.marketing_share = marketing_share
+        #: Share of the rate a kind of caller may use, by the name its caller gives (the domain's: a priority);
+        #: any other kind may use the whole rate (see the module docstring).
+        self.shares = dict(shares or {})
         self.client = client or redis_client()
         self.key = f"jobs:ratelimit:{name}"
         self._interval_us = 1_000_000 / self.rate_per_second
@@ -110,9 +112,9 @@ class RateLimiter:
         """The most tokens one call at this share may ask for."""
         return max(1, int(self.burst * share + 1e-9))
 
-    def share_for(self, priority: str) -> float:
-        """The `share` a job of this priority passes to `acquire`."""
-        return self.marketing_share if priority == "marketing" else 1.0
+    def share_for(self, kind: str) -> float:
+        """The `share` a caller of this kind passes to `acquire`."""
+        return self.shares.get(kind, 1.0)
 
     def acquire(self, n: int = 1, *, share: float = 1.0) -> float:
         """0.0 if n tokens were granted, else the seconds to wait before asking again.  Never blocks."""
@@ -222,7 +224,7 @@ def _gcra(script, schedules: Sequence[tuple[str, float, float]], n: int) -> tupl
     return (0.0 if granted else wait_us / 1_000_000), now_us / 1_000_000
 
 
-_CONFIG_KEYS = {"rate_per_second", "burst", "marketing_share"}
+_CONFIG_KEYS = {"rate_per_second", "burst", "shares"}
 
 
 def rate_limiter_for(name: str) -> RateLimiter | None:
@@ -234,12 +236,14 @@ def rate_limiter_for(name: str) -> RateLimiter | None:
     if unknown or "rate_per_second" not in config:
         raise ImproperlyConfigured(
             f"JOBS_RATE_LIMITS[{name!r}] has keys {sorted(config)}; "
-            f"expected rate_per_second and optionally burst, marketing_share"
+            f"expected rate_per_second and optionally burst, shares"
         )
-    return _limiter(name, tuple(sorted(config.items())))
+    frozen = {**config, "shares": tuple(sorted((config.get("shares") or {}).items()))}
+    return _limiter(name, tuple(sorted(frozen.items())))
 
 
 @lru_cache(maxsize=64)
 def _limiter(name: str, config: tuple) -> RateLimiter:
     # Called on every send: build (and register the scripts) once per process and configuration.
-    return RateLimiter(name, **dict(config))
+    options = dict(config)
+    return RateLimiter(name, **{**options, "shares": dict(options["shares"])})

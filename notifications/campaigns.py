@@ -40,6 +40,7 @@ from notifications.models import (
     CampaignStatus,
     Channel,
     Notification,
+    Priority,
 )
 from notifications.rendering import render
 from settings.topology import FANOUT_QUEUE, queue_name
@@ -281,7 +282,7 @@ def campaign_cancel(*, campaign_id: int) -> Campaign:
 
 def campaign_batches_publish(campaign: Campaign, batch_ids: list[int], *, background: bool = False) -> None:
     """Queue one message per batch once the current transaction commits (`background`: for web requests)."""
-    queue = queue_name("marketing", campaign.channel)
+    queue = queue_name(Priority.MARKETING, campaign.channel)
     for batch_id in batch_ids:
         publish_after_commit(task_names.CAMPAIGN_BATCH, args=[batch_id], queue=queue, background=background)
 
@@ -302,7 +303,7 @@ written AS (
         (id, idempotency_key, request_fingerprint, priority, channel, recipient_id, "to", template, context,
          status, attempts, provider, provider_message_id, last_error, outcome_unknown, campaign_id,
          created_at, updated_at)
-    SELECT (%(prefix)s || '8' || lpad(to_hex(c.id), 15, '0'))::uuid, '', '', 'marketing', %(channel)s, c.id,
+    SELECT (%(prefix)s || '8' || lpad(to_hex(c.id), 15, '0'))::uuid, '', '', %(priority)s, %(channel)s, c.id,
            c.address, %(template)s, '{{}}'::jsonb, 'scheduled', 0, '', '', '', false, %(campaign)s, %(now)s, %(now)s
     FROM chosen c
     ON CONFLICT DO NOTHING
@@ -386,6 +387,7 @@ def _materialise(campaign: Campaign, segment: CampaignSegment, now) -> tuple[int
         first=segment.first_recipient_id,
         last=segment.last_recipient_id,
         prefix=_key_prefix(campaign.pk),
+        priority=Priority.MARKETING.value,
         channel=campaign.channel,
         template=campaign.template,
         campaign=campaign.pk,
@@ -484,7 +486,7 @@ def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
             .select_related("campaign")[:1000]
         )
         for channel in Channel.values:
-            lost = queue_lost_before(queue_heads(queue_name("marketing", channel)), now=wall, grace=grace)
+            lost = queue_lost_before(queue_heads(queue_name(Priority.MARKETING, channel)), now=wall, grace=grace)
             due += list(
                 CampaignBatch.objects.select_for_update(skip_locked=True, of=("self",))
                 .filter(status=BatchStatus.QUEUED, queued_at__lt=lost, campaign__channel=channel)

@@ -11,18 +11,8 @@ from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import Q
 
-
-class Priority(models.TextChoices):
-    SECURITY = "security"
-    TRANSACTIONAL = "transactional"
-    MARKETING = "marketing"
-
-
-class Channel(models.TextChoices):
-    EMAIL = "email"
-    SMS = "sms"
-    PUSH = "push"
-
+# The vocabulary is the topology's (defined once there); the models use it for their choices.
+from settings.topology import Channel, Priority  # noqa: F401
 
 #: The marketing-consent field of each channel (a column name, so also safe in raw SQL).
 MARKETING_CONSENT_FIELDS = {
@@ -158,7 +148,7 @@ class Notification(models.Model):
     class Meta:
         ordering = ["-created_at"]
         #: Sending is a permission per priority, on top of add_notification (API and admin alike).
-        permissions = [(f"send_{p}", f"Can send {p} notifications") for p in ("security", "transactional", "marketing")]
+        permissions = [(f"send_{p}", f"Can send {p} notifications") for p in Priority.values]
         indexes = [
             # The admin's default list and its filters.
             models.Index(fields=["-created_at"], name="notif_created_idx"),

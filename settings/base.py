@@ -254,9 +254,9 @@ CELERY_BEAT_SCHEDULE: dict = {
 #: which a job is dead-lettered instead of retried.
 JOBS_RETRY_POLICIES = {
     # Fast retries for about two minutes, every provider in the chain tried each time.
-    "security": {"max_attempts": 12, "base_delay": 0.5, "max_delay": 15, "budget_seconds": 120},
-    "transactional": {"max_attempts": 15, "base_delay": 2, "max_delay": 300, "budget_seconds": 1800},
-    "marketing": {"max_attempts": 20, "base_delay": 30, "max_delay": 3600, "budget_seconds": 6 * 3600},
+    topology.Priority.SECURITY: {"max_attempts": 12, "base_delay": 0.5, "max_delay": 15, "budget_seconds": 120},
+    topology.Priority.TRANSACTIONAL: {"max_attempts": 15, "base_delay": 2, "max_delay": 300, "budget_seconds": 1800},
+    topology.Priority.MARKETING: {"max_attempts": 20, "base_delay": 30, "max_delay": 3600, "budget_seconds": 6 * 3600},
 }
 #: Circuit breaker per provider (jobs/breaker.py), shared by all workers through Redis.
 JOBS_CIRCUIT_BREAKER = {
@@ -265,7 +265,7 @@ JOBS_CIRCUIT_BREAKER = {
     "probe_timeout_seconds": 15.0,
 }
 #: Global send rate per provider (jobs/ratelimit.py, GCRA on the Redis server's clock),
-#: shared by every worker.  Marketing may use at most `marketing_share` of the rate (in
+#: shared by every worker.  Marketing may use at most its `shares` of the rate (in
 #: bursts and in the long run), so security and transactional sends always find headroom.
 #: `burst` is both the largest batch one call may take and how far any 1-s window can
 #: exceed the rate: 10 at 1,000/s keeps every window within 1 %.
@@ -273,7 +273,7 @@ JOBS_RATE_LIMITS = {
     "postmark": {
         "rate_per_second": env_int("POSTMARK_RATE_PER_SECOND", 1000),
         "burst": env_int("POSTMARK_BURST", 10),
-        "marketing_share": float(env_str("POSTMARK_MARKETING_SHARE", "0.8")),
+        "shares": {topology.Priority.MARKETING: float(env_str("POSTMARK_MARKETING_SHARE", "0.8"))},
     },
 }
 #: A row still pending this long after it was written was never published (crash

@@ -24,15 +24,16 @@ os.environ.setdefault("CAMPAIGN_SEGMENT_SIZE", "1000")
 os.environ.setdefault("CAMPAIGN_BATCH_SIZE", "200")
 
 from settings.base import *  # noqa: E402,F403
+from settings.topology import Priority  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Short so the tests that kill workers see redelivery quickly.
 PROVIDER_TIMEOUT_SECONDS = 3.0
 #: Same shape as production, smaller numbers: a drill sees retries and dead letters in seconds.
 JOBS_RETRY_POLICIES = {
-    "security": {"max_attempts": 6, "base_delay": 0.2, "max_delay": 2, "budget_seconds": 60},
-    "transactional": {"max_attempts": 3, "base_delay": 0.2, "max_delay": 2, "budget_seconds": 60},
-    "marketing": {"max_attempts": 3, "base_delay": 0.5, "max_delay": 5, "budget_seconds": 120},
+    Priority.SECURITY: {"max_attempts": 6, "base_delay": 0.2, "max_delay": 2, "budget_seconds": 60},
+    Priority.TRANSACTIONAL: {"max_attempts": 3, "base_delay": 0.2, "max_delay": 2, "budget_seconds": 60},
+    Priority.MARKETING: {"max_attempts": 3, "base_delay": 0.5, "max_delay": 5, "budget_seconds": 120},
 }
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -1,13 +1,31 @@
-"""The queue topology: one Redis queue per priority and channel, one worker pool per priority.
+"""The platform's vocabulary and queue topology, defined here once: the priorities and channels, one Redis queue
+per priority and channel, one worker pool per priority.
 
 Priority is never Celery's emulated Redis priority (prefetch defeats it): it is a
 separate queue consumed by a separate pool, so marketing can never starve security.
 """
 
+from django.db.models import TextChoices
 from kombu import Queue
 
-PRIORITIES = ("security", "transactional", "marketing")
-CHANNELS = ("email", "sms", "push")
+
+class Priority(TextChoices):
+    """How urgent a notification is; each has its own queues and worker pool, in this order of urgency."""
+
+    SECURITY = "security"
+    TRANSACTIONAL = "transactional"
+    MARKETING = "marketing"
+
+
+class Channel(TextChoices):
+    EMAIL = "email"
+    SMS = "sms"
+    PUSH = "push"
+
+
+#: The values, most urgent first.
+PRIORITIES = tuple(Priority.values)
+CHANNELS = tuple(Channel.values)
 
 #: Queue for job-runtime housekeeping (outbox relay, periodic sweeps); consumed
 #: by the transactional pool so it never competes with security sends.
@@ -32,9 +50,9 @@ def all_queue_names() -> list[str]:
 def pool_queues(priority: str) -> list[str]:
     """Queues the worker pool of one priority consumes."""
     queues = [queue_name(priority, c) for c in CHANNELS]
-    if priority == "transactional":
+    if priority == Priority.TRANSACTIONAL:
         queues.append(DEFAULT_QUEUE)
-    if priority == "marketing":
+    if priority == Priority.MARKETING:
         queues.append(FANOUT_QUEUE)
     return queues
 

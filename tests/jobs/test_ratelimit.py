@@ -92,20 +92,20 @@ def test_a_batch_is_granted_whole_or_not_at_all(name):
 
 def test_marketing_share_leaves_headroom_for_urgent_work(name):
     # Slow enough that no token refills while the loop below runs.
-    limiter = RateLimiter(name, 10, marketing_share=0.8)
-    marketing = limiter.share_for("marketing")
-    assert marketing == 0.8 and limiter.share_for("security") == 1.0
+    limiter = RateLimiter(name, 10, shares={"bulk": 0.8})
+    marketing = limiter.share_for("bulk")
+    assert marketing == 0.8 and limiter.share_for("urgent") == 1.0
     granted = 0
     while limiter.acquire(1, share=marketing) == 0.0:
         granted += 1
     assert 8 <= granted <= 9  # 80 % of the burst (a ninth only if the loop outlived a refill)
     assert limiter.acquire(1, share=marketing) > 0.0
     # Marketing is saturated, yet a security send still goes out now: the last 20 % was kept.
-    assert limiter.acquire(2, share=limiter.share_for("security")) == 0.0
+    assert limiter.acquire(2, share=limiter.share_for("urgent")) == 0.0
 
 
 def test_marketing_share_caps_the_sustained_rate_and_urgent_sends_get_through(name):
-    limiter = RateLimiter(name, 200, burst=10, marketing_share=0.5)
+    limiter = RateLimiter(name, 200, burst=10, shares={"bulk": 0.5})
     seconds, micros = limiter.client.time()
     start = seconds + micros / 1_000_000
     marketing, urgent, urgent_refused = [], [], 0
@@ -171,11 +171,11 @@ def test_unreachable_redis_lets_sends_through():
 
 
 @override_settings(
-    JOBS_RATE_LIMITS={"postmark": {"rate_per_second": 1000, "burst": 10, "marketing_share": 0.8}, "typo": {"rate": 5}}
+    JOBS_RATE_LIMITS={"postmark": {"rate_per_second": 1000, "burst": 10, "shares": {"bulk": 0.8}}, "typo": {"rate": 5}}
 )
 def test_limits_come_from_settings():
     limiter = rate_limiter_for("postmark")
-    assert (limiter.rate_per_second, limiter.burst, limiter.share_for("marketing")) == (1000, 10, 0.8)
+    assert (limiter.rate_per_second, limiter.burst, limiter.share_for("bulk")) == (1000, 10, 0.8)
     assert rate_limiter_for("twilio") is None
     with pytest.raises(ImproperlyConfigured, match="rate_per_second"):
         rate_limiter_for("typo")
