@@ -17,7 +17,6 @@ from notifications.campaigns import (
     campaign_cancel,
     campaign_create,
     campaign_pause,
-    campaign_progress,
     campaign_resume,
     campaign_start,
     campaign_validate,
@@ -35,6 +34,7 @@ from notifications.models import (
     Suppression,
 )
 from notifications.rendering import template_names
+from notifications.selectors import campaign_progress
 from notifications.services import notification_send, notification_validate
 
 

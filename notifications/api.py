@@ -24,7 +24,7 @@ from ninja.parser import Parser
 from ninja.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict
 
-from notifications import campaigns
+from notifications import campaigns, selectors
 from notifications.inputs import MalformedJSON, parse_json_object
 from notifications.models import ApiToken, Campaign, Channel, Notification, Priority
 from notifications.services import IdempotencyConflict, notification_send, request_fingerprint
@@ -417,13 +417,7 @@ def notifications_create(
 )
 def notifications_detail(request: HttpRequest, notification_id: str):
     """Staff see every notification; other users the ones they submitted."""
-    notifications = Notification.objects.all()
-    if not request.user.is_staff:
-        notifications = notifications.filter(created_by=request.user)
-    try:
-        notification = notifications.filter(pk=notification_id).first()
-    except ValidationError:
-        notification = None
+    notification = selectors.notification_visible_to(request.user, notification_id)
     if notification is None:
         raise Refused(404, f"no notification {notification_id}")
     return {
@@ -447,7 +441,7 @@ def notifications_detail(request: HttpRequest, notification_id: str):
 
 def _campaign_json(request: HttpRequest, campaign: Campaign) -> dict[str, Any]:
     return {
-        **campaigns.campaign_progress(campaign),
+        **selectors.campaign_progress(campaign),
         "url": request.build_absolute_uri(reverse("api-v1:campaign-detail", args=[campaign.pk])),
     }
 
@@ -484,7 +478,7 @@ def campaigns_create(request: HttpRequest, response: HttpResponse, payload: Camp
 )
 def campaigns_detail(request: HttpRequest, campaign_id: int):
     """Counts, percent done, current rate and time to finish. Needs notifications.view_campaign."""
-    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    campaign = selectors.campaign_find(campaign_id)
     if campaign is None:
         raise Refused(404, f"no campaign {campaign_id}")
     return _campaign_json(request, campaign)

@@ -13,6 +13,6 @@ class NotificationsConfig(AppConfig):
         # (registered in every process: they are published by name).
         from jobs.metrics import register_gauges
         from notifications import bounces, checks, delivery, tasks  # noqa: F401
-        from notifications.campaigns import campaign_metrics
+        from notifications.selectors import campaign_metrics
 
         register_gauges(campaign_metrics)

@@ -14,7 +14,6 @@ writing a segment twice cannot write a recipient twice.
 import logging
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
@@ -23,13 +22,11 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 from jobs.clock import database_now
 from jobs.publishing import publish_after_commit
 from jobs.redis import queue_head, queue_lost_before
 from notifications import task_names
-from notifications.events import RATE_WINDOW_SECONDS, campaign_rate
 from notifications.inputs import context_check, text_check
 from notifications.models import (
     MARKETING_CONSENT_FIELDS,
@@ -78,31 +75,6 @@ def campaign_notifications(campaign: Campaign):
         pk__gte=campaign_notification_id(campaign.pk, 0),
         pk__lte=uuid.UUID(f"{_key_prefix(campaign.pk)}8{'f' * 15}"),
     )
-
-
-def campaign_progress(campaign: Campaign) -> dict[str, Any]:
-    """What an operator wants to see: counts, percent done, current rate and time to finish."""
-    total = campaign.materialized_count
-    rate = campaign_rate(campaign.pk).rate(RATE_WINDOW_SECONDS) if campaign.status == CampaignStatus.RUNNING else 0.0
-    remaining = campaign.remaining_count
-    return {
-        "id": campaign.pk,
-        "name": campaign.name,
-        "status": campaign.status,
-        "fanout_complete": campaign.fanout_completed_at is not None,
-        "segments": {"done": campaign.segments_done, "total": campaign.segments_total},
-        "recipients": total,
-        "sent": campaign.sent_count,
-        "failed": campaign.dead_count,
-        "skipped": campaign.skipped_count,
-        "remaining": remaining,
-        "percent_done": round(100 * campaign.done_count / total, 1) if total else 0.0,
-        "rate_per_second": round(rate, 1),
-        "eta_seconds": round(remaining / rate) if rate > 0 and remaining else None,
-        "last_error": campaign.last_error or None,
-        "started_at": campaign.started_at.isoformat() if campaign.started_at else None,
-        "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
-    }
 
 
 # --- lifecycle ----------------------------------------------------------------------
@@ -515,21 +487,3 @@ def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
     if published:
         logger.info("campaign relay: published %s batch(es) or segment(s) again", published)
     return published
-
-
-def campaign_metrics() -> Iterator[Metric]:
-    """Prometheus gauges of the running and paused campaigns (registered with jobs.metrics at start-up)."""
-    messages = GaugeMetricFamily(
-        "notify_campaign_messages", "Notifications of a campaign by state.", labels=["campaign", "name", "state"]
-    )
-    rate = GaugeMetricFamily(
-        "notify_campaign_send_rate", "Sends per second of a campaign.", labels=["campaign", "name"]
-    )
-    for campaign in Campaign.objects.filter(status__in=[CampaignStatus.RUNNING, CampaignStatus.PAUSED]):
-        progress = campaign_progress(campaign)
-        labels = [str(campaign.pk), campaign.name]
-        for state in ("sent", "failed", "skipped", "remaining"):
-            messages.add_metric([*labels, state], float(progress[state]))
-        rate.add_metric(labels, float(progress["rate_per_second"]))
-    yield messages
-    yield rate

@@ -7,11 +7,11 @@ from notifications.campaigns import (
     campaign_create,
     campaign_fanout_segment,
     campaign_notifications,
-    campaign_progress,
     campaign_resume,
     campaign_start,
 )
 from notifications.models import Campaign, CampaignBatch, CampaignSegment, Recipient
+from notifications.selectors import campaign_progress
 
 pytestmark = pytest.mark.django_db
 

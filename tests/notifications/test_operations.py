@@ -16,7 +16,7 @@ from jobs.redis import broker_client, redis_client
 from jobs.tasks import probe
 from notifications.events import provider_rate
 from notifications.models import Campaign
-from notifications.operations import BROKER_DOWN, CHART_SECONDS, RATES_DOWN, operations_snapshot
+from notifications.selectors import BROKER_DOWN, CHART_SECONDS, RATES_DOWN, operations_snapshot
 from settings.celery_app import app
 from settings.topology import all_queue_names
 from tests.support.deadletters import make_dead_letter
