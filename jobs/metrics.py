@@ -3,14 +3,13 @@
 Workers are many processes on many machines, so counters and histograms live in Redis
 hashes (one HINCRBY pipeline per event or batch) and are read back at scrape time,
 together with gauges read live from Redis (queue depth and age, breakers) and PostgreSQL
-(open dead letters).  Domain apps add gauges with `register_gauges` (campaign progress).
+(open dead letters).  The runtime knows jobs, queues, breakers, limiters and dead letters; a
+domain declares its own SharedCounter/SharedHistogram with its own labels (every one declared is
+collected) and adds scrape-time gauges with `register_gauges`.  The runtime's own:
 
     notify_queue_depth{queue}                         messages waiting
     notify_queue_oldest_age_seconds{queue}            age of the next message to be taken
     notify_queue_reserved                             messages taken by workers, not yet acknowledged
-    notify_sends_total{channel,priority,provider,outcome}   outcome: sent | retry | dead | skipped
-    notify_retries_total{channel,priority}
-    notify_delivery_latency_seconds{channel,priority} histogram: submit -> provider accepted
     notify_dead_letters_total{queue}                  dead letters recorded
     notify_dead_letters_open                          dead letters not yet replayed or discarded
     notify_breaker_state{breaker}                     0 closed, 1 half-open, 2 open
@@ -33,8 +32,13 @@ from jobs.redis import broker_client, queue_head, redis_client
 logger = logging.getLogger(__name__)
 
 PREFIX = "jobs:metrics"
-#: Seconds: from a security alert (well under 1 s) to a marketing retry (an hour).
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
+#: Every shared metric declared in this process, by name: all are collected at scrape time.
+_shared: dict[str, "SharedCounter | SharedHistogram"] = {}
+
+
+def shared_metrics() -> tuple["SharedCounter | SharedHistogram", ...]:
+    """The counters and histograms declared so far (the runtime's and the domain's)."""
+    return tuple(_shared.values())
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,9 @@ class SharedCounter:
     name: str
     documentation: str
     labels: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _shared[self.name] = self
 
     def inc(self, *values: str, amount: float = 1, pipe: redis.client.Pipeline | None = None) -> None:
         _run(pipe, lambda p: p.hincrbyfloat(f"{PREFIX}:{self.name}", json.dumps(values), amount))
@@ -58,7 +65,10 @@ class SharedHistogram:
     name: str
     documentation: str
     labels: tuple[str, ...]
-    buckets: tuple[float, ...] = LATENCY_BUCKETS
+    buckets: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        _shared[self.name] = self
 
     def observe_many(self, values_by_labels: dict[tuple[str, ...], Sequence[float]]) -> None:
         """Record observations, grouped by label values, in one round trip."""
@@ -98,6 +108,11 @@ class SharedHistogram:
         return family
 
 
+def run_in_pipeline(record: Callable[[redis.client.Pipeline], object]) -> None:
+    """Record several metric events in one round trip (`record` adds them to the pipeline it is given)."""
+    _run(None, record)
+
+
 def _run(pipe: redis.client.Pipeline | None, record: Callable[[redis.client.Pipeline], object]) -> None:
     try:
         if pipe is not None:
@@ -110,54 +125,11 @@ def _run(pipe: redis.client.Pipeline | None, record: Callable[[redis.client.Pipe
         logger.debug("metrics not recorded: %s", exc)
 
 
-SENDS = SharedCounter(
-    "notify_sends_total",
-    "Delivery attempts by outcome: sent, retry (failed, will retry), dead (dead-lettered), skipped.",
-    ("channel", "priority", "provider", "outcome"),
-)
-RETRIES = SharedCounter(
-    "notify_retries_total", "Attempts that failed and were scheduled again.", ("channel", "priority")
-)
 DEAD_LETTERS = SharedCounter("notify_dead_letters_total", "Dead letters recorded.", ("queue",))
 RATELIMIT_WAITS = SharedCounter("notify_ratelimit_waits_total", "Sends that had to wait for a token.", ("limiter",))
 RATELIMIT_WAIT_SECONDS = SharedCounter(
     "notify_ratelimit_wait_seconds_total", "Seconds spent or scheduled waiting for tokens.", ("limiter",)
 )
-LATENCY = SharedHistogram(
-    "notify_delivery_latency_seconds",
-    "From the moment a notification was written to the moment a provider accepted it.",
-    ("channel", "priority"),
-)
-SHARED_METRICS: tuple[SharedCounter | SharedHistogram, ...] = (
-    SENDS,
-    RETRIES,
-    DEAD_LETTERS,
-    RATELIMIT_WAITS,
-    RATELIMIT_WAIT_SECONDS,
-    LATENCY,
-)
-
-
-def record_outcomes(
-    outcomes: Iterable[tuple[str, str, str, str]], latencies: dict[tuple[str, str], list[float]]
-) -> None:
-    """Count (channel, priority, provider, outcome) events and observe latencies, in one round trip."""
-    counts: dict[tuple[str, str, str, str], int] = {}
-    for outcome in outcomes:
-        counts[outcome] = counts.get(outcome, 0) + 1
-
-    def record(pipe: redis.client.Pipeline) -> None:
-        for labels, count in counts.items():
-            SENDS.inc(*labels, amount=count, pipe=pipe)
-            if labels[3] == "retry":
-                RETRIES.inc(labels[0], labels[1], amount=count, pipe=pipe)
-
-    if counts:
-        _run(None, record)
-    if latencies:
-        LATENCY.observe_many(latencies)
-
-
 # --- scrape-time gauges ------------------------------------------------------------
 
 _gauge_sources: list[Callable[[], Iterable[Metric]]] = []
@@ -198,7 +170,7 @@ class PlatformCollector:
             "Messages workers have taken and not yet acknowledged.",
             value=float(broker.hlen("unacked")),
         )
-        for metric in SHARED_METRICS:
+        for metric in shared_metrics():
             yield metric.collect(client)
         states = GaugeMetricFamily(
             "notify_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.", labels=["breaker"]

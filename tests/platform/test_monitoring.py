@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.metrics import SHARED_METRICS, PlatformCollector, SharedHistogram
+from jobs.metrics import PlatformCollector, SharedHistogram, shared_metrics
 from settings.topology import all_queue_names
 
 PLATFORM = Path(__file__).resolve().parents[2] / "platform"
@@ -22,7 +22,7 @@ ALERTS = PLATFORM / "prometheus" / "alerts.yml"
 SCRAPE_CONFIG = PLATFORM / "prometheus" / "prometheus.yml"
 DASHBOARD = PLATFORM / "grafana" / "notify-dashboard.json"
 
-#: Gauges built at scrape time by jobs/metrics.py PlatformCollector.collect (not in SHARED_METRICS).
+#: Gauges built at scrape time by jobs/metrics.py PlatformCollector.collect (not shared metrics).
 SCRAPE_TIME_GAUGES = {
     "notify_queue_depth",
     "notify_queue_oldest_age_seconds",
@@ -32,8 +32,8 @@ SCRAPE_TIME_GAUGES = {
 }
 #: Campaign gauges: notifications/campaigns.py campaign_metrics, added through jobs.metrics.register_gauges.
 CAMPAIGN_GAUGES = {"notify_campaign_messages", "notify_campaign_send_rate"}
-HISTOGRAMS = {metric.name for metric in SHARED_METRICS if isinstance(metric, SharedHistogram)}
-EXPORTED = {metric.name for metric in SHARED_METRICS} | SCRAPE_TIME_GAUGES | CAMPAIGN_GAUGES
+HISTOGRAMS = {metric.name for metric in shared_metrics() if isinstance(metric, SharedHistogram)}
+EXPORTED = {metric.name for metric in shared_metrics()} | SCRAPE_TIME_GAUGES | CAMPAIGN_GAUGES
 
 SEVERITIES = {"page", "critical", "warning"}
 RULE_KEYS = {"alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
