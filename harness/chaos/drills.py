@@ -28,6 +28,7 @@ from typing import Any
 import requests
 
 from harness.chaos.stack import ChaosStack
+from harness.waiting import wait_until
 from jobs.breaker import CLOSED, CircuitBreaker
 from settings.topology import PRIORITIES
 
@@ -194,6 +195,32 @@ def submit(
     lock = threading.Lock()
     pending = list(reversed(requests_))
 
+    def send(session: requests.Session, key: str, body: dict[str, Any]) -> None:
+        last: dict[str, Any] = {}
+
+        def answered() -> bool:
+            """One POST; True when no retry is due (a 202, or an answer a retry cannot change)."""
+            started = time.monotonic()
+            try:
+                response = post_notification(session, stack, key, body)
+                answer: int | str = response.status_code
+            except requests.RequestException as exc:
+                response, answer = None, type(exc).__name__
+            elapsed = time.monotonic() - started
+            last.update(response=response, answer=answer)
+            with lock:
+                result.answers[answer] += 1
+                if answer == 202:
+                    result.ids.append(response.json()["id"])
+                    result.latencies.append(elapsed)
+            return answer == 202 or (response is not None and response.status_code < 500)
+
+        wait_until(answered, timeout=retry_seconds, interval=0.5)
+        if last["answer"] != 202:  # refused for good, or still failing when the client gave up
+            response = last["response"]
+            with lock:
+                result.refused.append(f"{key}: {last['answer']} {response.text[:200] if response is not None else ''}")
+
     def client() -> None:
         session = api_session(stack)
         while True:
@@ -201,28 +228,7 @@ def submit(
                 if not pending:
                     return
                 key, body = pending.pop()
-            deadline = time.monotonic() + retry_seconds
-            while True:
-                started = time.monotonic()
-                try:
-                    response = post_notification(session, stack, key, body)
-                    answer: int | str = response.status_code
-                except requests.RequestException as exc:
-                    response, answer = None, type(exc).__name__
-                elapsed = time.monotonic() - started
-                with lock:
-                    result.answers[answer] += 1
-                    if answer == 202:
-                        result.ids.append(response.json()["id"])
-                        result.latencies.append(elapsed)
-                if answer == 202:
-                    break
-                retryable = response is None or response.status_code >= 500
-                if not retryable or time.monotonic() > deadline:
-                    with lock:
-                        result.refused.append(f"{key}: {answer} {response.text[:200] if response is not None else ''}")
-                    break
-                time.sleep(0.5)
+            send(session, key, body)
 
     workers = [threading.Thread(target=client, daemon=True) for _ in range(max(1, min(threads, len(requests_))))]
     for worker in workers:
@@ -240,9 +246,7 @@ def start_burst(stack: ChaosStack, tag: str, count: int, **options: Any) -> tupl
 
 def wait_accepted(live: Submission, count: int, timeout: float = 30.0) -> None:
     """Until `count` submissions of a running burst were accepted (a fault then lands mid-burst)."""
-    deadline = time.monotonic() + timeout
-    while len(live.ids) < count and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(live.ids) >= count, timeout=timeout, interval=0.01)
 
 
 def in_background(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
@@ -291,20 +295,16 @@ def fetch_rows(stack: ChaosStack, ids: list[str]) -> dict[str, dict[str, Any]]:
 
 def wait_final(stack: ChaosStack, ids: list[str], timeout: float) -> bool:
     """Wait until every notification is sent or dead; False on timeout.  A database outage just waits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            done = stack.query(
-                "SELECT count(*) FROM notifications_notification WHERE id = ANY(%s::uuid[]) AND status IN ('sent', 'dead')",
-                (ids,),
-            )[0][0]
-            if done == len(set(ids)):
-                return True
-        except Exception:  # PostgreSQL may be down on purpose
-            pass
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.25)
+
+    def all_final() -> bool:
+        done = stack.query(
+            "SELECT count(*) FROM notifications_notification WHERE id = ANY(%s::uuid[]) AND status IN ('sent', 'dead')",
+            (ids,),
+        )[0][0]
+        return done == len(set(ids))
+
+    # Any error counts as "not yet": PostgreSQL may be down on purpose.
+    return bool(wait_until(all_final, timeout=timeout, interval=0.25, ignoring=(Exception,)))
 
 
 @dataclass
@@ -695,7 +695,8 @@ def drill_provider_outage(stack: ChaosStack, plan: Plan, rng: random.Random) -> 
     healed_at = time.time()
     time.sleep(cooldown + 0.5)
     after = submit(stack, burst_bodies(_tag(5), plan.burst, EMAIL_MIX))
-    closed = CLOSED if _wait_state(breaker, CLOSED, timeout=plan.final_timeout) else breaker.state()["state"]
+    reclosed = wait_until(lambda: breaker.state()["state"] == CLOSED, timeout=plan.final_timeout)
+    closed = CLOSED if reclosed else breaker.state()["state"]
     closed_after = time.time() - healed_at
     wait_final(stack, after.ids, plan.final_timeout)
     after_outcome = tally(stack, after.ids, refused=after.refused)
@@ -721,15 +722,6 @@ def drill_provider_outage(stack: ChaosStack, plan: Plan, rng: random.Random) -> 
         ],
         recovery=closed_after,
     )
-
-
-def _wait_state(breaker: CircuitBreaker, state: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if breaker.state()["state"] == state:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def drill_half_errors(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:

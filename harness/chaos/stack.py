@@ -30,6 +30,7 @@ import requests
 
 from harness.processes import WorkerProcess
 from harness.sandbox.process import SandboxProcess, free_port
+from harness.waiting import wait_until
 from settings.topology import PRIORITIES, pool_queues
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,20 +191,6 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except ProcessLookupError:
         pass
-
-
-def wait_until(predicate, *, timeout: float, interval: float = 0.1) -> bool:
-    """Poll `predicate` until it is true (True) or `timeout` passes (False); exceptions count as false."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():
-                return True
-        except Exception:  # a service still coming up answers with errors
-            pass
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 class PostgresCluster:
@@ -499,7 +486,7 @@ class ChaosStack:
         command = ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
         command += ["--appendonly", "no", "--daemonize", "no", "--dir", str(self.run_dir)]
         self._redis = ManagedProcess("redis", command, env=self.env, log_path=self.run_dir / "redis.log").start()
-        if not wait_until(lambda: self.redis_client().ping(), timeout=START_TIMEOUT_SECONDS):
+        if not wait_until(lambda: self.redis_client().ping(), timeout=START_TIMEOUT_SECONDS, ignoring=(Exception,)):
             raise StackError(f"Redis on port {self.redis_port} did not answer; see {self.run_dir}/redis.log")
         self._note("redis started")
 
@@ -529,7 +516,7 @@ class ChaosStack:
         def answers() -> bool:
             return requests.get(f"{self.api_url}/api/v1/notifications/0", timeout=2).status_code < 500
 
-        if not wait_until(answers, timeout=START_TIMEOUT_SECONDS):
+        if not wait_until(answers, timeout=START_TIMEOUT_SECONDS, ignoring=(Exception,)):
             raise StackError(f"gunicorn did not answer on {self.api_url}; see {self.run_dir}/web.log")
 
     def _stop_web(self) -> None:
@@ -539,7 +526,9 @@ class ChaosStack:
     def start_beat(self) -> None:
         command = replace_option(procfile_command("beat"), "--schedule", str(self.run_dir / "celerybeat-schedule"))
         self.beat = ManagedProcess("beat", command, env=self.env, log_path=self.run_dir / "beat.log").start()
-        if not wait_until(lambda: "beat: Starting" in self.beat.output(), timeout=START_TIMEOUT_SECONDS):
+        if not wait_until(
+            lambda: "beat: Starting" in self.beat.output(), timeout=START_TIMEOUT_SECONDS, ignoring=(Exception,)
+        ):
             raise StackError(f"celery beat did not start; see {self.run_dir}/beat.log")
 
     def stop_beat(self) -> None:

@@ -17,6 +17,7 @@ from django.db import connections, transaction
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from harness.processes import REPO, WorkerProcess
+from harness.waiting import wait_until
 from jobs.models import DeadLetter, DeadLetterStatus
 from notifications.models import Notification, NotificationStatus
 from settings.topology import all_queue_names
@@ -94,10 +95,14 @@ def test_an_operator_replays_a_dead_letter_and_it_is_sent_once(workers, ledger, 
 
     page.goto(f"/admin/notifications/notification/{notification.pk}/change/")
     status = page.locator(".field-status .readonly")
-    deadline = time.monotonic() + PATIENCE_MS / 1000
-    while status.inner_text() != NotificationStatus.SENT.label and time.monotonic() < deadline:
-        page.wait_for_timeout(300)
-        page.reload()
+
+    def shows_sent() -> bool:
+        if status.inner_text() == NotificationStatus.SENT.label:
+            return True
+        page.reload()  # the change page does not refresh by itself
+        return False
+
+    wait_until(shows_sent, timeout=PATIENCE_MS / 1000, interval=0.3)
     expect(status).to_have_text(NotificationStatus.SENT.label)
 
     notification.refresh_from_db()
