@@ -14,6 +14,7 @@ row with a reason, every sent one is in the sandbox ledger, every client request
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import threading
@@ -630,13 +631,14 @@ def drill_postgres_stop(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dr
     burst, live = start_burst(stack, tag, plan.burst, retry_seconds=plan.postgres_down_seconds + 60)
     wait_accepted(live, int(plan.burst * rng.uniform(0.2, 0.8)))
     stack.stop_postgres()
-    down_at = time.monotonic()
     session, probes, probe_ids = api_session(stack), Counter(), []
-    bad_bodies, slowest = [], 0.0
-    probe = 0
-    while time.monotonic() - down_at < plan.postgres_down_seconds:
-        key, body = burst_bodies(f"{tag}-probe", probe + 1)[probe]
-        probe += 1
+    bad_bodies, slowest, rounds = [], 0.0, itertools.count()
+
+    def probe() -> bool:
+        """One POST and one GET while PostgreSQL is down, their answers counted; never done."""
+        nonlocal slowest
+        index = next(rounds)
+        key, body = burst_bodies(f"{tag}-probe", index + 1)[index]
         for method, url, kwargs in (
             ("POST", "/api/v1/notifications", {"json": body, "headers": {"Idempotency-Key": key}}),
             ("GET", f"/api/v1/notifications/{uuid.uuid4()}", {}),
@@ -654,7 +656,9 @@ def drill_postgres_stop(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dr
             is_json = response.headers.get("Content-Type", "").startswith("application/json")
             if not is_json or "Traceback" in response.text or "error" not in response.json():
                 bad_bodies.append(f"{method} {response.status_code}: {response.text[:120]!r}")
-        time.sleep(0.5)
+        return False
+
+    wait_until(probe, timeout=plan.postgres_down_seconds, interval=0.5)
     stack.start_postgres()
     up_at = time.time()
     submission = burst.result()
