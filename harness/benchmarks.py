@@ -6,6 +6,7 @@ database and Redis database; nothing here is asserted, it is measured and writte
 """
 
 import bisect
+import os
 import statistics
 import threading
 import time
@@ -46,7 +47,7 @@ class Platform:
             queues=pool_queues(priority),
             log_path=self.log_dir / f"worker-{priority}.log",
             concurrency=concurrency,
-            env=env,
+            env={**os.environ, **(env or {})},
         )
         self.processes.append(worker.start())
         return worker

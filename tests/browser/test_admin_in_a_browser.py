@@ -3,10 +3,7 @@ watch the operations page refresh by itself, and find the three worker pools in 
 
 import os
 import re
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +13,8 @@ from django.conf import settings
 from django.db import connections, transaction
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from harness.processes import REPO, WorkerProcess
+from harness.processes import ManagedProcess, WorkerProcess
+from harness.sandbox.process import free_port
 from harness.waiting import wait_until
 from jobs.models import DeadLetter, DeadLetterStatus
 from notifications.models import Notification, NotificationStatus
@@ -144,9 +142,7 @@ def test_the_operations_page_refreshes_by_itself(workers, operator, page):
 @pytest.fixture(scope="module")
 def flower(workers: dict[str, WorkerProcess], tmp_path_factory) -> Iterator[str]:
     """Flower as `make run` starts it, on the test broker, with the environment of the worker pools."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     database_name = connections["default"].settings_dict["NAME"]
     # FLOWER_* variables (the Makefile exports FLOWER_BASIC_AUTH) would change what is tested here.
@@ -155,34 +151,18 @@ def flower(workers: dict[str, WorkerProcess], tmp_path_factory) -> Iterator[str]
         DJANGO_SETTINGS_MODULE="settings.test",
         DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{database_name}",
     )
-    log_path = tmp_path_factory.mktemp("flower") / "flower.log"
     command = [
         sys.executable, "-m", "celery", "-A", "settings", "flower",
         "--address=127.0.0.1", f"--port={port}", f"--basic-auth={FLOWER_USER}:{FLOWER_PASSWORD}",
     ]  # fmt: skip
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"flower exited {process.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{url}/healthcheck", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"flower not answering after 30 s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.2)
+    with ManagedProcess(
+        "flower",
+        command,
+        env=env,
+        log_path=tmp_path_factory.mktemp("flower") / "flower.log",
+        ready=lambda: requests.get(f"{url}/healthcheck", timeout=1).status_code == 200,
+    ):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def test_flower_shows_the_three_worker_pools_behind_its_password(workers, flower, browser):

@@ -23,9 +23,9 @@ FCM_AUTH = {"Authorization": "Bearer sandbox-token"}
 
 
 @pytest.fixture(scope="module")
-def sandbox():
+def sandbox(tmp_path_factory):
     """One sandbox process on free ports for this module (shadows the suite's shared one, which needs Redis)."""
-    with SandboxProcess() as process:
+    with SandboxProcess(log_path=tmp_path_factory.mktemp("sandbox") / "sandbox.log") as process:
         yield process
 
 
@@ -107,8 +107,8 @@ def test_process_prints_where_it_listens(sandbox):
     assert f"127.0.0.1:{sandbox.smtp_port}" in sandbox.output()
 
 
-def test_sigterm_stops_the_process_cleanly():
-    process = SandboxProcess().start()
+def test_sigterm_stops_the_process_cleanly(tmp_path):
+    process = SandboxProcess(log_path=tmp_path / "sandbox.log").start()
     assert process.stop() == 0
 
 

@@ -70,7 +70,9 @@ class Command(BaseCommand):
         redis_client().ping()
         log_dir = RESULTS / "logs"
         sandbox = SandboxProcess(
-            http_port=urlparse(settings.SANDBOX_HTTP_URL).port, smtp_port=settings.SANDBOX_SMTP_PORT
+            http_port=urlparse(settings.SANDBOX_HTTP_URL).port,
+            smtp_port=settings.SANDBOX_SMTP_PORT,
+            log_path=log_dir / "sandbox.log",
         )
         sandbox.start()
         try:
