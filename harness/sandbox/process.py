@@ -99,3 +99,8 @@ class SandboxProcess(ManagedProcess):
 
     def clear_faults(self, provider: str | None = None) -> None:
         self._call("DELETE", "/_sandbox/faults", params={"provider": provider} if provider else None)
+
+    def held(self, provider: str | None = None) -> list[dict[str, Any]]:
+        """Calls a hold_to fault leaves unanswered right now: {"id", "provider", "to", "where", "peer_host",
+        "peer_port", "held_at", "held_ts"}, oldest first; peer_port is the client's own (local) port."""
+        return self._call("GET", "/_sandbox/held", params={"provider": provider} if provider else None)["held"]
