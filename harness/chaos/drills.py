@@ -861,21 +861,85 @@ class RowWatcher:
                 time.sleep(0.05)
 
 
+#: How often drill 8 looks for a held call of its poison: a small share of the provider timeout (3 s in the
+#: stack's settings), so the kill always lands while the worker still waits for its answer.
+POISON_WATCH_SECONDS = 0.05
+
+
+class HeldCallKiller:
+    """Watches the sandbox for calls held for one recipient and SIGKILLs the pool child that made each: every time,
+    from outside, as an OOM kill or a segfault in a native library would end a worker mid-call."""
+
+    def __init__(self, stack: ChaosStack, to: str) -> None:
+        self.stack = stack
+        self.to = to
+        #: Per kill: the pool, the pid, the provider called, and seconds from the sandbox holding the call to the kill.
+        self.kills: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self._killed_calls: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> HeldCallKiller:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(POISON_WATCH_SECONDS):
+            try:
+                self._kill_held()
+            except requests.RequestException as exc:  # the next look may do better; say so if none does
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def _kill_held(self) -> None:
+        sandbox = self.stack.sandbox
+        for call in sandbox.held():
+            if call["to"] != self.to or call["id"] in self._killed_calls:
+                continue
+            port = sandbox.smtp_port if call["where"] == "DATA" else sandbox.http_port
+            victim = self.stack.kill_connection_owner(call["peer_port"], port)
+            if victim is None:
+                continue  # not found this time; the call is still held, so the next look tries again
+            self._killed_calls.add(call["id"])
+            pool, pid = victim
+            self.kills.append(
+                {"pool": pool, "pid": pid, "provider": call["provider"], "after": time.time() - call["held_ts"]}
+            )
+
+
 def drill_poison(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
-    """One message that SIGKILLs its worker process among normal ones: dead after exactly max attempts."""
+    """One message whose every provider call kills its worker process among normal ones: dead after exactly max
+    attempts.  The fault comes from outside: the sandbox holds the poison's calls unanswered and the drill SIGKILLs
+    the pool child that owns the held connection; the poison is told by its address alone."""
     priority = "transactional"
     max_attempts = stack.settings["JOBS_RETRY_POLICIES"][priority]["max_attempts"]
     tag = _tag(8)
     bodies = burst_bodies(tag, plan.poison_companions, [(priority, "email"), (priority, "sms"), (priority, "push")])
     poison_key = f"{tag}-poison"
-    bodies.insert(len(bodies) // 2, (poison_key, message_body(tag, 999, priority, "email", chaos="kill-worker")))
+    poison_body = message_body(tag, 999, priority, "email")
+    bodies.insert(len(bodies) // 2, (poison_key, poison_body))
+    # Transactional e-mail goes to postmark first; the fallback holds it too, should postmark be skipped.
+    email_providers = [provider["name"] for provider in stack.settings["NOTIFICATIONS_PROVIDERS"]["email"]]
+    for provider in email_providers:
+        stack.sandbox.set_fault(provider, hold_to=poison_body["to"])
+    killer = HeldCallKiller(stack, poison_body["to"]).start()
     submitted_at = time.time()
-    submission = submit(stack, bodies)
-    wait_final(stack, submission.ids, plan.final_timeout)
+    try:
+        submission = submit(stack, bodies)
+        wait_final(stack, submission.ids, plan.final_timeout)
+    finally:
+        killer.stop()
+    stack.sandbox.clear_faults()
     outcome = tally(stack, submission.ids, fault_end=submitted_at, refused=submission.refused)
     poison = next((r for r in outcome.rows.values() if r["key"].endswith(poison_key)), None)
     others = [r for r in outcome.rows.values() if r is not poison]
     letter = stack.query("SELECT message FROM jobs_deadletter WHERE subject_id = %s", (poison["id"],)) if poison else []
+    kills = killer.kills
+    slowest = max((kill["after"] for kill in kills), default=None)
     return result_row(
         8,
         "Poison message kills its worker",
@@ -884,12 +948,18 @@ def drill_poison(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
             f"the poison is dead after exactly {max_attempts} attempts": bool(poison)
             and poison["status"] == "dead"
             and poison["attempts"] == max_attempts,
-            "the poison never reached a provider": bool(poison) and poison["key"] not in outcome.ledger,
+            "the poison was never accepted by a provider": bool(poison) and poison["key"] not in outcome.ledger,
+            "every attempt of the poison ended with its worker SIGKILLed mid-call": bool(poison)
+            and len(kills) == poison["attempts"],
             "every other notification was sent": all(r["status"] == "sent" for r in others),
         },
         notes=[
             f"poison: {poison['status'] if poison else 'missing'} after {poison['attempts'] if poison else '?'} "
             f"attempts (max {max_attempts}), dead letter: {letter[0][0][:90] if letter else 'none'!r}",
+            f"{len(kills)} worker(s) SIGKILLed holding its call to {dict(Counter(k['provider'] for k in kills))}"
+            + (f", each at most {slowest:.2f}s after the sandbox held it" if kills else "")
+            + f" (provider timeout {stack.settings['PROVIDER_TIMEOUT_SECONDS']}s)",
+            *(f"watching the sandbox failed: {error}" for error in killer.errors[:3]),
             "recovery = submit -> last final",
         ],
     )

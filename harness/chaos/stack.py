@@ -64,7 +64,7 @@ SNAPSHOT_SETTINGS = (
     "RELAY_INTERVAL_SECONDS",
     "RELAY_PENDING_AFTER_SECONDS",
     "RELAY_QUEUED_AFTER_SECONDS",
-    "CHAOS_DRILLS_ENABLED",
+    "PROVIDER_TIMEOUT_SECONDS",
     "NOTIFICATIONS_PROVIDERS",
 )
 
@@ -567,6 +567,31 @@ class ChaosStack:
             self.kill_pool(priority)
         else:
             pool.stop()
+
+    def kill_connection_owner(self, local_port: int, remote_port: int) -> tuple[str, int] | None:
+        """SIGKILL the pool child process holding the TCP connection from `local_port` to `remote_port` (a worker
+        in the middle of a provider call); (its pool, its pid), or None if no pool child holds that connection."""
+        pools = [*self.pools.items(), *((pool.name, pool) for pool in self.extra_pools)]
+        for name, pool in pools:
+            if not pool.alive():
+                continue
+            try:
+                children = psutil.Process(pool.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+            for child in children:
+                try:
+                    connections = child.net_connections(kind="tcp")
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                if any(c.laddr.port == local_port and c.raddr and c.raddr.port == remote_port for c in connections):
+                    try:
+                        child.send_signal(signal.SIGKILL)
+                    except psutil.NoSuchProcess:
+                        return None
+                    self._note(f"pool {name}: SIGKILL child {child.pid}, holding the call from port {local_port}")
+                    return name, child.pid
+        return None
 
     def child_pids(self, priority: str) -> list[int]:
         pool = self.pools[priority]
