@@ -541,7 +541,7 @@ class ChaosStack:
                 pass
         if not child_only:
             pool.process.wait(10)
-            pool.stop()  # closes its log; the process is already gone
+            pool.stop()  # the main process is gone; this kills whatever of its group is left
         self._note(f"pool {priority}: SIGKILL {'child' if child_only else 'pool'} {[v.pid for v in victims]}")
         return [v.pid for v in victims]
 
