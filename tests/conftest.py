@@ -33,6 +33,8 @@ def publish_threads(django_db_setup, django_db_blocker):
     from jobs.publishing import shutdown
 
     shutdown()
+    if not connections["default"].settings_dict["NAME"].startswith("test_"):
+        return  # no test of this session used the database, so none was created and nobody holds it
     with django_db_blocker.unblock(), connections["default"].cursor() as cursor:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -41,14 +43,13 @@ def publish_threads(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(scope="session")
-def sandbox(broker):
+def sandbox(broker, tmp_path_factory):
     from harness.sandbox.process import SandboxProcess
 
     http_port = urlparse(settings.SANDBOX_HTTP_URL).port
-    process = SandboxProcess(http_port=http_port, smtp_port=settings.SANDBOX_SMTP_PORT)
-    process.start()
-    yield process
-    process.stop()
+    log_path = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
+    with SandboxProcess(http_port=http_port, smtp_port=settings.SANDBOX_SMTP_PORT, log_path=log_path) as process:
+        yield process
 
 
 @pytest.fixture

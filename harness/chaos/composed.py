@@ -36,6 +36,7 @@ from harness.chaos.drills import (
     wait_final,
 )
 from harness.chaos.stack import ChaosStack, StackError
+from harness.waiting import wait_until
 
 CAMPAIGN_CONTEXT = {"headline": "Chaos sale", "body": "Everything must go"}
 #: Every tenth seeded recipient has no marketing consent: the fan-out must leave them out.
@@ -122,17 +123,14 @@ def row_statuses(stack: ChaosStack, campaign_id: int) -> Counter:
 
 def wait_campaign_final(stack: ChaosStack, campaign_id: int, timeout: float) -> bool:
     """Until the campaign is completed or cancelled and every one of its rows is final; False on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            campaign = campaign_row(stack, campaign_id)
-            statuses = row_statuses(stack, campaign_id)
-            if campaign["status"] in FINAL_CAMPAIGN and campaign["fanned_out"] and set(statuses) <= set(ROW_FINAL):
-                return True
-        except Exception:  # PostgreSQL restarting is a drill's business, not a reason to stop waiting
-            pass
-        time.sleep(0.5)
-    return False
+
+    def final() -> bool:
+        campaign = campaign_row(stack, campaign_id)
+        statuses = row_statuses(stack, campaign_id)
+        return campaign["status"] in FINAL_CAMPAIGN and campaign["fanned_out"] and set(statuses) <= set(ROW_FINAL)
+
+    # Any error counts as "not yet": PostgreSQL restarting is a drill's business, not a reason to stop waiting.
+    return bool(wait_until(final, timeout=timeout, interval=0.5, ignoring=(Exception,)))
 
 
 def sent_so_far(stack: ChaosStack) -> int:
@@ -268,9 +266,9 @@ def drill_campaign_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) ->
     kills: list[tuple[float, list[str]]] = []
     notes = []
     for share in sorted(rng.uniform(0.1, 0.8) for _ in range(plan.campaign_kills)):
-        deadline = time.monotonic() + plan.campaign_timeout
-        while sent_so_far(stack) < share * consenting and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(
+            lambda share=share: sent_so_far(stack) >= share * consenting, timeout=plan.campaign_timeout, interval=0.05
+        )
         in_flight = rows_in(stack, campaign_id, "sending")
         stack.kill_pool("marketing")
         kills.append((time.time(), in_flight))
@@ -519,18 +517,19 @@ SKEW_STREAM_SECONDS = 10.0
 SKEW_STREAM_CHUNKS = 20
 #: Run inside the stack (manage.py shell): publish every row of the burst a second time while it is `sending`.
 _DUPLICATOR = """
-import time
+from harness.waiting import wait_until
 from jobs.publishing import publish
 from notifications.models import Notification
 from notifications.tasks import notification_deliver_task
-seen, deadline = set(), time.monotonic() + {seconds}
-while time.monotonic() < deadline:
+seen = set()
+def republish_new_sending():
     sending = Notification.objects.filter(idempotency_key__contains="{tag}-", status="sending")
     for row in sending.only("pk", "priority", "channel"):
         if row.pk not in seen:
             seen.add(row.pk)
             publish(notification_deliver_task.name, args=[str(row.pk)], queue=row.queue)
-    time.sleep(0.02)
+    return False  # never done: it watches until the time is up
+wait_until(republish_new_sending, timeout={seconds}, interval=0.02)
 print(len(seen))
 """
 

@@ -14,6 +14,7 @@ row with a reason, every sent one is in the sandbox ledger, every client request
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import threading
@@ -28,6 +29,7 @@ from typing import Any
 import requests
 
 from harness.chaos.stack import ChaosStack
+from harness.waiting import wait_until
 from jobs.breaker import CLOSED, CircuitBreaker
 from settings.topology import PRIORITIES
 
@@ -194,6 +196,32 @@ def submit(
     lock = threading.Lock()
     pending = list(reversed(requests_))
 
+    def send(session: requests.Session, key: str, body: dict[str, Any]) -> None:
+        last: dict[str, Any] = {}
+
+        def answered() -> bool:
+            """One POST; True when no retry is due (a 202, or an answer a retry cannot change)."""
+            started = time.monotonic()
+            try:
+                response = post_notification(session, stack, key, body)
+                answer: int | str = response.status_code
+            except requests.RequestException as exc:
+                response, answer = None, type(exc).__name__
+            elapsed = time.monotonic() - started
+            last.update(response=response, answer=answer)
+            with lock:
+                result.answers[answer] += 1
+                if answer == 202:
+                    result.ids.append(response.json()["id"])
+                    result.latencies.append(elapsed)
+            return answer == 202 or (response is not None and response.status_code < 500)
+
+        wait_until(answered, timeout=retry_seconds, interval=0.5)
+        if last["answer"] != 202:  # refused for good, or still failing when the client gave up
+            response = last["response"]
+            with lock:
+                result.refused.append(f"{key}: {last['answer']} {response.text[:200] if response is not None else ''}")
+
     def client() -> None:
         session = api_session(stack)
         while True:
@@ -201,28 +229,7 @@ def submit(
                 if not pending:
                     return
                 key, body = pending.pop()
-            deadline = time.monotonic() + retry_seconds
-            while True:
-                started = time.monotonic()
-                try:
-                    response = post_notification(session, stack, key, body)
-                    answer: int | str = response.status_code
-                except requests.RequestException as exc:
-                    response, answer = None, type(exc).__name__
-                elapsed = time.monotonic() - started
-                with lock:
-                    result.answers[answer] += 1
-                    if answer == 202:
-                        result.ids.append(response.json()["id"])
-                        result.latencies.append(elapsed)
-                if answer == 202:
-                    break
-                retryable = response is None or response.status_code >= 500
-                if not retryable or time.monotonic() > deadline:
-                    with lock:
-                        result.refused.append(f"{key}: {answer} {response.text[:200] if response is not None else ''}")
-                    break
-                time.sleep(0.5)
+            send(session, key, body)
 
     workers = [threading.Thread(target=client, daemon=True) for _ in range(max(1, min(threads, len(requests_))))]
     for worker in workers:
@@ -240,9 +247,7 @@ def start_burst(stack: ChaosStack, tag: str, count: int, **options: Any) -> tupl
 
 def wait_accepted(live: Submission, count: int, timeout: float = 30.0) -> None:
     """Until `count` submissions of a running burst were accepted (a fault then lands mid-burst)."""
-    deadline = time.monotonic() + timeout
-    while len(live.ids) < count and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(live.ids) >= count, timeout=timeout, interval=0.01)
 
 
 def in_background(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
@@ -291,20 +296,16 @@ def fetch_rows(stack: ChaosStack, ids: list[str]) -> dict[str, dict[str, Any]]:
 
 def wait_final(stack: ChaosStack, ids: list[str], timeout: float) -> bool:
     """Wait until every notification is sent or dead; False on timeout.  A database outage just waits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            done = stack.query(
-                "SELECT count(*) FROM notifications_notification WHERE id = ANY(%s::uuid[]) AND status IN ('sent', 'dead')",
-                (ids,),
-            )[0][0]
-            if done == len(set(ids)):
-                return True
-        except Exception:  # PostgreSQL may be down on purpose
-            pass
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.25)
+
+    def all_final() -> bool:
+        done = stack.query(
+            "SELECT count(*) FROM notifications_notification WHERE id = ANY(%s::uuid[]) AND status IN ('sent', 'dead')",
+            (ids,),
+        )[0][0]
+        return done == len(set(ids))
+
+    # Any error counts as "not yet": PostgreSQL may be down on purpose.
+    return bool(wait_until(all_final, timeout=timeout, interval=0.25, ignoring=(Exception,)))
 
 
 @dataclass
@@ -630,13 +631,14 @@ def drill_postgres_stop(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dr
     burst, live = start_burst(stack, tag, plan.burst, retry_seconds=plan.postgres_down_seconds + 60)
     wait_accepted(live, int(plan.burst * rng.uniform(0.2, 0.8)))
     stack.stop_postgres()
-    down_at = time.monotonic()
     session, probes, probe_ids = api_session(stack), Counter(), []
-    bad_bodies, slowest = [], 0.0
-    probe = 0
-    while time.monotonic() - down_at < plan.postgres_down_seconds:
-        key, body = burst_bodies(f"{tag}-probe", probe + 1)[probe]
-        probe += 1
+    bad_bodies, slowest, rounds = [], 0.0, itertools.count()
+
+    def probe() -> bool:
+        """One POST and one GET while PostgreSQL is down, their answers counted; never done."""
+        nonlocal slowest
+        index = next(rounds)
+        key, body = burst_bodies(f"{tag}-probe", index + 1)[index]
         for method, url, kwargs in (
             ("POST", "/api/v1/notifications", {"json": body, "headers": {"Idempotency-Key": key}}),
             ("GET", f"/api/v1/notifications/{uuid.uuid4()}", {}),
@@ -654,7 +656,9 @@ def drill_postgres_stop(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dr
             is_json = response.headers.get("Content-Type", "").startswith("application/json")
             if not is_json or "Traceback" in response.text or "error" not in response.json():
                 bad_bodies.append(f"{method} {response.status_code}: {response.text[:120]!r}")
-        time.sleep(0.5)
+        return False
+
+    wait_until(probe, timeout=plan.postgres_down_seconds, interval=0.5)
     stack.start_postgres()
     up_at = time.time()
     submission = burst.result()
@@ -695,7 +699,8 @@ def drill_provider_outage(stack: ChaosStack, plan: Plan, rng: random.Random) -> 
     healed_at = time.time()
     time.sleep(cooldown + 0.5)
     after = submit(stack, burst_bodies(_tag(5), plan.burst, EMAIL_MIX))
-    closed = CLOSED if _wait_state(breaker, CLOSED, timeout=plan.final_timeout) else breaker.state()["state"]
+    reclosed = wait_until(lambda: breaker.state()["state"] == CLOSED, timeout=plan.final_timeout)
+    closed = CLOSED if reclosed else breaker.state()["state"]
     closed_after = time.time() - healed_at
     wait_final(stack, after.ids, plan.final_timeout)
     after_outcome = tally(stack, after.ids, refused=after.refused)
@@ -721,15 +726,6 @@ def drill_provider_outage(stack: ChaosStack, plan: Plan, rng: random.Random) -> 
         ],
         recovery=closed_after,
     )
-
-
-def _wait_state(breaker: CircuitBreaker, state: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if breaker.state()["state"] == state:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def drill_half_errors(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
@@ -865,21 +861,85 @@ class RowWatcher:
                 time.sleep(0.05)
 
 
+#: How often drill 8 looks for a held call of its poison: a small share of the provider timeout (3 s in the
+#: stack's settings), so the kill always lands while the worker still waits for its answer.
+POISON_WATCH_SECONDS = 0.05
+
+
+class HeldCallKiller:
+    """Watches the sandbox for calls held for one recipient and SIGKILLs the pool child that made each: every time,
+    from outside, as an OOM kill or a segfault in a native library would end a worker mid-call."""
+
+    def __init__(self, stack: ChaosStack, to: str) -> None:
+        self.stack = stack
+        self.to = to
+        #: Per kill: the pool, the pid, the provider called, and seconds from the sandbox holding the call to the kill.
+        self.kills: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self._killed_calls: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> HeldCallKiller:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(POISON_WATCH_SECONDS):
+            try:
+                self._kill_held()
+            except requests.RequestException as exc:  # the next look may do better; say so if none does
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def _kill_held(self) -> None:
+        sandbox = self.stack.sandbox
+        for call in sandbox.held():
+            if call["to"] != self.to or call["id"] in self._killed_calls:
+                continue
+            port = sandbox.smtp_port if call["where"] == "DATA" else sandbox.http_port
+            victim = self.stack.kill_connection_owner(call["peer_port"], port)
+            if victim is None:
+                continue  # not found this time; the call is still held, so the next look tries again
+            self._killed_calls.add(call["id"])
+            pool, pid = victim
+            self.kills.append(
+                {"pool": pool, "pid": pid, "provider": call["provider"], "after": time.time() - call["held_ts"]}
+            )
+
+
 def drill_poison(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
-    """One message that SIGKILLs its worker process among normal ones: dead after exactly max attempts."""
+    """One message whose every provider call kills its worker process among normal ones: dead after exactly max
+    attempts.  The fault comes from outside: the sandbox holds the poison's calls unanswered and the drill SIGKILLs
+    the pool child that owns the held connection; the poison is told by its address alone."""
     priority = "transactional"
     max_attempts = stack.settings["JOBS_RETRY_POLICIES"][priority]["max_attempts"]
     tag = _tag(8)
     bodies = burst_bodies(tag, plan.poison_companions, [(priority, "email"), (priority, "sms"), (priority, "push")])
     poison_key = f"{tag}-poison"
-    bodies.insert(len(bodies) // 2, (poison_key, message_body(tag, 999, priority, "email", chaos="kill-worker")))
+    poison_body = message_body(tag, 999, priority, "email")
+    bodies.insert(len(bodies) // 2, (poison_key, poison_body))
+    # Transactional e-mail goes to postmark first; the fallback holds it too, should postmark be skipped.
+    email_providers = [provider["name"] for provider in stack.settings["NOTIFICATIONS_PROVIDERS"]["email"]]
+    for provider in email_providers:
+        stack.sandbox.set_fault(provider, hold_to=poison_body["to"])
+    killer = HeldCallKiller(stack, poison_body["to"]).start()
     submitted_at = time.time()
-    submission = submit(stack, bodies)
-    wait_final(stack, submission.ids, plan.final_timeout)
+    try:
+        submission = submit(stack, bodies)
+        wait_final(stack, submission.ids, plan.final_timeout)
+    finally:
+        killer.stop()
+    stack.sandbox.clear_faults()
     outcome = tally(stack, submission.ids, fault_end=submitted_at, refused=submission.refused)
     poison = next((r for r in outcome.rows.values() if r["key"].endswith(poison_key)), None)
     others = [r for r in outcome.rows.values() if r is not poison]
     letter = stack.query("SELECT message FROM jobs_deadletter WHERE subject_id = %s", (poison["id"],)) if poison else []
+    kills = killer.kills
+    slowest = max((kill["after"] for kill in kills), default=None)
     return result_row(
         8,
         "Poison message kills its worker",
@@ -888,12 +948,18 @@ def drill_poison(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
             f"the poison is dead after exactly {max_attempts} attempts": bool(poison)
             and poison["status"] == "dead"
             and poison["attempts"] == max_attempts,
-            "the poison never reached a provider": bool(poison) and poison["key"] not in outcome.ledger,
+            "the poison was never accepted by a provider": bool(poison) and poison["key"] not in outcome.ledger,
+            "every attempt of the poison ended with its worker SIGKILLed mid-call": bool(poison)
+            and len(kills) == poison["attempts"],
             "every other notification was sent": all(r["status"] == "sent" for r in others),
         },
         notes=[
             f"poison: {poison['status'] if poison else 'missing'} after {poison['attempts'] if poison else '?'} "
             f"attempts (max {max_attempts}), dead letter: {letter[0][0][:90] if letter else 'none'!r}",
+            f"{len(kills)} worker(s) SIGKILLed holding its call to {dict(Counter(k['provider'] for k in kills))}"
+            + (f", each at most {slowest:.2f}s after the sandbox held it" if kills else "")
+            + f" (provider timeout {stack.settings['PROVIDER_TIMEOUT_SECONDS']}s)",
+            *(f"watching the sandbox failed: {error}" for error in killer.errors[:3]),
             "recovery = submit -> last final",
         ],
     )

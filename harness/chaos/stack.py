@@ -28,7 +28,7 @@ import psycopg
 import redis
 import requests
 
-from harness.processes import WorkerProcess
+from harness.processes import ManagedProcess, WorkerProcess
 from harness.sandbox.process import SandboxProcess, free_port
 from settings.topology import PRIORITIES, pool_queues
 
@@ -64,7 +64,7 @@ SNAPSHOT_SETTINGS = (
     "RELAY_INTERVAL_SECONDS",
     "RELAY_PENDING_AFTER_SECONDS",
     "RELAY_QUEUED_AFTER_SECONDS",
-    "CHAOS_DRILLS_ENABLED",
+    "PROVIDER_TIMEOUT_SECONDS",
     "NOTIFICATIONS_PROVIDERS",
 )
 
@@ -117,93 +117,6 @@ def replace_option(argv: list[str], option: str, value: str) -> list[str]:
             argv[index] = f"{option}={value}"
             return argv
     return [*argv, option, value]
-
-
-class ManagedProcess:
-    """A long-running child in its own session (so a signal reaches its whole tree), output appended to a log."""
-
-    def __init__(self, name: str, command: list[str], *, env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.command = command
-        self.env = env
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> ManagedProcess:
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n===== {time.strftime('%H:%M:%S')} start: {shlex.join(self.command)}\n".encode())
-            log.flush()
-            self.process = subprocess.Popen(
-                self.command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        return self
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM to the process itself, as Kubernetes, Docker and systemd's KillMode=mixed send it (never to
-        its whole group: a Celery pool child dies at once on SIGTERM, which is a cold kill, not a warm
-        shutdown); after `timeout` the stacks of the tree go to the log and the group gets SIGKILL.  The
-        exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            try:
-                self.process.send_signal(signal.SIGTERM)
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._dump_stacks(f"still running {timeout:.0f}s after SIGTERM")
-                _signal_group(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        _signal_group(self.process.pid, signal.SIGKILL)  # whatever of the tree outlived its parent
-        return self.process.returncode
-
-    def _dump_stacks(self, why: str) -> None:
-        """Every thread's stack of the process and its children (py-spy), appended to the log: why it hangs."""
-        try:
-            tree = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n===== {time.strftime('%H:%M:%S')} {why}: stacks (py-spy dump)\n".encode())
-            for proc in tree:
-                log.flush()
-                subprocess.run(
-                    [str(Path(sys.executable).with_name("py-spy")), "dump", "--pid", str(proc.pid)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=20,
-                    check=False,
-                )
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def wait_until(predicate, *, timeout: float, interval: float = 0.1) -> bool:
-    """Poll `predicate` until it is true (True) or `timeout` passes (False); exceptions count as false."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():
-                return True
-        except Exception:  # a service still coming up answers with errors
-            pass
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 class PostgresCluster:
@@ -292,7 +205,7 @@ class ChaosStack:
         self.postgres = PostgresCluster(self.run_dir, free_port())
         self.redis_port = free_port()
         self.web_port = free_port()
-        self.sandbox = SandboxProcess(settings_module=SETTINGS_MODULE)
+        self.sandbox = SandboxProcess(settings_module=SETTINGS_MODULE, log_path=self.run_dir / "sandbox.log")
         self.database_url = self.postgres.url(DATABASE_NAME)
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.api_url = f"http://127.0.0.1:{self.web_port}"
@@ -386,7 +299,7 @@ class ChaosStack:
             self.stop_extra_pools,
             *[lambda p=p: self.stop_pool(p, kill=True) for p in list(self.pools)],
         ]
-        steps += [self._stop_web, self._stop_sandbox, self.stop_redis, self._stop_postgres]
+        steps += [self._stop_web, self.sandbox.stop, self.stop_redis, self._stop_postgres]
         for step in steps:
             try:
                 step()
@@ -445,7 +358,6 @@ class ChaosStack:
     def failure_report(self, lines: int = 30) -> str:
         """Where the logs are, and the last lines of each."""
         parts = [f"chaos stack logs: {self.run_dir}"]
-        self._dump_sandbox_log()
         for path in sorted(self.run_dir.glob("*.log")):
             tail = path.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"--- {path.name} (last {len(tail)} lines)\n" + "\n".join(tail))
@@ -498,9 +410,13 @@ class ChaosStack:
     def start_redis(self) -> None:
         command = ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
         command += ["--appendonly", "no", "--daemonize", "no", "--dir", str(self.run_dir)]
-        self._redis = ManagedProcess("redis", command, env=self.env, log_path=self.run_dir / "redis.log").start()
-        if not wait_until(lambda: self.redis_client().ping(), timeout=START_TIMEOUT_SECONDS):
-            raise StackError(f"Redis on port {self.redis_port} did not answer; see {self.run_dir}/redis.log")
+        self._redis = ManagedProcess(
+            "redis",
+            command,
+            env=self.env,
+            log_path=self.run_dir / "redis.log",
+            ready=lambda: self.redis_client().ping(),
+        ).start(START_TIMEOUT_SECONDS)
         self._note("redis started")
 
     def stop_redis(self) -> None:
@@ -524,13 +440,12 @@ class ChaosStack:
 
     def start_web(self) -> None:
         command = replace_option(procfile_command("web"), "--bind", f"127.0.0.1:{self.web_port}")
-        self.web = ManagedProcess("web", command, env=self.env, log_path=self.run_dir / "web.log").start()
 
         def answers() -> bool:
             return requests.get(f"{self.api_url}/api/v1/notifications/0", timeout=2).status_code < 500
 
-        if not wait_until(answers, timeout=START_TIMEOUT_SECONDS):
-            raise StackError(f"gunicorn did not answer on {self.api_url}; see {self.run_dir}/web.log")
+        self.web = ManagedProcess("web", command, env=self.env, log_path=self.run_dir / "web.log", ready=answers)
+        self.web.start(START_TIMEOUT_SECONDS)
 
     def _stop_web(self) -> None:
         if self.web is not None:
@@ -538,9 +453,14 @@ class ChaosStack:
 
     def start_beat(self) -> None:
         command = replace_option(procfile_command("beat"), "--schedule", str(self.run_dir / "celerybeat-schedule"))
-        self.beat = ManagedProcess("beat", command, env=self.env, log_path=self.run_dir / "beat.log").start()
-        if not wait_until(lambda: "beat: Starting" in self.beat.output(), timeout=START_TIMEOUT_SECONDS):
-            raise StackError(f"celery beat did not start; see {self.run_dir}/beat.log")
+        self.beat = ManagedProcess(
+            "beat",
+            command,
+            env=self.env,
+            log_path=self.run_dir / "beat.log",
+            ready=lambda: "beat: Starting" in self.beat.output(),
+        )
+        self.beat.start(START_TIMEOUT_SECONDS)
 
     def stop_beat(self) -> None:
         if self.beat is not None:
@@ -621,7 +541,7 @@ class ChaosStack:
                 pass
         if not child_only:
             pool.process.wait(10)
-            pool.stop()  # closes its log; the process is already gone
+            pool.stop()  # the main process is gone; this kills whatever of its group is left
         self._note(f"pool {priority}: SIGKILL {'child' if child_only else 'pool'} {[v.pid for v in victims]}")
         return [v.pid for v in victims]
 
@@ -648,6 +568,31 @@ class ChaosStack:
         else:
             pool.stop()
 
+    def kill_connection_owner(self, local_port: int, remote_port: int) -> tuple[str, int] | None:
+        """SIGKILL the pool child process holding the TCP connection from `local_port` to `remote_port` (a worker
+        in the middle of a provider call); (its pool, its pid), or None if no pool child holds that connection."""
+        pools = [*self.pools.items(), *((pool.name, pool) for pool in self.extra_pools)]
+        for name, pool in pools:
+            if not pool.alive():
+                continue
+            try:
+                children = psutil.Process(pool.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+            for child in children:
+                try:
+                    connections = child.net_connections(kind="tcp")
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                if any(c.laddr.port == local_port and c.raddr and c.raddr.port == remote_port for c in connections):
+                    try:
+                        child.send_signal(signal.SIGKILL)
+                    except psutil.NoSuchProcess:
+                        return None
+                    self._note(f"pool {name}: SIGKILL child {child.pid}, holding the call from port {local_port}")
+                    return name, child.pid
+        return None
+
     def child_pids(self, priority: str) -> list[int]:
         pool = self.pools[priority]
         try:
@@ -655,14 +600,7 @@ class ChaosStack:
         except psutil.NoSuchProcess:
             return []
 
-    # --- sandbox --------------------------------------------------------------------
-
-    def _stop_sandbox(self) -> None:
-        self.sandbox.stop()
-        self._dump_sandbox_log()
-
-    def _dump_sandbox_log(self) -> None:
-        (self.run_dir / "sandbox.log").write_text(self.sandbox.output())
+    # --- notes ----------------------------------------------------------------------
 
     def _note(self, text: str) -> None:
         with open(self.run_dir / "events.log", "a") as log:

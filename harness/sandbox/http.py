@@ -12,6 +12,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses
 from typing import Any, NamedTuple
@@ -111,6 +112,22 @@ class SandboxHTTP:
     def __init__(self, state: SandboxState) -> None:
         self.state = state
 
+    async def _held(self, request: web.Request, provider: str, recipients: Callable[[], list[str]]) -> bool:
+        """Hold the call unanswered while the provider's hold_to fault names one of its `recipients` (before every
+        other fault); True if the client hung up meanwhile: then nothing is accepted and nobody reads the answer."""
+        target = self.state.hold_to(provider)
+        if target is None or target not in recipients():
+            return False
+        transport = request.transport
+        await self.state.hold(
+            provider=provider,
+            to=target,
+            where=f"{request.method} {request.path}",
+            peer=transport.get_extra_info("peername") if transport is not None else None,
+            gone=lambda: request.transport is None,
+        )
+        return request.transport is None
+
     async def _gate(self, provider: str, count: int) -> tuple[Fault | None, float]:
         """Apply the provider's faults to a call carrying `count` messages, in a fixed order:
         latency, outage, retry_after, error_rate, rate cap (all before auth and idempotency).
@@ -143,6 +160,8 @@ class SandboxHTTP:
     async def postmark_email(self, request: web.Request) -> web.Response:
         provider = request.match_info["provider"]
         raw = await request.read()
+        if await self._held(request, provider, lambda: _postmark_recipients(raw)):
+            return _hung_up()
         state = self.state
         fault, now = await self._gate(provider, 1)
         if fault is not None:
@@ -160,6 +179,8 @@ class SandboxHTTP:
     async def postmark_batch(self, request: web.Request) -> web.Response:
         provider = request.match_info["provider"]
         raw = await request.read()
+        if await self._held(request, provider, lambda: _postmark_recipients(raw)):
+            return _hung_up()
         state = self.state
         try:
             messages = json.loads(raw)
@@ -297,6 +318,8 @@ class SandboxHTTP:
         provider = request.match_info["provider"]
         account_sid = request.match_info["account_sid"]
         raw = await request.read()
+        if await self._held(request, provider, lambda: _form_recipients(raw, "To")):
+            return _hung_up()
         state = self.state
         fault, now = await self._gate(provider, 1)
         if fault is not None:
@@ -411,6 +434,8 @@ class SandboxHTTP:
         provider = request.match_info["provider"]
         project_id = request.match_info["project_id"]
         raw = await request.read()
+        if await self._held(request, provider, lambda: _fcm_recipients(raw)):
+            return _hung_up()
         state = self.state
         fault, now = await self._gate(provider, 1)
         if fault is not None:
@@ -471,6 +496,9 @@ class SandboxHTTP:
     async def vonage_sms(self, request: web.Request) -> web.Response:
         provider = request.match_info["provider"]
         raw = await request.read()
+        # Vonage takes digits only; a hold names the recipient as the ledger records it, in E.164.
+        if await self._held(request, provider, lambda: _vonage_recipients(raw, request.content_type)):
+            return _hung_up()
         state = self.state
         fault, now = await self._gate(provider, 1)
         if fault is not None:
@@ -479,13 +507,7 @@ class SandboxHTTP:
                 return _vonage_result({"status": "1", "error-text": "Throttled"}, _retry_headers(fault))
             return _json({"error-text": _fault_text(provider, fault)}, fault.status, _retry_headers(fault))
         try:
-            if request.content_type == "application/json":
-                params = json.loads(raw)
-                if not isinstance(params, dict):
-                    raise ValueError("expected a JSON object")
-                params = {k: str(v) for k, v in params.items() if v is not None}
-            else:
-                params = _form(raw)
+            params = _vonage_params(raw, request.content_type)
         except ValueError:
             state.reject(provider)
             return _json({"error-text": "Malformed request body: send form data or a JSON object."}, 400)
@@ -575,6 +597,68 @@ class SandboxHTTP:
         self.state.clear_faults(request.query.get("provider"))
         return _json({"faults": self.state.faults})
 
+    async def held(self, request: web.Request) -> web.Response:
+        unknown = sorted(set(request.query) - {"provider"})
+        if unknown:
+            return _json({"error": f"{unknown[0]}: unknown filter; use provider"}, 400)
+        return _json({"held": self.state.held(request.query.get("provider"))})
+
+
+def _hung_up() -> web.Response:
+    # Nobody reads it: the client of a held call went away.  Status 499 as nginx logs such a call.
+    return _json({"error": "the client closed the connection while its call was held"}, 499)
+
+
+def _postmark_recipients(raw: bytes) -> list[str]:
+    """Every To, Cc and Bcc address of a Postmark message or batch ([] for a body that is neither)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return []
+    found: list[str] = []
+    for message in data if isinstance(data, list) else [data]:
+        if isinstance(message, dict):
+            for field in ("To", "Cc", "Bcc"):
+                if isinstance(message.get(field), str):
+                    found += _parse_addresses(message[field])[0]
+    return found
+
+
+def _form_recipients(raw: bytes, field: str) -> list[str]:
+    try:
+        value = _form(raw).get(field)
+    except ValueError:
+        return []
+    return [value] if value else []
+
+
+def _fcm_recipients(raw: bytes) -> list[str]:
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        return []
+    message = payload.get("message") if isinstance(payload, dict) else None
+    token = message.get("token") if isinstance(message, dict) else None
+    return [token] if isinstance(token, str) else []
+
+
+def _vonage_params(raw: bytes, content_type: str) -> dict[str, str]:
+    """A Vonage request's parameters, form data or a JSON object; raises ValueError for anything else."""
+    if content_type == "application/json":
+        params = json.loads(raw)
+        if not isinstance(params, dict):
+            raise ValueError("expected a JSON object")
+        return {k: str(v) for k, v in params.items() if v is not None}
+    return _form(raw)
+
+
+def _vonage_recipients(raw: bytes, content_type: str) -> list[str]:
+    try:
+        to = _vonage_params(raw, content_type).get("to")
+    except ValueError:
+        return []
+    return [f"+{to}"] if to else []
+
 
 def _postmark_token_ok(request: web.Request) -> bool:
     token = request.headers.get("X-Postmark-Server-Token", "").strip()
@@ -637,6 +721,7 @@ def create_app(state: SandboxState) -> web.Application:
     app.router.add_get("/_sandbox/faults", routes.get_faults)
     app.router.add_post("/_sandbox/faults", routes.set_fault)
     app.router.add_delete("/_sandbox/faults", routes.clear_faults)
+    app.router.add_get("/_sandbox/held", routes.held)
     app.router.add_post("/{provider}/email", routes.postmark_email)
     app.router.add_post("/{provider}/email/batch", routes.postmark_batch)
     app.router.add_get("/{provider}/messages/outbound", routes.postmark_outbound_search)

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-#: Seconds to wait for /_sandbox/health before giving up on a start.
-START_TIMEOUT_SECONDS = 15.0
-#: Seconds a stopped sandbox gets to exit after SIGTERM before it is killed.
-STOP_TIMEOUT_SECONDS = 10.0
+from harness.processes import ManagedProcess
+
 #: Per-request timeout of the control calls; the sandbox answers them from memory.
 CONTROL_TIMEOUT_SECONDS = 10.0
 
@@ -30,15 +23,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-class SandboxProcess:
-    """Starts, controls and stops one sandbox process; usable as a context manager.
+class SandboxProcess(ManagedProcess):
+    """Starts, controls and stops one sandbox process, its output in `log_path`; usable as a context manager.
 
     The child inherits DJANGO_SETTINGS_MODULE unless `settings_module` is given.
     """
 
+    #: Seconds to wait for /_sandbox/health before giving up on a start.
+    start_timeout = 15.0
+    #: Seconds a stopped sandbox gets to exit after SIGTERM; it holds nothing worth waiting for.
+    stop_timeout = 10.0
+
     def __init__(
         self,
         *,
+        log_path: Path,
         http_port: int | None = None,
         smtp_port: int | None = None,
         host: str = "127.0.0.1",
@@ -49,71 +48,25 @@ class SandboxProcess:
         self.smtp_port = smtp_port or free_port(host)
         self.settings_module = settings_module
         self.http_url = f"http://{host}:{self.http_port}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self._output: Any = None
         self._session = requests.Session()
-
-    def __enter__(self) -> SandboxProcess:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        ports = ["--host", host, "--http-port", str(self.http_port), "--smtp-port", str(self.smtp_port)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if settings_module:
+            env["DJANGO_SETTINGS_MODULE"] = settings_module
+        command = [sys.executable, "manage.py", "provider_sandbox", *ports]
+        super().__init__("provider sandbox", command, log_path=log_path, env=env)
 
     def url(self, path: str) -> str:
         """Absolute URL of a sandbox path, e.g. url("/postmark/email")."""
         return self.http_url + path
 
-    def start(self) -> SandboxProcess:
-        """Launch the process and wait until it answers /_sandbox/health."""
-        ports = ["--host", self.host, "--http-port", str(self.http_port), "--smtp-port", str(self.smtp_port)]
-        command = [sys.executable, "manage.py", "provider_sandbox", *ports]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.settings_module:
-            env["DJANGO_SETTINGS_MODULE"] = self.settings_module
-        # A file, not a pipe: nobody reads the output while the tests run, and a full
-        # pipe would block the server.
-        self._output = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=self._output, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"provider sandbox exited with code {self.process.returncode} before answering "
-                    f"/_sandbox/health; its output:\n{self.output()}"
-                )
-            try:
-                if self._session.get(self.url("/_sandbox/health"), timeout=1).ok:
-                    return self
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(
-                    f"provider sandbox did not answer {self.url('/_sandbox/health')} within "
-                    f"{START_TIMEOUT_SECONDS:.0f} s; its output:\n{self.output()}"
-                )
-            time.sleep(0.05)
+    def ready(self) -> bool:
+        return self._session.get(self.url("/_sandbox/health"), timeout=1).ok
 
-    def output(self) -> str:
-        """Everything the process printed so far."""
-        if self._output is None:
-            return ""
-        self._output.seek(0)
-        return self._output.read().decode(errors="replace")
-
-    def stop(self) -> int | None:
-        """SIGTERM, wait, kill if it hangs; returns the exit code."""
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Warm stop (see ManagedProcess.stop); the exit code."""
         self._session.close()
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return super().stop(timeout)
 
     # --- control API ----------------------------------------------------------
 
@@ -146,3 +99,8 @@ class SandboxProcess:
 
     def clear_faults(self, provider: str | None = None) -> None:
         self._call("DELETE", "/_sandbox/faults", params={"provider": provider} if provider else None)
+
+    def held(self, provider: str | None = None) -> list[dict[str, Any]]:
+        """Calls a hold_to fault leaves unanswered right now: {"id", "provider", "to", "where", "peer_host",
+        "peer_port", "held_at", "held_ts"}, oldest first; peer_port is the client's own (local) port."""
+        return self._call("GET", "/_sandbox/held", params={"provider": provider} if provider else None)["held"]

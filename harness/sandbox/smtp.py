@@ -31,7 +31,8 @@ class SandboxHandler:
     """aiosmtpd handler hooks; the fault and ledger decisions live in SandboxState.
 
     Faults map to SMTP replies: outage and retry_after refuse MAIL FROM (421, 451), error_rate
-    and the rate cap refuse DATA (451, or 550 for a 4xx status), latency delays the DATA reply.
+    and the rate cap refuse DATA (451, or 550 for a 4xx status), latency delays the DATA reply,
+    hold_to leaves the DATA of a message to that recipient unanswered.
     """
 
     def __init__(self, state: SandboxState, provider: str = PROVIDER) -> None:
@@ -67,6 +68,10 @@ class SandboxHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
         state, provider = self.state, self.provider
         recipients = envelope.rcpt_tos
+        target = state.hold_to(provider)
+        if target is not None and target in recipients:
+            # aiosmtpd cancels this handler when the client hangs up: nothing after the hold runs then.
+            await state.hold(provider=provider, to=target, where="DATA", peer=session.peer)
         latency = state.latency(provider)
         if latency:
             await asyncio.sleep(latency)

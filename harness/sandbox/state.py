@@ -1,12 +1,15 @@
-"""What the sandbox remembers: the ledger of accepted messages, idempotency dedupe, injected faults, counters.
+"""What the sandbox remembers: the ledger of accepted messages, idempotency dedupe, injected faults, held calls, counters.
 
-Pure Python, no I/O, no locks: all of it runs on one asyncio loop, so a check-then-accept must not await between.
+No I/O, no locks: all of it runs on one asyncio loop, so a check-then-accept must not await between.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import random
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
@@ -22,7 +25,9 @@ INVALID_DOMAIN = "invalid.example"
 #: Status an error_rate fault answers with when the request names none.
 DEFAULT_ERROR_STATUS = 500
 
-FAULT_FIELDS = ("outage", "error_rate", "status", "latency_ms", "retry_after", "rate_cap")
+FAULT_FIELDS = ("outage", "error_rate", "status", "latency_ms", "retry_after", "rate_cap", "hold_to")
+#: How often a held call looks whether its hold was lifted (a client that hangs up ends it at once).
+HOLD_POLL_SECONDS = 0.02
 
 _seq_key = itemgetter("seq")
 
@@ -96,6 +101,10 @@ def validate_fault(payload: Any) -> tuple[str, dict[str, Any]]:
             if not _is_int(value) or value < 0:
                 raise FaultError(name, "must be a non-negative whole number of seconds")
             changes[name] = value or None
+        elif name == "hold_to":
+            if not isinstance(value, str) or not value or value != value.strip():
+                raise FaultError(name, "must be one recipient as the ledger shows it (address, +number or push token)")
+            changes[name] = value
         else:  # rate_cap: 0 is a real cap (nothing accepted), only false/null turns it off
             if not _is_int(value) or value < 0:
                 raise FaultError(name, "must be a non-negative whole number of messages per second")
@@ -118,6 +127,8 @@ class SandboxState:
         # see old numbers handed out again.
         self._seq = 0
         self._pruned_second = 0
+        self._held: dict[int, dict[str, Any]] = {}
+        self._hold_seq = 0
 
     # --- faults -------------------------------------------------------------
 
@@ -170,6 +181,46 @@ class SandboxState:
         if rate is None or random.random() >= rate:
             return None
         return faults.get("status", DEFAULT_ERROR_STATUS)
+
+    def hold_to(self, provider: str) -> str | None:
+        """The recipient whose calls this provider leaves unanswered, under a hold_to fault."""
+        faults = self.faults.get(provider)
+        return faults.get("hold_to") if faults else None
+
+    async def hold(
+        self,
+        *,
+        provider: str,
+        to: str,
+        where: str,
+        peer: tuple[str, int] | None,
+        gone: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Leave a call to `to` unanswered for as long as the provider's hold_to fault names `to` and the client
+        is there (`gone()` false; a protocol that cancels its handler on hang-up needs no check); the call is
+        listed in held() meanwhile."""
+        self._hold_seq += 1
+        hold_id = self._hold_seq
+        now = time.time()
+        self._held[hold_id] = {
+            "id": hold_id,
+            "provider": provider,
+            "to": to,
+            "where": where,
+            "peer_host": peer[0] if peer else None,
+            "peer_port": peer[1] if peer else None,
+            "held_at": iso_utc(now),
+            "held_ts": now,
+        }
+        try:
+            while self.hold_to(provider) == to and not gone():
+                await asyncio.sleep(HOLD_POLL_SECONDS)
+        finally:
+            del self._held[hold_id]
+
+    def held(self, provider: str | None = None) -> list[dict[str, Any]]:
+        """The calls being held right now, oldest first."""
+        return [call for call in self._held.values() if provider is None or call["provider"] == provider]
 
     def rate_capped(self, provider: str, count: int, now: float) -> bool:
         """True if accepting `count` more messages now would exceed the provider's rate cap."""

@@ -3,10 +3,7 @@ watch the operations page refresh by itself, and find the three worker pools in 
 
 import os
 import re
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +13,9 @@ from django.conf import settings
 from django.db import connections, transaction
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from harness.processes import REPO, WorkerProcess
+from harness.processes import ManagedProcess, WorkerProcess
+from harness.sandbox.process import free_port
+from harness.waiting import wait_until
 from jobs.models import DeadLetter, DeadLetterStatus
 from notifications.models import Notification, NotificationStatus
 from settings.topology import all_queue_names
@@ -94,10 +93,14 @@ def test_an_operator_replays_a_dead_letter_and_it_is_sent_once(workers, ledger, 
 
     page.goto(f"/admin/notifications/notification/{notification.pk}/change/")
     status = page.locator(".field-status .readonly")
-    deadline = time.monotonic() + PATIENCE_MS / 1000
-    while status.inner_text() != NotificationStatus.SENT.label and time.monotonic() < deadline:
-        page.wait_for_timeout(300)
-        page.reload()
+
+    def shows_sent() -> bool:
+        if status.inner_text() == NotificationStatus.SENT.label:
+            return True
+        page.reload()  # the change page does not refresh by itself
+        return False
+
+    wait_until(shows_sent, timeout=PATIENCE_MS / 1000, interval=0.3)
     expect(status).to_have_text(NotificationStatus.SENT.label)
 
     notification.refresh_from_db()
@@ -139,9 +142,7 @@ def test_the_operations_page_refreshes_by_itself(workers, operator, page):
 @pytest.fixture(scope="module")
 def flower(workers: dict[str, WorkerProcess], tmp_path_factory) -> Iterator[str]:
     """Flower as `make run` starts it, on the test broker, with the environment of the worker pools."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     database_name = connections["default"].settings_dict["NAME"]
     # FLOWER_* variables (the Makefile exports FLOWER_BASIC_AUTH) would change what is tested here.
@@ -150,34 +151,18 @@ def flower(workers: dict[str, WorkerProcess], tmp_path_factory) -> Iterator[str]
         DJANGO_SETTINGS_MODULE="settings.test",
         DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{database_name}",
     )
-    log_path = tmp_path_factory.mktemp("flower") / "flower.log"
     command = [
         sys.executable, "-m", "celery", "-A", "settings", "flower",
         "--address=127.0.0.1", f"--port={port}", f"--basic-auth={FLOWER_USER}:{FLOWER_PASSWORD}",
     ]  # fmt: skip
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"flower exited {process.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{url}/healthcheck", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"flower not answering after 30 s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.2)
+    with ManagedProcess(
+        "flower",
+        command,
+        env=env,
+        log_path=tmp_path_factory.mktemp("flower") / "flower.log",
+        ready=lambda: requests.get(f"{url}/healthcheck", timeout=1).status_code == 200,
+    ):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def test_flower_shows_the_three_worker_pools_behind_its_password(workers, flower, browser):

@@ -2,10 +2,13 @@
 
 import re
 import smtplib
+import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from email.message import EmailMessage
+from http.client import HTTPConnection
 
 import pytest
 import requests
@@ -14,6 +17,7 @@ from anymail.message import AnymailMessage
 from django.core.mail import get_connection
 
 from harness.sandbox.process import SandboxProcess
+from harness.waiting import wait_until
 
 POSTMARK_TOKEN = {"X-Postmark-Server-Token": "sandbox-token"}
 TWILIO_SID = "ACsandbox"
@@ -23,9 +27,9 @@ FCM_AUTH = {"Authorization": "Bearer sandbox-token"}
 
 
 @pytest.fixture(scope="module")
-def sandbox():
+def sandbox(tmp_path_factory):
     """One sandbox process on free ports for this module (shadows the suite's shared one, which needs Redis)."""
-    with SandboxProcess() as process:
+    with SandboxProcess(log_path=tmp_path_factory.mktemp("sandbox") / "sandbox.log") as process:
         yield process
 
 
@@ -107,8 +111,8 @@ def test_process_prints_where_it_listens(sandbox):
     assert f"127.0.0.1:{sandbox.smtp_port}" in sandbox.output()
 
 
-def test_sigterm_stops_the_process_cleanly():
-    process = SandboxProcess().start()
+def test_sigterm_stops_the_process_cleanly(tmp_path):
+    process = SandboxProcess(log_path=tmp_path / "sandbox.log").start()
     assert process.stop() == 0
 
 
@@ -477,6 +481,8 @@ def test_faults_on_one_provider_merge(sandbox, http):
         ({"provider": "postmark", "retry_after": -5}, "retry_after"),
         ({"provider": "postmark", "retry_after": 1.5}, "retry_after"),
         ({"provider": "postmark", "rate_cap": True}, "rate_cap"),
+        ({"provider": "postmark", "hold_to": 5}, "hold_to"),
+        ({"provider": "postmark", "hold_to": " ada@example.com"}, "hold_to"),
         ({"outage": True}, "provider"),
         ({"provider": "postmark"}, "provider"),
     ],
@@ -487,6 +493,102 @@ def test_invalid_fault_is_400_and_changes_nothing(sandbox, http, fault, field):
     assert response.status_code == 400
     assert response.json()["error"].startswith(f"{field}: ")
     assert sandbox.faults() == {"postmark": {"latency_ms": 10}}
+
+
+def call_in_flight(sandbox, request: requests.Request) -> HTTPConnection:
+    """Send `request` on a connection of its own and leave its answer unread; the connection."""
+    prepared = request.prepare()
+    connection = HTTPConnection(sandbox.host, sandbox.http_port, timeout=10)
+    connection.request(prepared.method, prepared.path_url, body=prepared.body, headers=dict(prepared.headers))
+    return connection
+
+
+def held_call(sandbox, provider: str) -> dict:
+    (call,) = wait_until(lambda: sandbox.held(provider), timeout=5, what=f"a held call to {provider}")
+    return call
+
+
+@pytest.mark.parametrize(
+    "provider, held, request_to, accepted",
+    [
+        (
+            "postmark",
+            "held@example.com",
+            lambda sandbox, to: requests.Request(
+                "POST", sandbox.url("/postmark/email"), json=postmark_message(to), headers=POSTMARK_TOKEN
+            ),
+            200,
+        ),
+        (
+            "twilio",
+            "+14155550111",
+            lambda sandbox, to: requests.Request(
+                "POST",
+                sandbox.url(TWILIO_URL),
+                data={"To": to, "From": "+15005550006", "Body": "Your code is 123456"},
+                auth=(TWILIO_SID, "sandbox-token"),
+            ),
+            201,
+        ),
+        (
+            "fcm",
+            "device-token-held",
+            lambda sandbox, to: requests.Request(
+                "POST", sandbox.url(FCM_URL), json={"message": {"token": to, "data": {}}}, headers=FCM_AUTH
+            ),
+            200,
+        ),
+        (
+            "vonage",
+            "+14155550111",  # as the ledger records it; Vonage itself is sent the digits only
+            lambda sandbox, to: requests.Request(
+                "POST",
+                sandbox.url("/vonage/sms/json"),
+                data={"api_key": "key", "api_secret": "secret", "from": "Notify", "to": to[1:], "text": "Hi"},
+            ),
+            200,
+        ),
+    ],
+)
+def test_hold_to_leaves_that_recipients_calls_unanswered_until_lifted(
+    sandbox, http, provider, held, request_to, accepted
+):
+    sandbox.set_fault(provider, hold_to=held)
+    connection = call_in_flight(sandbox, request_to(sandbox, held))
+
+    call = held_call(sandbox, provider)
+    assert (call["provider"], call["to"], call["peer_host"]) == (provider, held, "127.0.0.1")
+    assert call["peer_port"] == connection.sock.getsockname()[1], "the client's own port names its connection"
+    assert send_postmark(http, sandbox, postmark_message("other@example.com")).status_code == 200
+    assert sandbox.entries(to=held) == []
+
+    sandbox.clear_faults(provider)
+    assert connection.getresponse().status == accepted, "answered as usual once the hold is lifted"
+    assert len(sandbox.entries(to=held)) == 1
+    assert sandbox.held() == []
+
+
+def test_a_held_call_whose_client_hangs_up_is_never_accepted(sandbox):
+    sandbox.set_fault("postmark", hold_to="held@example.com")
+    connection = call_in_flight(
+        sandbox,
+        requests.Request(
+            "POST", sandbox.url("/postmark/email"), json=postmark_message("held@example.com"), headers=POSTMARK_TOKEN
+        ),
+    )
+    assert held_call(sandbox, "postmark")["where"] == "POST /postmark/email"
+
+    connection.sock.shutdown(socket.SHUT_RDWR)  # what the kernel does for a client that was SIGKILLed
+    connection.close()
+    wait_until(lambda: sandbox.held() == [], timeout=5, what="the hold to end with its client")
+    sandbox.clear_faults()
+    assert sandbox.ledger()["count"] == 0
+
+
+def test_held_calls_refuse_an_unknown_filter(sandbox, http):
+    response = http.get(sandbox.url("/_sandbox/held"), params={"to": "ada@example.com"})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("to: ")
 
 
 # --- ledger, stats --------------------------------------------------------------
@@ -645,6 +747,35 @@ def test_smtp_latency_delays_the_data_reply(sandbox):
         client.send_message(smtp_message())
         assert time.monotonic() - started >= 0.3
     assert sandbox.ledger()["count"] == 1
+
+
+def test_smtp_hold_to_leaves_the_data_of_that_recipients_message_unanswered(sandbox):
+    sandbox.set_fault("smtp", hold_to="held@example.com")
+    with smtp_client(sandbox) as client, ThreadPoolExecutor(1) as background:
+        sending = background.submit(client.send_message, smtp_message("held@example.com"))
+        call = held_call(sandbox, "smtp")
+        assert (call["to"], call["where"]) == ("held@example.com", "DATA")
+        assert call["peer_port"] == client.sock.getsockname()[1]
+        assert sandbox.ledger()["count"] == 0
+
+        sandbox.clear_faults("smtp")
+        assert sending.result(timeout=5) == {}
+    assert len(sandbox.entries(provider="smtp", to="held@example.com")) == 1
+
+
+def test_smtp_held_message_whose_client_hangs_up_is_never_accepted(sandbox):
+    sandbox.set_fault("smtp", hold_to="held@example.com")
+    client = smtp_client(sandbox)
+    with ThreadPoolExecutor(1) as background:
+        sending = background.submit(client.send_message, smtp_message("held@example.com"))
+        held_call(sandbox, "smtp")
+        client.sock.shutdown(socket.SHUT_RDWR)
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            sending.result(timeout=5)
+    client.close()
+    wait_until(lambda: sandbox.held() == [], timeout=5, what="the hold to end with its client")
+    sandbox.clear_faults()
+    assert sandbox.ledger()["count"] == 0
 
 
 # --- anymail compatibility ------------------------------------------------------

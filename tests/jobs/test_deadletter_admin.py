@@ -1,6 +1,5 @@
 """The dead-letter admin: inspect masked, replay with the same idempotency key, discard with a reason, permissions."""
 
-import time
 import uuid
 
 import pytest
@@ -8,6 +7,7 @@ from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission
 from django.db import transaction
 
+from harness.waiting import wait_until
 from jobs import admin as jobs_admin
 from jobs import deadletters
 from jobs.breaker import BreakerConfig, CircuitBreaker
@@ -231,10 +231,8 @@ def test_background_replay_on_real_workers_delivers_once_with_the_original_keys(
     response = admin_client.post(f"{LIST_URL}?channel=sms", action("replay_all_matching"), follow=True)
     assert "in the background in 2 batch(es)" in response.content.decode()
 
-    deadline = time.monotonic() + 30
     ids = [n.pk for n in notifications]
-    while time.monotonic() < deadline and Notification.objects.filter(pk__in=ids, status="sent").count() < len(ids):
-        time.sleep(0.1)
+    wait_until(lambda: Notification.objects.filter(pk__in=ids, status="sent").count() == len(ids), timeout=30)
     assert set(Notification.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"sent"}
     for notification in notifications:
         assert len(ledger.entries(idempotency_key=notification.idempotency_key)) == 1

@@ -6,6 +6,7 @@ import uuid
 import pytest
 from django.conf import settings
 
+from harness.waiting import wait_until
 from jobs.redis import redis_client
 from jobs.task import JobTask
 from jobs.tasks import probe
@@ -36,12 +37,8 @@ def celery_session_app(celery_session_app):
 
 
 def wait_for_count(key: str, expected: int, timeout: float = 10.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = int(redis_client().get(key) or 0)
-        if value >= expected:
-            return value
-        time.sleep(0.05)
+    """The probe counter once it reaches `expected`, or as it is when `timeout` is up."""
+    wait_until(lambda: int(redis_client().get(key) or 0) >= expected, timeout=timeout, interval=0.05)
     return int(redis_client().get(key) or 0)
 
 

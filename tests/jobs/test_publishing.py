@@ -2,11 +2,11 @@
 
 import socket
 import threading
-import time
 import uuid
 
 import pytest
 
+from harness.waiting import wait_until
 from jobs.publishing import publish
 from jobs.redis import redis_client
 from jobs.tasks import probe
@@ -21,9 +21,7 @@ def test_a_publish_from_another_thread_reaches_the_workers(workers):
     thread.start()
     thread.join()
     assert results == [True]
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and redis_client().get(key) is None:
-        time.sleep(0.05)
+    wait_until(lambda: redis_client().get(key) is not None, timeout=15, interval=0.05)
     assert int(redis_client().get(key) or 0) == 1
 
 
@@ -48,9 +46,7 @@ def test_a_frozen_broker_does_not_hold_the_caller(settings):
         assert waiting_publishes() == 1, "the publish is still in flight when the caller gets control back"
     finally:
         silent.close()  # the waiting publish now fails fast
-    deadline = time.monotonic() + 30
-    while waiting_publishes() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not waiting_publishes(), timeout=30, interval=0.05)
     assert waiting_publishes() == 0
     assert not published.is_set(), "nothing was published; the row would be left for the relay"
 
@@ -62,9 +58,7 @@ def test_an_invalid_payload_is_dead_lettered_without_retry(workers):
     from notifications.tasks import notification_deliver_task
 
     assert publish(notification_deliver_task.name, args=["not-a-uuid"], queue="transactional.email")
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and not DeadLetter.objects.filter(job_name="notifications.deliver").exists():
-        time.sleep(0.1)
+    wait_until(lambda: DeadLetter.objects.filter(job_name="notifications.deliver").exists(), timeout=15)
     letter = DeadLetter.objects.get(job_name="notifications.deliver")
     assert letter.arguments == {"args": ["not-a-uuid"], "kwargs": {}}
     assert letter.queue == "transactional.email"

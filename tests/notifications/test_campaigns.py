@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 from django.conf import settings
 
+from harness.waiting import wait_until
 from notifications.campaigns import (
     campaign_cancel,
     campaign_create,
@@ -22,6 +23,8 @@ from notifications.services import notification_send
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 NEWS = {"headline": "Spring news", "body": "Hello"}
+#: Seconds a test waits for its campaign (a few hundred sends on two worker processes).
+PATIENCE_SECONDS = 60.0
 
 
 def recipients(count: int, *, tag: str, consent_every: int = 1, domain: str = "example.com") -> list[Recipient]:
@@ -35,17 +38,6 @@ def recipients(count: int, *, tag: str, consent_every: int = 1, domain: str = "e
         for i in range(count)
     ]
     return Recipient.objects.bulk_create(rows)
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "the campaign"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def finished(campaign_id: int) -> Campaign | None:
@@ -70,7 +62,7 @@ def test_a_campaign_sends_exactly_once_to_each_consenting_recipient(workers, led
     campaign = new_campaign(tag)
 
     campaign_start(campaign_id=campaign.pk)
-    campaign = wait_for(lambda: finished(campaign.pk), what="the campaign to complete")
+    campaign = wait_until(lambda: finished(campaign.pk), timeout=PATIENCE_SECONDS, what="the campaign to complete")
 
     consenting = {r.email for r in everyone if r.email_marketing_consent}
     sent = ledger_addresses(ledger, tag)
@@ -103,7 +95,9 @@ def test_pause_stops_sending_opt_outs_are_respected_and_resume_finishes(workers,
     everyone = recipients(4000, tag=tag)
     campaign = new_campaign(tag)
     campaign_start(campaign_id=campaign.pk)
-    wait_for(lambda: Campaign.objects.get(pk=campaign.pk).sent_count >= 200, what="the first sends")
+    wait_until(
+        lambda: Campaign.objects.get(pk=campaign.pk).sent_count >= 200, timeout=PATIENCE_SECONDS, what="the first sends"
+    )
 
     campaign_pause(campaign_id=campaign.pk)
     time.sleep(2.0)  # the promise: sending stops within 2 s
@@ -118,7 +112,7 @@ def test_pause_stops_sending_opt_outs_are_respected_and_resume_finishes(workers,
     Recipient.objects.filter(pk__in=[r.pk for r in withdrawn]).update(email_marketing_consent=False)
 
     campaign_resume(campaign_id=campaign.pk)
-    campaign = wait_for(lambda: finished(campaign.pk), what="the campaign to complete")
+    campaign = wait_until(lambda: finished(campaign.pk), timeout=PATIENCE_SECONDS, what="the campaign to complete")
 
     final = ledger_addresses(ledger, tag)
     assert campaign.status == "completed"
@@ -136,13 +130,16 @@ def test_a_cancelled_campaign_sends_nothing_more(workers, ledger):
     recipients(4000, tag=tag)
     campaign = new_campaign(tag)
     campaign_start(campaign_id=campaign.pk)
-    wait_for(lambda: Campaign.objects.get(pk=campaign.pk).sent_count >= 200, what="the first sends")
+    wait_until(
+        lambda: Campaign.objects.get(pk=campaign.pk).sent_count >= 200, timeout=PATIENCE_SECONDS, what="the first sends"
+    )
 
     campaign_cancel(campaign_id=campaign.pk)
     time.sleep(2.0)
     at_cancel = sum(ledger_addresses(ledger, tag).values())
-    campaign = wait_for(
+    campaign = wait_until(
         lambda: (c := Campaign.objects.get(pk=campaign.pk)).remaining_count == 0 and c,
+        timeout=PATIENCE_SECONDS,
         what="the unsent rows to be skipped",
     )
     time.sleep(1.0)
@@ -162,7 +159,7 @@ def test_hard_bounced_addresses_are_suppressed_for_later_campaigns_and_transacti
     bouncing = recipients(5, tag=tag, domain="invalid.example")  # the sandbox refuses this domain
     first = new_campaign(tag)
     campaign_start(campaign_id=first.pk)
-    first = wait_for(lambda: finished(first.pk), what="the first campaign")
+    first = wait_until(lambda: finished(first.pk), timeout=PATIENCE_SECONDS, what="the first campaign")
 
     assert (first.sent_count, first.dead_count) == (20, 5)
     assert set(Suppression.objects.filter(channel="email").values_list("address", flat=True)) >= {
@@ -171,7 +168,7 @@ def test_hard_bounced_addresses_are_suppressed_for_later_campaigns_and_transacti
 
     second = new_campaign(tag)
     campaign_start(campaign_id=second.pk)
-    second = wait_for(lambda: finished(second.pk), what="the second campaign")
+    second = wait_until(lambda: finished(second.pk), timeout=PATIENCE_SECONDS, what="the second campaign")
     assert (second.sent_count, second.dead_count, second.skipped_count) == (20, 0, 5)
     reasons = campaign_notifications(second).filter(status="skipped").values_list("last_error", flat=True)
     assert all("suppressed" in reason for reason in reasons)
@@ -183,8 +180,9 @@ def test_hard_bounced_addresses_are_suppressed_for_later_campaigns_and_transacti
         context={"order_number": "A-1", "name": "Ada"},
         to=bouncing[0].email,
     )
-    receipt = wait_for(
+    receipt = wait_until(
         lambda: (n := Notification.objects.get(pk=receipt.pk)).status not in ("pending", "queued", "sending") and n,
+        timeout=PATIENCE_SECONDS,
         what="the transactional message",
     )
     assert receipt.status == "skipped" and "suppressed" in receipt.last_error

@@ -1,11 +1,11 @@
 """End to end: HTTP API and password-reset page -> PostgreSQL -> Redis -> real worker pools -> sandbox."""
 
 import re
-import time
 
 import pytest
 import requests
 
+from harness.waiting import wait_until
 from notifications.models import Notification
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -14,12 +14,17 @@ PASSWORD_RESET = {"template": "password_reset", "context": {"code": "424242"}}
 
 
 def wait_until_done(ids: list[str], timeout: float = 30.0) -> dict[str, Notification]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = {str(n.pk): n for n in Notification.objects.filter(pk__in=ids)}
-        if all(rows[i].status in ("sent", "failed", "dead") for i in ids) or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)
+    """The rows once each is sent, failed or dead, or as they are when `timeout` is up."""
+
+    def rows() -> dict[str, Notification]:
+        return {str(n.pk): n for n in Notification.objects.filter(pk__in=ids)}
+
+    def done() -> bool:
+        now = rows()
+        return all(now[i].status in ("sent", "failed", "dead") for i in ids)
+
+    wait_until(done, timeout=timeout)
+    return rows()
 
 
 @pytest.fixture

@@ -4,13 +4,13 @@ form with too many fields. Nothing is stored."""
 
 import os
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 
-from harness.chaos.stack import ManagedProcess, procfile_command, replace_option
+from harness.chaos.stack import procfile_command, replace_option
+from harness.processes import ManagedProcess
 from harness.sandbox.process import free_port
 from notifications.models import Notification
 
@@ -23,17 +23,15 @@ def web(tmp_path_factory) -> Iterator[str]:
     argv = replace_option(procfile_command("web"), "--bind", f"127.0.0.1:{port}")
     assert "--config" in argv, "the Procfile's web process reads the bounds from settings/gunicorn_conf.py"
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test"}
-    process = ManagedProcess("web", argv, env=env, log_path=tmp_path_factory.mktemp("web") / "web.log").start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        assert process.alive() and time.monotonic() < deadline, process.output()[-3000:]
-        time.sleep(0.2)
+    log_path = tmp_path_factory.mktemp("web") / "web.log"
+    process = ManagedProcess(
+        "web",
+        argv,
+        env=env,
+        log_path=log_path,
+        ready=lambda: requests.get(f"{url}/healthz", timeout=5).status_code == 200,
+    ).start(timeout=30)
     yield url
     process.stop()
 

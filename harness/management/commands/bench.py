@@ -22,6 +22,7 @@ from django.db import connections
 from harness import benchmarks
 from harness.processes import WorkerProcess
 from harness.sandbox.process import SandboxProcess
+from harness.waiting import WaitTimeout, wait_until
 from jobs.redis import redis_client
 from jobs.tasks import probe
 from notifications.models import Notification, NotificationStatus, Recipient
@@ -30,16 +31,6 @@ from notifications.services import notification_send
 RESULTS = Path(settings.BASE_DIR) / "bench-results"
 SCENARIOS = ("throughput", "fanout", "limiter", "blast")
 QUEUE = "transactional.email"
-
-
-def wait_for(predicate, *, timeout: float, what: str) -> float:
-    """Poll until predicate() is true; the moment it became true (monotonic)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise CommandError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic()
 
 
 class Command(BaseCommand):
@@ -79,7 +70,9 @@ class Command(BaseCommand):
         redis_client().ping()
         log_dir = RESULTS / "logs"
         sandbox = SandboxProcess(
-            http_port=urlparse(settings.SANDBOX_HTTP_URL).port, smtp_port=settings.SANDBOX_SMTP_PORT
+            http_port=urlparse(settings.SANDBOX_HTTP_URL).port,
+            smtp_port=settings.SANDBOX_SMTP_PORT,
+            log_path=log_dir / "sandbox.log",
         )
         sandbox.start()
         try:
@@ -88,6 +81,8 @@ class Command(BaseCommand):
             campaign = [s for s in scenarios if s != "throughput"]
             if campaign:
                 self._campaigns(sandbox, log_dir, campaign, options)
+        except WaitTimeout as exc:
+            raise CommandError(str(exc)) from exc
         finally:
             sandbox.stop()
 
@@ -187,7 +182,8 @@ class Command(BaseCommand):
         client = redis_client()
         start = time.monotonic()
         self._in_parallel(_publish_probes, count, counter)
-        end = wait_for(lambda: int(client.get(counter) or 0) >= count, timeout=300, what="the probe tasks")
+        wait_until(lambda: int(client.get(counter) or 0) >= count, timeout=300, interval=0.05, what="the probe tasks")
+        end = time.monotonic()
         client.delete(counter)
         return {"rate": count / (end - start)}
 
@@ -198,11 +194,13 @@ class Command(BaseCommand):
         ids = self._in_parallel(_submit_notifications, count, run)
         submitted = time.monotonic()
         rows = Notification.objects.filter(pk__in=ids)
-        end = wait_for(
+        wait_until(
             lambda: rows.filter(status__in=[NotificationStatus.SENT, NotificationStatus.FAILED]).count() >= count,
             timeout=600,
+            interval=0.05,
             what="the notifications to be sent",
         )
+        end = time.monotonic()
         failed = rows.exclude(status=NotificationStatus.SENT).count()
         if failed:
             raise CommandError(f"{failed} of {count} notifications were not sent; see {RESULTS / 'logs'}")
