@@ -26,7 +26,7 @@ from harness.sandbox.process import SandboxProcess, free_port
 from harness.waiting import wait_until
 from jobs.redis import broker_client
 from notifications.models import ApiToken, Campaign, CampaignBatch, Recipient
-from settings.topology import FANOUT_QUEUE, pool_queues
+from settings.topology import FANOUT_QUEUE, Priority, pool_queues
 
 MARKETING_QUEUE = "marketing.email"
 #: The kombu Redis transport keeps reserved-but-unacknowledged messages in these keys.
@@ -142,7 +142,7 @@ def fanout(*, recipients: int, platform: Platform, web: WebProcess, concurrency:
     reset_campaigns()
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE notifications_notification")
-    platform.pool("marketing", concurrency=concurrency)
+    platform.pool(Priority.MARKETING, concurrency=concurrency)
     api = api_session(web.url)
     created = api.post(
         f"{web.url}/api/v1/campaigns",
@@ -212,7 +212,7 @@ def limiter(*, platform: Platform, duration: float, concurrency: int) -> dict[st
     Marketing's share is set to 1 for this run, so the figure is the limiter's, not the share's.
     """
     rate = settings.JOBS_RATE_LIMITS["postmark"]["rate_per_second"]
-    platform.pool("marketing", concurrency=concurrency, env={"POSTMARK_MARKETING_SHARE": "1.0"})
+    platform.pool(Priority.MARKETING, concurrency=concurrency, env={"POSTMARK_MARKETING_SHARE": "1.0"})
     sandbox = platform.sandbox
     sandbox.clear()  # a fresh ledger: what is read back is this run's, and the sandbox stays small
     start_seq = 0
@@ -248,8 +248,8 @@ def limiter(*, platform: Platform, duration: float, concurrency: int) -> dict[st
 
 def blast(*, platform: Platform, web: WebProcess, duration: float, per_second: float, concurrency: int) -> dict:
     """Scenario 3: security alerts through the HTTP API at `per_second` while marketing saturates its share."""
-    platform.pool("marketing", concurrency=concurrency)
-    platform.pool("security", concurrency=2)
+    platform.pool(Priority.MARKETING, concurrency=concurrency)
+    platform.pool(Priority.SECURITY, concurrency=2)
     sandbox = platform.sandbox
     sandbox.clear()
     start_seq = 0
@@ -266,7 +266,7 @@ def blast(*, platform: Platform, web: WebProcess, duration: float, per_second: f
         submitted[to] = time.time()
         response = api.post(
             f"{web.url}/api/v1/notifications",
-            json={"priority": "security", "channel": "email", "template": "password_reset", "to": to,
+            json={"priority": Priority.SECURITY, "channel": "email", "template": "password_reset", "to": to,
                   "context": {"code": f"{i:06d}"}},
             timeout=10,
         )  # fmt: skip
@@ -303,5 +303,5 @@ def blast(*, platform: Platform, web: WebProcess, duration: float, per_second: f
         },
         "marketing_per_second_meanwhile": round(len(in_window) / duration, 1),
         "marketing_share_cap_per_second": settings.JOBS_RATE_LIMITS["postmark"]["rate_per_second"]
-        * settings.JOBS_RATE_LIMITS["postmark"]["shares"]["marketing"],
+        * settings.JOBS_RATE_LIMITS["postmark"]["shares"][Priority.MARKETING],
     }

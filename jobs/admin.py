@@ -26,9 +26,10 @@ from jobs.masking import mask_personal_data
 from jobs.models import BreakerTransition, DeadLetter, DeadLetterStatus
 from jobs.selectors import (
     breaker_states,
-    deadletter_priorities_and_channels,
+    deadletter_facet_values,
     deadletters_filter,
-    queue_priority_channel,
+    queue_facet_names,
+    queue_facets,
 )
 
 #: Above this many rows, "replay everything matching" runs on the workers in batches:
@@ -38,26 +39,32 @@ REPLAY_INLINE_LIMIT = 200
 DISCARD_PREVIEW_ROWS = 20
 
 
-class ChannelFilter(admin.SimpleListFilter):
-    title = "channel"
-    parameter_name = "channel"
+def _facet_filter(name: str) -> type[admin.SimpleListFilter]:
+    """A list filter on one named part of the queue (JOBS_QUEUE_FACETS), offering the values that occur."""
 
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [(channel, channel) for channel in deadletter_priorities_and_channels()[1]]
+    class FacetFilter(admin.SimpleListFilter):
+        title = name
+        parameter_name = name
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        return deadletters_filter(queryset, channel=self.value()) if self.value() else queryset
+        def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+            return [(value, value) for value in deadletter_facet_values(name)]
+
+        def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+            return deadletters_filter(queryset, **{name: self.value()}) if self.value() else queryset
+
+    FacetFilter.__name__ = f"{name.title()}Filter"
+    return FacetFilter
 
 
-class PriorityFilter(admin.SimpleListFilter):
-    title = "priority"
-    parameter_name = "priority"
+def _facet_column(name: str):
+    """A list column showing one named part of the queue, "-" for a queue without it."""
 
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [(priority, priority) for priority in deadletter_priorities_and_channels()[0]]
+    def column(obj: DeadLetter) -> str:
+        return queue_facets(obj.queue).get(name, "-")
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        return deadletters_filter(queryset, priority=self.value()) if self.value() else queryset
+    column.short_description = name
+    column.__name__ = name
+    return column
 
 
 class DiscardForm(forms.Form):
@@ -77,8 +84,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         "id",
         "last_failed_at",
         "job_name",
-        "channel",
-        "priority",
+        *(_facet_column(name) for name in reversed(queue_facet_names())),
         "provider",
         "error_class_name",
         "short_message",
@@ -86,7 +92,13 @@ class DeadLetterAdmin(admin.ModelAdmin):
         "status",
         "subject_link",
     )
-    list_filter = (ChannelFilter, PriorityFilter, "provider", "error_class", "status", "last_failed_at")
+    list_filter = (
+        *(_facet_filter(name) for name in reversed(queue_facet_names())),
+        "provider",
+        "error_class",
+        "status",
+        "last_failed_at",
+    )
     search_fields = ("^subject_id", "message", "job_name", "error_class")
     date_hierarchy = "last_failed_at"
     show_full_result_count = False
@@ -128,16 +140,6 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     def has_replay_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(f"{self.opts.app_label}.replay_deadletter")
-
-    @admin.display(description="channel")
-    def channel(self, obj: DeadLetter) -> str:
-        parts = queue_priority_channel(obj.queue)
-        return parts[1] if parts else "-"
-
-    @admin.display(description="priority")
-    def priority(self, obj: DeadLetter) -> str:
-        parts = queue_priority_channel(obj.queue)
-        return parts[0] if parts else "-"
 
     @admin.display(description="error class", ordering="error_class")
     def error_class_name(self, obj: DeadLetter) -> str:

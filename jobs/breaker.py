@@ -20,6 +20,7 @@ unreachable the breaker lets calls through: a broken breaker must not stop deliv
 
 import logging
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import redis
@@ -146,6 +147,20 @@ class Permit:
 
 #: What an unreachable Redis gets: call (a broken breaker must not stop delivery).
 _LET_THROUGH = Permit(CLOSED, failures=-1)
+
+
+#: Where the names of breakers that exist before they ever trip come from (the domain registers its own).
+_name_sources: list[Callable[[], Iterable[str]]] = []
+
+
+def register_breaker_names(source: Callable[[], Iterable[str]]) -> None:
+    """Add a callable naming breakers the domain uses (its providers, say), so one that never tripped still shows."""
+    if source not in _name_sources:
+        _name_sources.append(source)
+
+
+def registered_breaker_names() -> set[str]:
+    return {name for source in _name_sources for name in source()}
 
 
 class CircuitBreaker:

@@ -1,6 +1,7 @@
 """Reads of the job runtime for operators: dead letters by filter, and the live state of the circuit breakers."""
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -8,7 +9,7 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from jobs.breaker import CLOSED, CircuitBreaker
+from jobs.breaker import CLOSED, CircuitBreaker, registered_breaker_names
 from jobs.models import BreakerTransition, DeadLetter, DeadLetterStatus
 
 
@@ -16,18 +17,17 @@ def deadletters_filter(
     queryset: QuerySet[DeadLetter],
     *,
     status: str | None = None,
-    channel: str | None = None,
-    priority: str | None = None,
     provider: str | None = None,
     error_class: str | None = None,
     job_name: str | None = None,
     since: dt.date | dt.datetime | None = None,
     until: dt.date | dt.datetime | None = None,
+    **facets: str | None,
 ) -> QuerySet[DeadLetter]:
     """Narrow `queryset`; a filter left at None is not applied.
 
-    Channel and priority come from the queue, named ``<priority>.<channel>`` for
-    prioritised jobs.  `error_class` matches the full dotted name or just the class
+    `facets` are the parts of the queue's name that JOBS_QUEUE_FACETS names (the platform's
+    ``<priority>.<channel>``: priority="security", channel="sms").  `error_class` matches the full dotted name or just the class
     name (``PermanentError``).  A date for `since` or `until` means that whole day,
     in the current time zone.
     """
@@ -35,10 +35,14 @@ def deadletters_filter(
         if status not in DeadLetterStatus.values:
             raise ValueError(f"unknown status {status!r}; expected one of {', '.join(DeadLetterStatus.values)}")
         queryset = queryset.filter(status=status)
-    if channel:
-        queryset = queryset.filter(queue__endswith=f".{channel}")
-    if priority:
-        queryset = queryset.filter(queue__startswith=f"{priority}.")
+    names = queue_facet_names()
+    for name, value in facets.items():
+        if name not in names:
+            raise TypeError(f"unknown filter {name!r}; the queue facets are {', '.join(names) or 'none'}")
+        if value:
+            index = names.index(name)
+            before, after = r"[^.]+\." * index, r"\.[^.]+" * (len(names) - index - 1)
+            queryset = queryset.filter(queue__regex=f"^{before}{re.escape(value)}{after}$")
     if provider:
         queryset = queryset.filter(provider=provider)
     if error_class:
@@ -60,19 +64,25 @@ def deadletters_matching(**filters: Any) -> QuerySet[DeadLetter]:
     return deadletters_filter(DeadLetter.objects.all(), **filters)
 
 
-def queue_priority_channel(queue: str) -> tuple[str, str] | None:
-    """(priority, channel) of a ``<priority>.<channel>`` queue; None for the housekeeping queue or any other name."""
-    if queue == settings.CELERY_TASK_DEFAULT_QUEUE or queue.count(".") != 1:
-        return None
-    priority, channel = queue.split(".")
-    return (priority, channel) if priority and channel else None
+def queue_facet_names() -> tuple[str, ...]:
+    """What the dot-separated parts of a queue's name mean, as the project declares it (JOBS_QUEUE_FACETS)."""
+    return tuple(getattr(settings, "JOBS_QUEUE_FACETS", ()))
 
 
-def deadletter_priorities_and_channels() -> tuple[list[str], list[str]]:
-    """The priorities and channels that appear in the dead-letter table, for the admin's filters."""
-    parts = [queue_priority_channel(q) for q in DeadLetter.objects.values_list("queue", flat=True).distinct()]
-    parts = [p for p in parts if p is not None]
-    return sorted({p for p, _ in parts}), sorted({c for _, c in parts})
+def queue_facets(queue: str) -> dict[str, str]:
+    """The named parts of `queue` (e.g. {"priority": "security", "channel": "sms"}); empty for the housekeeping
+    queue or a name of another shape."""
+    names = queue_facet_names()
+    parts = queue.split(".")
+    if not names or queue == settings.CELERY_TASK_DEFAULT_QUEUE or len(parts) != len(names) or not all(parts):
+        return {}
+    return dict(zip(names, parts, strict=True))
+
+
+def deadletter_facet_values(name: str) -> list[str]:
+    """The values of one queue facet that appear in the dead-letter table, for the admin's filters."""
+    queues = DeadLetter.objects.values_list("queue", flat=True).distinct()
+    return sorted({facets[name] for facets in map(queue_facets, queues) if name in facets})
 
 
 @dataclass(frozen=True)
@@ -85,15 +95,10 @@ class BreakerState:
 
 
 def breaker_names() -> list[str]:
-    """Every breaker worth showing: those that ever changed state, and every configured provider.
-
-    Provider names are read from the NOTIFICATIONS_PROVIDERS setting when a domain defines it,
-    so a breaker that never tripped still shows as closed; this module imports no domain.
-    """
+    """Every breaker worth showing: those that ever changed state, and those the domain registered (so a breaker
+    that never tripped still shows as closed)."""
     names = set(BreakerTransition.objects.values_list("breaker", flat=True).distinct())
-    for entries in getattr(settings, "NOTIFICATIONS_PROVIDERS", {}).values():
-        names.update(entry["name"] for entry in entries if entry.get("name"))
-    return sorted(names)
+    return sorted(names | registered_breaker_names())
 
 
 def breaker_states() -> list[BreakerState]:

@@ -16,8 +16,6 @@ it is sent with its campaign's content, like the batch would have.
 """
 
 import logging
-import os
-import signal
 import uuid
 from datetime import timedelta
 
@@ -118,7 +116,6 @@ def notification_deliver(*, notification_id: str) -> None:
         logger.info("notification %s: not claimable (done, owned by another worker, or not due)", notification_id)
         return
     notification_event(notification, "sending")
-    _chaos_hook(notification)
     campaign = (
         Campaign.objects.only("template", "context", "status").get(pk=notification.campaign_id)
         if notification.campaign_id
@@ -274,10 +271,3 @@ def _lost_queued(priority: str, now: float, queue_heads) -> Q:
         )
         lost |= Q(channel=channel, status=NotificationStatus.QUEUED, queued_at__lt=before)
     return lost
-
-
-def _chaos_hook(notification: Notification) -> None:
-    """Fault injection for the drills: a notification marked as poison kills its worker process."""
-    if settings.CHAOS_DRILLS_ENABLED and notification.context.get("chaos") == "kill-worker":
-        logger.error("notification %s: chaos drill, killing worker process %s", notification.pk, os.getpid())
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -10,7 +10,6 @@ import re
 from functools import cache
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from notifications.rendering import TEMPLATE_DIR, template_names
@@ -20,8 +19,6 @@ from notifications.rendering import TEMPLATE_DIR, template_names
 _FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 #: What a declared variable may say about itself.
 _DECLARATION_KEYS = {"type", "max_length", "pattern", "secret", "description"}
-#: The fault drills' poison marker, accepted beside a template's variables only with CHAOS_DRILLS_ENABLED.
-DRILL_MARKER = "chaos"
 #: Longest text a declared string variable takes when its declaration sets no max_length.
 DEFAULT_MAX_LENGTH = 1000
 
@@ -123,8 +120,6 @@ def context_check(template: str, context: Any) -> None:
     declared = template_variables(template)
     errors: dict[str, str] = {}
     for name, value in context.items():
-        if name == DRILL_MARKER and settings.CHAOS_DRILLS_ENABLED:
-            continue
         field = f"context.{name}"
         declaration = declared.get(name)
         if declaration is None:

@@ -13,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from jobs.models import DeadLetter, DeadLetterStatus
 from jobs.redis import queue_head, redis_client
-from jobs.selectors import breaker_states, queue_priority_channel
+from jobs.selectors import breaker_states, queue_facets
 from notifications.events import RATE_WINDOW_SECONDS, campaign_rate, provider_rate
 from notifications.models import Campaign, CampaignStatus, Notification, Priority
 from settings.topology import all_queue_names
@@ -108,14 +108,15 @@ def _queues(names: list[str], now: float) -> dict[str, Any]:
             # One failed read means the broker is down: asking the other queues would only add timeouts.
             return {"error": BROKER_DOWN, "rows": []}
         depth, age = head.depth, head.age(now)
-        parts = queue_priority_channel(name)
         rows.append(
             {
                 "name": name,
                 "depth": depth,
                 "oldest_age_seconds": round(age, 1) if age is not None else None,
                 "late": bool(
-                    parts and parts[0] == Priority.SECURITY and age is not None and age > SECURITY_LATE_SECONDS
+                    queue_facets(name).get("priority") == Priority.SECURITY
+                    and age is not None
+                    and age > SECURITY_LATE_SECONDS
                 ),
             }
         )

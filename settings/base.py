@@ -259,6 +259,8 @@ JOBS_RETRY_POLICIES = {
     topology.Priority.MARKETING: {"max_attempts": 20, "base_delay": 30, "max_delay": 3600, "budget_seconds": 6 * 3600},
 }
 #: Circuit breaker per provider (jobs/breaker.py), shared by all workers through Redis.
+#: The parts of a queue's name (<priority>.<channel>), for the dead-letter admin's and command's filters.
+JOBS_QUEUE_FACETS = topology.QUEUE_FACETS
 JOBS_CIRCUIT_BREAKER = {
     "failure_threshold": env_int("BREAKER_FAILURE_THRESHOLD", 5),
     "cooldown_seconds": float(env_str("BREAKER_COOLDOWN_SECONDS", "10")),
@@ -398,6 +400,3 @@ LOGGING = {
 #: task never loses its claim), below the visibility timeout (a redelivered message
 #: finds it expired).  A system check enforces the order.
 JOBS_CLAIM_LEASE_SECONDS = env_int("JOBS_CLAIM_LEASE_SECONDS", 40)
-#: Fault injection for the chaos drills (a notification with context
-#: {"chaos": "kill-worker"} kills its worker process). Never on in production.
-CHAOS_DRILLS_ENABLED = env_bool("CHAOS_DRILLS_ENABLED", False)

@@ -69,7 +69,6 @@ for _name, _value in (
 if _problems:
     raise ImproperlyConfigured("settings.production refuses to start:\n- " + "\n- ".join(_problems))
 
-CHAOS_DRILLS_ENABLED = False
 #: The proving harness (sandbox, drills, benchmarks) is never installed in production.
 INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "harness"]  # noqa: F405
 

@@ -16,7 +16,6 @@ os.environ.setdefault("RELAY_PENDING_AFTER_SECONDS", "2")
 os.environ.setdefault("RELAY_QUEUED_AFTER_SECONDS", "10")
 os.environ.setdefault("BREAKER_COOLDOWN_SECONDS", "2")
 os.environ.setdefault("BREAKER_FAILURE_THRESHOLD", "3")
-os.environ.setdefault("CHAOS_DRILLS_ENABLED", "true")
 # Off, so a test's outcome never depends on the hour CI runs; the quiet-hours tests set it.
 os.environ.setdefault("MARKETING_QUIET_HOURS", "")
 # Small, so a test campaign of a few thousand recipients has several segments and batches.

@@ -35,6 +35,10 @@ DEFAULT_QUEUE = "jobs.default"
 FANOUT_QUEUE = "marketing.fanout"
 
 
+#: What the parts of a queue's name are (the runtime's dead-letter filters and columns use them).
+QUEUE_FACETS = ("priority", "channel")
+
+
 def queue_name(priority: str, channel: str) -> str:
     if priority not in PRIORITIES:
         raise ValueError(f"unknown priority {priority!r}; expected one of {', '.join(PRIORITIES)}")

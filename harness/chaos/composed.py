@@ -37,6 +37,7 @@ from harness.chaos.drills import (
 )
 from harness.chaos.stack import ChaosStack, StackError
 from harness.waiting import wait_until
+from settings.topology import Priority
 
 CAMPAIGN_CONTEXT = {"headline": "Chaos sale", "body": "Everything must go"}
 #: Every tenth seeded recipient has no marketing consent: the fan-out must leave them out.
@@ -270,9 +271,9 @@ def drill_campaign_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) ->
             lambda share=share: sent_so_far(stack) >= share * consenting, timeout=plan.campaign_timeout, interval=0.05
         )
         in_flight = rows_in(stack, campaign_id, "sending")
-        stack.kill_pool("marketing")
+        stack.kill_pool(Priority.MARKETING)
         kills.append((time.time(), in_flight))
-        stack.start_pool("marketing")
+        stack.start_pool(Priority.MARKETING)
         notes.append(f"killed at {sent_so_far(stack)}/{consenting} sent with {len(in_flight)} rows in flight")
     finished = wait_campaign_final(stack, campaign_id, plan.campaign_timeout)
     outcome, checks, campaign_notes = campaign_tally(stack, campaign_id)
@@ -379,7 +380,7 @@ def drill_paced_primary(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dr
     the fallback at once, none waits on the primary or dies."""
     stack.sandbox.set_fault("postmark", retry_after=plan.paced_retry_after)
     submitted_at = time.time()
-    submission = submit(stack, burst_bodies(_tag(14), plan.paced_security, [("security", "email")]))
+    submission = submit(stack, burst_bodies(_tag(14), plan.paced_security, [(Priority.SECURITY, "email")]))
     wait_final(stack, submission.ids, plan.paced_deadline_seconds + 10)
     outcome = tally(stack, submission.ids, refused=submission.refused)
     last = max((r["sent_at"] or r["updated_at"] for r in outcome.rows.values()), default=submitted_at)
@@ -433,9 +434,11 @@ def drill_relay_urgency(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dr
     tag = _tag(15)
     stack.stop_beat()  # this drill runs the relay itself, so its first run is the one measured
     marketing = _due_rows(
-        stack, f"{tag}-m", plan.relay_backlog, "marketing", "newsletter", '{"headline": "h", "body": "b"}'
+        stack, f"{tag}-m", plan.relay_backlog, Priority.MARKETING, "newsletter", '{"headline": "h", "body": "b"}'
     )
-    security = _due_rows(stack, f"{tag}-s", plan.relay_security, "security", "password_reset", '{"code": "123456"}')
+    security = _due_rows(
+        stack, f"{tag}-s", plan.relay_security, Priority.SECURITY, "password_reset", '{"code": "123456"}'
+    )
     relayed = int(
         stack.manage(
             "shell", "-c", "from notifications.delivery import notification_relay; print(notification_relay())"
@@ -469,7 +472,7 @@ def drill_replay_expired(stack: ChaosStack, plan: Plan, rng: random.Random) -> D
     # An order confirmation, not a reset code: a code is wiped when its message dies, and is never replayed.
     bodies = [
         (key, {**body, "template": "order_shipped", "context": {"name": "Ada", "order_number": key[-12:]}})
-        for key, body in burst_bodies(_tag(16), plan.replay_letters, [("transactional", "email")])
+        for key, body in burst_bodies(_tag(16), plan.replay_letters, [(Priority.TRANSACTIONAL, "email")])
     ]
     submission = submit(stack, bodies)
     wait_final(stack, submission.ids, plan.final_timeout)
@@ -544,11 +547,11 @@ def drill_clock_skew(stack: ChaosStack, plan: Plan, rng: random.Random) -> Drill
         raise StackError(f"{LIBFAKETIME} is missing: `bash .ci/install-test-tools` installs Debian's faketime")
     skewed = stack.start_extra_pool(
         "transactional-skewed",
-        "transactional",
+        Priority.TRANSACTIONAL,
         env={"LD_PRELOAD": libraries[0], "FAKETIME": f"+{plan.skew_seconds}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"},
     )
     tag = _tag(17)
-    mix = [("transactional", "email"), ("transactional", "sms"), ("transactional", "push")]
+    mix = [(Priority.TRANSACTIONAL, "email"), (Priority.TRANSACTIONAL, "sms"), (Priority.TRANSACTIONAL, "push")]
     bodies = burst_bodies(tag, plan.skew_burst, mix)
     # Every row is delivered a second time while it is being sent (what a relay or the visibility
     # timeout may do): half the time to the host whose clock is ahead.
@@ -654,7 +657,7 @@ def _flood_resets(stack: ChaosStack, address: str, count: int, seconds: float) -
 def _security_stream(stack: ChaosStack, tag: str, rate: float, seconds: float) -> tuple[Submission, dict[str, float]]:
     """Security e-mails through the API at `rate` per second for `seconds`; the submission and each one's
     submit time by idempotency key."""
-    bodies = burst_bodies(tag, int(rate * seconds), [("security", "email")])
+    bodies = burst_bodies(tag, int(rate * seconds), [(Priority.SECURITY, "email")])
     submission, submitted_at = Submission(), {}
     started = time.monotonic()
     for index, (key, body) in enumerate(bodies):

@@ -31,7 +31,7 @@ import requests
 from harness.chaos.stack import ChaosStack
 from harness.waiting import wait_until
 from jobs.breaker import CLOSED, CircuitBreaker
-from settings.topology import PRIORITIES
+from settings.topology import PRIORITIES, Priority
 
 DrillRow = dict[str, Any]
 
@@ -138,7 +138,7 @@ def message_body(tag: str, index: int, priority: str, channel: str, **context: s
         to = "+1415" + str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tag}-{index}").int % 10**7).zfill(7)
     else:
         to = f"push-{tag}-{index}"
-    if priority == "marketing":
+    if priority == Priority.MARKETING:
         template, defaults = "newsletter", {"headline": "News", "body": f"Issue {index}"}
     else:
         template, defaults = "password_reset", {"code": f"{index:06d}"}
@@ -772,7 +772,7 @@ def drill_retry_after(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dril
     stack.sandbox.set_fault("fcm", retry_after=wait)
     tag = _tag(7)
     watcher = RowWatcher(stack)
-    submission = submit(stack, burst_bodies(tag, plan.retry_after_burst, [("security", "push")]))
+    submission = submit(stack, burst_bodies(tag, plan.retry_after_burst, [(Priority.SECURITY, "push")]))
     watcher.watch(submission.ids)
     # Long enough for every row to meet the fault at least once and some to meet it twice.
     time.sleep(wait + 2)
@@ -915,7 +915,7 @@ def drill_poison(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
     """One message whose every provider call kills its worker process among normal ones: dead after exactly max
     attempts.  The fault comes from outside: the sandbox holds the poison's calls unanswered and the drill SIGKILLs
     the pool child that owns the held connection; the poison is told by its address alone."""
-    priority = "transactional"
+    priority = Priority.TRANSACTIONAL
     max_attempts = stack.settings["JOBS_RETRY_POLICIES"][priority]["max_attempts"]
     tag = _tag(8)
     bodies = burst_bodies(tag, plan.poison_companions, [(priority, "email"), (priority, "sms"), (priority, "push")])
@@ -967,7 +967,7 @@ def drill_poison(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
 
 def drill_idempotency(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
     """The same Idempotency-Key and body from many clients at once: exactly one notification."""
-    key, body = burst_bodies(_tag(9), 1, [("transactional", "email")])[0]
+    key, body = burst_bodies(_tag(9), 1, [(Priority.TRANSACTIONAL, "email")])[0]
     clients = plan.idempotency_clients
     barrier = threading.Barrier(clients)
     answers: list[tuple[int | str, str | None]] = [("none", None)] * clients

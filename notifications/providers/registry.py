@@ -19,6 +19,11 @@ def providers_for(channel: str) -> list[BaseProvider]:
         return _providers[channel]
 
 
+def provider_names() -> list[str]:
+    """Every configured provider's name (each is also the name of its breaker and its rate limiter)."""
+    return [entry["name"] for entries in settings.NOTIFICATIONS_PROVIDERS.values() for entry in entries]
+
+
 def provider_lookups() -> dict[str, bool]:
     """Every configured provider's name, and whether its vendor can be asked about a message (`can_look_up`)."""
     return {

@@ -27,6 +27,7 @@ from jobs.redis import redis_client
 from jobs.tasks import probe
 from notifications.models import Notification, NotificationStatus, Recipient
 from notifications.services import notification_send
+from settings.topology import Priority
 
 RESULTS = Path(settings.BASE_DIR) / "bench-results"
 SCENARIOS = ("throughput", "fanout", "limiter", "blast")
@@ -226,7 +227,7 @@ def _submit_notifications(run: str, indexes: range) -> list[str]:
     ids = []
     for i in indexes:
         notification, _ = notification_send(
-            priority="transactional",
+            priority=Priority.TRANSACTIONAL,
             channel="email",
             template="password_reset",
             context={"code": f"{i:06d}"},

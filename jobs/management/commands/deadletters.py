@@ -15,10 +15,11 @@ from django.utils.text import Truncator
 from jobs.deadletters import BulkOutcome, deadletters_discard_many, deadletters_replay_many
 from jobs.masking import mask_personal_data
 from jobs.models import DeadLetter, DeadLetterStatus
-from jobs.selectors import deadletters_matching
+from jobs.selectors import deadletters_matching, queue_facet_names
 
-#: Options that narrow the set; `--all-matching` with none of them means "every open dead letter".
-FILTERS = ("channel", "priority", "provider", "error_class", "job_name", "since", "until")
+#: Options that narrow the set (besides the queue's facets); `--all-matching` with none of them means "every open
+#: dead letter".
+FILTERS = ("provider", "error_class", "job_name", "since", "until")
 MESSAGE_WIDTH = 60
 
 
@@ -92,7 +93,7 @@ class Command(BaseCommand):
         if action == "discard" and not reason:
             raise CommandError('discard needs --reason "why these are not replayed"; it is kept on each dead letter')
         user = _user(options["user"])
-        given_filters = [name for name in FILTERS if options[name] is not None]
+        given_filters = [name for name in _filters() if options[name] is not None]
         if options["id"]:
             if given_filters:
                 raise CommandError(
@@ -105,7 +106,7 @@ class Command(BaseCommand):
             if not given_filters and not options["yes"]:
                 raise CommandError(
                     f"--all-matching with no filter would {action} every open dead letter ({matching.count()}); "
-                    "narrow it with --channel, --priority, --provider, --error-class, --job-name, --since or --until, "
+                    f"narrow it with {', '.join('--' + name.replace('_', '-') for name in _filters())}, "
                     "or add --yes to confirm"
                 )
             ids = list(matching.values_list("pk", flat=True))
@@ -134,12 +135,17 @@ class Command(BaseCommand):
             )
 
 
+def _filters() -> tuple[str, ...]:
+    return (*reversed(queue_facet_names()), *FILTERS)
+
+
 def _add_filters(parser: ArgumentParser) -> None:
-    parser.add_argument("--channel", help="email, sms, push … (the part after the dot of the queue)")
-    parser.add_argument("--priority", help="security, transactional, marketing … (the part before the dot)")
+    names = queue_facet_names()
+    for index, name in reversed(list(enumerate(names))):
+        parser.add_argument(f"--{name}", help=f"the {name} (part {index + 1} of the queue's name, {'.'.join(names)})")
     parser.add_argument("--provider", help="provider name, e.g. twilio")
     parser.add_argument("--error-class", help="full dotted name or just the class name, e.g. PermanentError")
-    parser.add_argument("--job-name", help="task name, e.g. notifications.deliver")
+    parser.add_argument("--job-name", help="task name, e.g. an app's task name")
     parser.add_argument("--since", type=_date("--since"), help="YYYY-MM-DD: last failure on or after that day")
     parser.add_argument("--until", type=_date("--until"), help="YYYY-MM-DD: last failure on or before that day")
 
@@ -167,7 +173,7 @@ def _date(option: str) -> Callable[[str], dt.date]:
 def _matching(options: dict[str, Any], *, status: str | None) -> QuerySet[DeadLetter]:
     if options["since"] and options["until"] and options["since"] > options["until"]:
         raise CommandError("--since is after --until; swap them")
-    return deadletters_matching(status=status, **{name: options[name] for name in FILTERS})
+    return deadletters_matching(status=status, **{name: options[name] for name in _filters()})
 
 
 def _user(username: str | None):
