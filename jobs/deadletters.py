@@ -143,12 +143,11 @@ def deadletter_discard(*, dead_letter: DeadLetter, user=None, reason: str) -> bo
 
 def _republish(dead_letter: DeadLetter) -> None:
     """The task again, with the arguments it failed with (a fix deployed since may let it through)."""
-    task = current_app.tasks[dead_letter.job_name]
     publish_after_commit(
-        task.name,
+        dead_letter.job_name,
         args=dead_letter.arguments.get("args", []),
         kwargs=dead_letter.arguments.get("kwargs") or {},
-        queue=dead_letter.queue or task.app.conf.task_default_queue,
+        queue=dead_letter.queue or current_app.conf.task_default_queue,
     )
 
 

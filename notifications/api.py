@@ -66,9 +66,9 @@ class StrictJSON(Parser):
     within API_MAX_BODY_BYTES."""
 
     def parse_body(self, request: HttpRequest) -> dict[str, Any]:
-        limit = settings.API_MAX_BODY_BYTES
-        if len(request.body) > limit:
-            raise Refused(413, f"request body is {len(request.body)} bytes; the limit is {limit}")
+        size, limit = len(request.body), settings.API_MAX_BODY_BYTES
+        if size > limit:
+            raise Refused(413, f"request body is {size} bytes; the limit is {limit}")
         try:
             return parse_json_object(request.body)
         except ValidationError as exc:
@@ -149,8 +149,7 @@ def _model_at(model: type[BaseModel], loc: list) -> type[BaseModel] | None:
     """The schema class reached by following `loc` from `model` (None if it leads to no schema)."""
     current: Any = model
     for part in loc:
-        fields = getattr(current, "model_fields", {})
-        field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
+        field = _field(current, part)
         if field is None:
             return None
         current = next(
@@ -160,11 +159,14 @@ def _model_at(model: type[BaseModel], loc: list) -> type[BaseModel] | None:
 
 
 def _field_at(model: type[BaseModel], loc: list) -> Any:
-    parent = _model_at(model, loc[:-1]) if len(loc) > 1 else model
-    if parent is None or not loc:
-        return None
-    fields = parent.model_fields
-    return fields.get(loc[-1]) or next((f for f in fields.values() if f.alias == loc[-1]), None)
+    parent = _model_at(model, loc[:-1])
+    return _field(parent, loc[-1]) if parent is not None and loc else None
+
+
+def _field(schema: Any, name: str) -> Any:
+    """The field of `schema` called `name` in Python or on the wire (its alias); None if it has none."""
+    fields = getattr(schema, "model_fields", {})
+    return fields.get(name) or next((f for f in fields.values() if f.alias == name), None)
 
 
 def _is_schema(kind: Any) -> bool:
