@@ -85,7 +85,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         "last_failed_at",
         "job_name",
         *(_facet_column(name) for name in reversed(queue_facet_names())),
-        "provider",
+        "dependency",
         "error_class_name",
         "short_message",
         "attempts",
@@ -94,7 +94,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
     )
     list_filter = (
         *(_facet_filter(name) for name in reversed(queue_facet_names())),
-        "provider",
+        "dependency",
         "error_class",
         "status",
         "last_failed_at",
@@ -113,7 +113,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
                     "status",
                     "replayable",
                     "queue",
-                    "provider",
+                    "dependency",
                     "subject_link",
                     "error_class",
                     "masked_message",

@@ -51,7 +51,7 @@ def deadletter_record(
     attempts: int,
     queue: str = "",
     subject: models.Model | None = None,
-    provider: str = "",
+    dependency: str = "",
     first_failed_at=None,
 ) -> DeadLetter:
     """Store a final failure with its reason; one open row per subject (a repeat updates it)."""
@@ -68,7 +68,7 @@ def deadletter_record(
         "job_name": job_name,
         "arguments": arguments,
         "queue": queue,
-        "provider": provider,
+        "dependency": dependency,
         "error_class": error_class,
         "message": message,
         "traceback": trace,
@@ -76,11 +76,7 @@ def deadletter_record(
         "last_failed_at": now,
     }
     if subject is not None:
-        # Read, not taken from the per-process cache: a long-lived worker must not hold on to an id
-        # the table no longer has (a restored or re-created database).
-        values["subject_type"] = ContentType.objects.get(
-            app_label=subject._meta.app_label, model=subject._meta.model_name
-        )
+        values["subject_type"] = _content_type(subject)
         values["subject_id"] = str(subject.pk)
         existing = DeadLetter.objects.filter(
             subject_type=values["subject_type"], subject_id=values["subject_id"], status=DeadLetterStatus.OPEN
@@ -263,6 +259,17 @@ def _log_action(letter: DeadLetter, user, message: str) -> None:
     """An entry in the row's admin history; without a user, the service's log line is the record."""
     if user is None:
         return
-    LogEntry.objects.log_actions(
-        user_id=user.pk, queryset=[letter], action_flag=CHANGE, change_message=message, single_object=True
+    LogEntry.objects.create(
+        user_id=user.pk,
+        content_type=_content_type(letter),
+        object_id=str(letter.pk),
+        object_repr=str(letter)[:200],
+        action_flag=CHANGE,
+        change_message=message,
     )
+
+
+def _content_type(row: models.Model) -> ContentType:
+    """The row's content type, read, not taken from the per-process cache: a long-lived worker must not hold
+    on to an id the table no longer has (a restored or re-created database)."""
+    return ContentType.objects.get(app_label=row._meta.app_label, model=row._meta.model_name)

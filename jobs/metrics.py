@@ -5,7 +5,8 @@ hashes (one HINCRBY pipeline per event or batch) and are read back at scrape tim
 together with gauges read live from Redis (queue depth and age, breakers) and PostgreSQL
 (open dead letters).  The runtime knows jobs, queues, breakers, limiters and dead letters; a
 domain declares its own SharedCounter/SharedHistogram with its own labels (every one declared is
-collected) and adds scrape-time gauges with `register_gauges`.  The runtime's own:
+collected) and adds scrape-time gauges with `register_gauges`.  Every name is in the deployment's namespace
+(`metric_name`: JOBS_METRICS_NAMESPACE, "notify" here).  The runtime's own:
 
     notify_queue_depth{queue}                         messages waiting
     notify_queue_oldest_age_seconds{queue}            age of the next message to be taken
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import redis
+from django.conf import settings
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from jobs.redis import broker_client, queue_head, redis_client
@@ -32,6 +34,13 @@ from jobs.redis import broker_client, queue_head, redis_client
 logger = logging.getLogger(__name__)
 
 PREFIX = "jobs:metrics"
+
+
+def metric_name(name: str) -> str:
+    """`name` in the deployment's namespace: metric_name("queue_depth") is notify_queue_depth here."""
+    return f"{settings.JOBS_METRICS_NAMESPACE}_{name}"
+
+
 #: Every shared metric declared in this process, by name: all are collected at scrape time.
 _shared: dict[str, "SharedCounter | SharedHistogram"] = {}
 
@@ -125,10 +134,12 @@ def _run(pipe: redis.client.Pipeline | None, record: Callable[[redis.client.Pipe
         logger.debug("metrics not recorded: %s", exc)
 
 
-DEAD_LETTERS = SharedCounter("notify_dead_letters_total", "Dead letters recorded.", ("queue",))
-RATELIMIT_WAITS = SharedCounter("notify_ratelimit_waits_total", "Sends that had to wait for a token.", ("limiter",))
+DEAD_LETTERS = SharedCounter(metric_name("dead_letters_total"), "Dead letters recorded.", ("queue",))
+RATELIMIT_WAITS = SharedCounter(
+    metric_name("ratelimit_waits_total"), "Sends that had to wait for a token.", ("limiter",)
+)
 RATELIMIT_WAIT_SECONDS = SharedCounter(
-    "notify_ratelimit_wait_seconds_total", "Seconds spent or scheduled waiting for tokens.", ("limiter",)
+    metric_name("ratelimit_wait_seconds_total"), "Seconds spent or scheduled waiting for tokens.", ("limiter",)
 )
 # --- scrape-time gauges ------------------------------------------------------------
 
@@ -152,9 +163,9 @@ class PlatformCollector:
         from jobs.selectors import breaker_states
 
         client, broker = redis_client(), broker_client()
-        depth = GaugeMetricFamily("notify_queue_depth", "Messages waiting in a queue.", labels=["queue"])
+        depth = GaugeMetricFamily(metric_name("queue_depth"), "Messages waiting in a queue.", labels=["queue"])
         age = GaugeMetricFamily(
-            "notify_queue_oldest_age_seconds", "Age of the next message a queue will hand out.", labels=["queue"]
+            metric_name("queue_oldest_age_seconds"), "Age of the next message a queue will hand out.", labels=["queue"]
         )
         now = time.time()
         for queue in self.queues():
@@ -166,20 +177,20 @@ class PlatformCollector:
         yield depth
         yield age
         yield GaugeMetricFamily(
-            "notify_queue_reserved",
+            metric_name("queue_reserved"),
             "Messages workers have taken and not yet acknowledged.",
             value=float(broker.hlen("unacked")),
         )
         for metric in shared_metrics():
             yield metric.collect(client)
         states = GaugeMetricFamily(
-            "notify_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.", labels=["breaker"]
+            metric_name("breaker_state"), "Circuit breaker: 0 closed, 1 half-open, 2 open.", labels=["breaker"]
         )
         for state in breaker_states():
             states.add_metric([state.name], {"closed": 0.0, "half_open": 1.0, "open": 2.0}.get(state.state, 0.0))
         yield states
         yield GaugeMetricFamily(
-            "notify_dead_letters_open",
+            metric_name("dead_letters_open"),
             "Dead letters neither replayed nor discarded.",
             value=float(DeadLetter.objects.filter(status=DeadLetterStatus.OPEN).count()),
         )

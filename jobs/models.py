@@ -25,7 +25,9 @@ class DeadLetter(models.Model):
     subject_type = models.ForeignKey(ContentType, null=True, blank=True, on_delete=models.SET_NULL)
     subject_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
     subject = GenericForeignKey("subject_type", "subject_id")
-    provider = models.CharField(max_length=64, blank=True, default="")
+    #: The outside service whose call failed (a provider account, a partner API, a webhook endpoint), when
+    #: the job names one: operators filter by it during an outage.
+    dependency = models.CharField(max_length=64, blank=True, default="")
     error_class = models.CharField(max_length=200)
     message = models.TextField()
     traceback = models.TextField(blank=True, default="")

@@ -17,7 +17,7 @@ def deadletters_filter(
     queryset: QuerySet[DeadLetter],
     *,
     status: str | None = None,
-    provider: str | None = None,
+    dependency: str | None = None,
     error_class: str | None = None,
     job_name: str | None = None,
     since: dt.date | dt.datetime | None = None,
@@ -43,8 +43,8 @@ def deadletters_filter(
             index = names.index(name)
             before, after = r"[^.]+\." * index, r"\.[^.]+" * (len(names) - index - 1)
             queryset = queryset.filter(queue__regex=f"^{before}{re.escape(value)}{after}$")
-    if provider:
-        queryset = queryset.filter(provider=provider)
+    if dependency:
+        queryset = queryset.filter(dependency=dependency)
     if error_class:
         queryset = queryset.filter(Q(error_class=error_class) | Q(error_class__endswith=f".{error_class}"))
     if job_name:

@@ -31,16 +31,11 @@ from django.db.models import DateTimeField, ExpressionWrapper, F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from jobs.deadletters import deadletter_record, register_replayer
-from jobs.models import DeadLetter
+from jobs.deadletters import deadletter_record
 from notifications import task_names
-from notifications.campaigns import (
-    batch_key_range,
-    campaign_batch_recount,
-    campaign_batches_publish,
-    campaign_pause_with_error,
-)
+from notifications.campaigns import campaign_batches_publish, campaign_pause_with_error
 from notifications.consent import quiet_until
+from notifications.counting import batch_key_range, campaign_batch_recount
 from notifications.events import notifications_events
 from notifications.models import (
     MARKETING_CONSENT_FIELDS,
@@ -360,30 +355,3 @@ def _dead_letter_batch(batch: CampaignBatch) -> None:
         )
         campaign_batch_recount(batch_id=batch.pk)
     logger.error("%s; %s unsent row(s) dead-lettered with it", reason, rows)
-
-
-def campaign_batch_replay(dead_letter: DeadLetter) -> None:
-    """Replayer of a dead batch: its rows back to scheduled and the batch queued with a fresh run count."""
-    batch = CampaignBatch.objects.select_related("campaign").filter(pk=dead_letter.subject_id).first()
-    if batch is None:
-        raise LookupError(f"campaign batch {dead_letter.subject_id} no longer exists")
-    low, high = batch_key_range(batch)
-    with transaction.atomic():
-        revived = CampaignBatch.objects.filter(pk=batch.pk, status=BatchStatus.DEAD).update(
-            status=BatchStatus.QUEUED, unfinished_runs=0, queued_at=Now(), updated_at=Now()
-        )
-        if not revived:
-            return
-        Notification.objects.filter(
-            pk__gte=low, pk__lte=high, status=NotificationStatus.DEAD, last_error__startswith=DEAD_WITH_BATCH
-        ).update(status=NotificationStatus.SCHEDULED, last_error="", updated_at=Now())
-        campaign_batch_recount(batch_id=batch.pk)
-        if batch.campaign.status == CampaignStatus.COMPLETED:
-            # It completed with this batch dead; it has rows to send again.
-            Campaign.objects.filter(pk=batch.campaign_id, status=CampaignStatus.COMPLETED).update(
-                status=CampaignStatus.RUNNING, finished_at=None, updated_at=Now()
-            )
-        campaign_batches_publish(batch.campaign, [batch.pk])
-
-
-register_replayer(BATCH_JOB_NAME, campaign_batch_replay)

@@ -6,27 +6,25 @@
     batch task -> claim, check consent / suppression / quiet hours, send under the global
                   rate limit through the provider's batch endpoint (campaign_delivery.py)
 
-A campaign notification's primary key is derived from (campaign, recipient), so rows are
-written in key order (cheap inserts), a batch is a key range (no extra index), and
-writing a segment twice cannot write a recipient twice.
+A campaign notification's primary key is derived from (campaign, recipient) (counting.py), so rows
+are written in key order (cheap inserts), a batch is a key range (no extra index), and
+writing a segment twice cannot write a recipient twice.  Counting a batch's outcomes is in
+counting.py, below both this module and delivery; the relay of lost batches is in recovery.py.
 """
 
 import logging
 import re
-import uuid
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import F, Q
-from django.db.models.functions import Now
+from django.db.models import F
 from django.utils import timezone
 
-from jobs.clock import database_now
 from jobs.publishing import publish_after_commit
-from jobs.redis import queue_head, queue_lost_before
 from notifications import task_names
+from notifications.counting import campaign_finish_if_done, campaign_key_prefix
 from notifications.inputs import context_check, text_check
 from notifications.models import (
     MARKETING_CONSENT_FIELDS,
@@ -36,7 +34,6 @@ from notifications.models import (
     CampaignSegment,
     CampaignStatus,
     Channel,
-    Notification,
     Priority,
 )
 from notifications.rendering import render
@@ -46,35 +43,6 @@ logger = logging.getLogger(__name__)
 
 
 LABEL = re.compile(r"^[A-Za-z0-9_.:-]{1,50}$")
-
-
-# --- keys ---------------------------------------------------------------------------
-
-
-def _key_prefix(campaign_id: int) -> str:
-    # 12 hex digits of campaign, then version 8 (RFC 9562: custom) and variant bits, so a
-    # campaign key never equals a random uuid4 key (version 4).
-    return f"{campaign_id:012x}8000"
-
-
-def campaign_notification_id(campaign_id: int, recipient_id: int) -> uuid.UUID:
-    """The primary key of the notification of `campaign_id` to `recipient_id`."""
-    return uuid.UUID(f"{_key_prefix(campaign_id)}8{recipient_id:015x}")
-
-
-def batch_key_range(batch: CampaignBatch) -> tuple[uuid.UUID, uuid.UUID]:
-    return (
-        campaign_notification_id(batch.campaign_id, batch.first_recipient_id),
-        campaign_notification_id(batch.campaign_id, batch.last_recipient_id),
-    )
-
-
-def campaign_notifications(campaign: Campaign):
-    """All notifications of a campaign, found by key range (the campaign column has no index)."""
-    return Notification.objects.filter(
-        pk__gte=campaign_notification_id(campaign.pk, 0),
-        pk__lte=uuid.UUID(f"{_key_prefix(campaign.pk)}8{'f' * 15}"),
-    )
 
 
 # --- lifecycle ----------------------------------------------------------------------
@@ -358,7 +326,7 @@ def _materialise(campaign: Campaign, segment: CampaignSegment, now) -> tuple[int
     params.update(
         first=segment.first_recipient_id,
         last=segment.last_recipient_id,
-        prefix=_key_prefix(campaign.pk),
+        prefix=campaign_key_prefix(campaign.pk),
         priority=Priority.MARKETING.value,
         channel=campaign.channel,
         template=campaign.template,
@@ -370,120 +338,3 @@ def _materialise(campaign: Campaign, segment: CampaignSegment, now) -> tuple[int
         cursor.execute(sql, params)
         written, batch_ids = cursor.fetchone()
     return written, list(batch_ids)
-
-
-def campaign_finish_if_done(*, campaign_id: int) -> bool:
-    """Running -> completed once the fan-out is over and every notification is sent, dead or skipped."""
-    now = timezone.now()
-    return bool(
-        Campaign.objects.filter(
-            pk=campaign_id,
-            status=CampaignStatus.RUNNING,
-            fanout_completed_at__isnull=False,
-            materialized_count__lte=F("sent_count") + F("dead_count") + F("skipped_count"),
-        ).update(status=CampaignStatus.COMPLETED, finished_at=now, updated_at=now)
-    )
-
-
-_RECOUNT_SQL = """
-SELECT count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE status = 'dead'),
-       count(*) FILTER (WHERE status = 'skipped')
-FROM notifications_notification WHERE id BETWEEN %s AND %s
-"""
-
-
-def campaign_batch_recount(*, batch_id: int) -> None:
-    """Recount a batch's rows by outcome and add the difference to its campaign's counters.
-
-    Called in the transaction that changed the rows (a batch run's end, a single-send outcome of
-    a campaign row), and completes the campaign in it when that was the last row: a worker that
-    dies at any moment leaves either both undone (its batch or row is taken over and recounted
-    again) or both done, never rows counted nowhere.  One update of the campaign row per call,
-    not per message.
-    """
-    with transaction.atomic():
-        batch = CampaignBatch.objects.select_for_update().filter(pk=batch_id).first()
-        if batch is None:
-            return
-        with connection.cursor() as cursor:
-            cursor.execute(_RECOUNT_SQL, batch_key_range(batch))
-            sent, dead, skipped = cursor.fetchone()
-        delta = (sent - batch.sent_count, dead - batch.dead_count, skipped - batch.skipped_count)
-        if any(delta):
-            CampaignBatch.objects.filter(pk=batch.pk).update(sent_count=sent, dead_count=dead, skipped_count=skipped)
-            Campaign.objects.filter(pk=batch.campaign_id).update(
-                sent_count=F("sent_count") + delta[0],
-                dead_count=F("dead_count") + delta[1],
-                skipped_count=F("skipped_count") + delta[2],
-            )
-        campaign_finish_if_done(campaign_id=batch.campaign_id)
-
-
-def campaign_recount_for(notification: Notification) -> None:
-    """Recount the batch a campaign notification belongs to (its recipient id lies in the batch's range)."""
-    batch_id = (
-        CampaignBatch.objects.filter(
-            campaign_id=notification.campaign_id, first_recipient_id__lte=notification.recipient_id
-        )
-        .order_by("-first_recipient_id")
-        .values_list("pk", flat=True)
-        .first()
-    )
-    if batch_id is not None:
-        campaign_batch_recount(batch_id=batch_id)
-
-
-# --- relay --------------------------------------------------------------------------
-
-
-def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
-    """Publish again the fan-out segments and batches no worker will otherwise pick up.
-
-    Deferred batches that are due, and batches whose worker died (lease expired), go back at
-    once.  A queued batch or segment whose message is no longer in its queue (published before
-    the queue's head: see queue_lost_before) lost it (Redis restarted); thousands that only wait
-    their turn in a busy queue are left alone.  `queue_heads(name)` reads a queue.
-    """
-    moment = now if now is not None else Now()
-    wall = (now or database_now()).timestamp()
-    grace = settings.RELAY_QUEUED_AFTER_SECONDS
-    published = 0
-    with transaction.atomic():
-        due = list(
-            CampaignBatch.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(
-                Q(status=BatchStatus.DEFERRED, next_attempt_at__lte=moment)
-                | Q(status=BatchStatus.SENDING, lease_expires_at__lt=moment)
-            )
-            .select_related("campaign")[:1000]
-        )
-        for channel in Channel.values:
-            lost = queue_lost_before(queue_heads(queue_name(Priority.MARKETING, channel)), now=wall, grace=grace)
-            due += list(
-                CampaignBatch.objects.select_for_update(skip_locked=True, of=("self",))
-                .filter(status=BatchStatus.QUEUED, queued_at__lt=lost, campaign__channel=channel)
-                .select_related("campaign")
-                .order_by("pk")[:1000]
-            )
-        for batch in due:
-            CampaignBatch.objects.filter(pk=batch.pk).update(
-                status=BatchStatus.QUEUED,
-                queued_at=moment,
-                next_attempt_at=None,
-                lease_expires_at=None,
-                updated_at=moment,
-            )
-            campaign_batches_publish(batch.campaign, [batch.pk])
-        published += len(due)
-        segments = list(
-            CampaignSegment.objects.select_for_update(skip_locked=True).filter(
-                done_at__isnull=True, queued_at__lt=queue_lost_before(queue_heads(FANOUT_QUEUE), now=wall, grace=grace)
-            )[:100]
-        )
-        for segment in segments:
-            CampaignSegment.objects.filter(pk=segment.pk).update(queued_at=moment)
-            publish_after_commit(task_names.CAMPAIGN_FANOUT, args=[segment.pk], queue=FANOUT_QUEUE)
-        published += len(segments)
-    if published:
-        logger.info("campaign relay: published %s batch(es) or segment(s) again", published)
-    return published

@@ -1,5 +1,5 @@
 """Single sends: claim a notification, check it is still wanted, send it through the one provider-call
-path (sending.py); and the outbox relay and the dead-letter replay that put rows back to work.
+path (sending.py).  The outbox relay and the dead-letter replay that put rows back to work are in recovery.py.
 
     claim ............ one conditional UPDATE on PostgreSQL's clock: attempts + 1, a lease, a claim
                        token; a row whose lease expired (its worker died mid-call) is marked
@@ -19,27 +19,16 @@ import logging
 import uuid
 from datetime import timedelta
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import Case, DateTimeField, ExpressionWrapper, Q, Value, When
-from django.db.models.functions import Now
 from django.utils import timezone
 
-from jobs.clock import database_now
-from jobs.deadletters import register_replayer
 from jobs.errors import PermanentError
-from jobs.models import DeadLetter
-from jobs.redis import queue_head, queue_lost_before
 from jobs.retry import retry_policy
-from notifications.campaigns import campaign_recount_for
 from notifications.consent import marketing_consent, quiet_until, suppression_reason
 from notifications.events import notification_event
-from notifications.inputs import secret_variables
-from notifications.models import Campaign, CampaignStatus, Channel, Notification, NotificationStatus, Priority
+from notifications.models import Campaign, CampaignStatus, Notification, Priority
 from notifications.rendering import render
 from notifications.sending import (
-    JOB_NAME,
     Delivery,
     build_message,
     claim_lease,
@@ -49,8 +38,6 @@ from notifications.sending import (
     record_wait,
     send,
 )
-from notifications.services import notification_publish
-from settings.topology import PRIORITIES, queue_name
 
 logger = logging.getLogger(__name__)
 
@@ -168,106 +155,3 @@ def _held(notification: Notification, campaign: Campaign | None) -> bool:
         record_wait(notification, until, f"quiet hours in {notification.recipient.timezone}")
         return True
     return False
-
-
-def notification_replay(dead_letter: DeadLetter) -> None:
-    """Replayer of the dead-letter table: queued again with the same idempotency key, a fresh attempt
-    count and a fresh time budget from now (its old budget may have run out long ago)."""
-    notification = Notification.objects.filter(pk=dead_letter.subject_id).first()
-    if notification is None:
-        raise LookupError(f"notification {dead_letter.subject_id} no longer exists")
-    with transaction.atomic():
-        replayed = Notification.objects.filter(pk=notification.pk, status=NotificationStatus.DEAD).update(
-            status=NotificationStatus.QUEUED,
-            attempts=0,
-            next_attempt_at=None,
-            retry_budget_from=Now(),
-            queued_at=Now(),
-            updated_at=Now(),
-        )
-        if replayed and notification.campaign_id:
-            campaign_recount_for(notification)
-    if replayed:
-        notification_event(notification, "replayed", detail=f"dead letter {dead_letter.pk}")
-    notification_publish(notification)
-
-
-def notification_replay_refusal(dead_letter: DeadLetter) -> str | None:
-    """A notification whose secret (a reset code) was wiped when it died cannot be sent again."""
-    notification = Notification.objects.filter(pk=dead_letter.subject_id).only("template", "context").first()
-    if notification is None:
-        return None
-    wiped = sorted(secret_variables(notification.template) - set(notification.context))
-    if wiped:
-        return (
-            f"its secret {', '.join(wiped)} was wiped when it died; the recipient must ask for a new one "
-            "(another password reset, say)"
-        )
-    return None
-
-
-register_replayer(JOB_NAME, notification_replay, refusal=notification_replay_refusal)
-
-#: The relay serves urgency first: each priority gets its own budget per run, in this order.
-RELAY_ORDER = PRIORITIES
-
-
-def notification_relay(*, now=None, queue_heads=queue_head) -> int:
-    """Publish again what no worker will otherwise pick up; returns how many rows.
-
-    Per priority, security first, up to RELAY_BATCH_SIZE rows each: due retries, rows never
-    published (pending), rows whose worker died (sending, lease expired), and queued rows whose
-    message is really gone (published before the head of their queue: see queue_lost_before),
-    never a backlog that is only waiting its turn.  Rows are locked with SKIP LOCKED, so
-    concurrent relays share the work.  `now`: PostgreSQL's time of this run (the task reads it once);
-    `queue_heads(name)` reads a queue.
-    """
-    moment = now if now is not None else Now()
-    wall = (now or database_now()).timestamp()
-    pending_after = timedelta(seconds=settings.RELAY_PENDING_AFTER_SECONDS)
-    pending_before = (
-        now - pending_after if now is not None else ExpressionWrapper(Now() - pending_after, DateTimeField())
-    )
-    due = (
-        Q(status=NotificationStatus.FAILED, next_attempt_at__lte=moment)
-        | Q(status=NotificationStatus.PENDING, created_at__lt=pending_before)
-        | Q(status=NotificationStatus.SENDING, lease_expires_at__lt=moment)
-    )
-    published = 0
-    for priority in RELAY_ORDER:
-        with transaction.atomic():
-            rows = list(
-                Notification.objects.select_for_update(skip_locked=True)
-                .filter(due | _lost_queued(priority, wall, queue_heads), priority=priority)
-                .only("pk", "priority", "channel", "status")[: settings.RELAY_BATCH_SIZE]
-            )
-            if not rows:
-                continue
-            # Back to queued; queued_at restarts the clock.  A row taken from a worker that died
-            # mid-call may have reached its vendor: the next attempt asks before sending.
-            Notification.objects.filter(pk__in=[r.pk for r in rows]).update(
-                status=NotificationStatus.QUEUED,
-                outcome_unknown=Case(
-                    When(status=NotificationStatus.SENDING, then=Value(True)), default="outcome_unknown"
-                ),
-                queued_at=moment,
-                next_attempt_at=None,
-                lease_expires_at=None,
-                updated_at=moment,
-            )
-            for row in rows:
-                notification_publish(row)
-        logger.info("relay: published %s %s notification(s) again", len(rows), priority)
-        published += len(rows)
-    return published
-
-
-def _lost_queued(priority: str, now: float, queue_heads) -> Q:
-    """Queued rows of `priority` whose message is no longer in their queue (see queue_lost_before)."""
-    lost = Q(pk__in=[])
-    for channel in Channel.values:
-        before = queue_lost_before(
-            queue_heads(queue_name(priority, channel)), now=now, grace=settings.RELAY_QUEUED_AFTER_SECONDS
-        )
-        lost |= Q(channel=channel, status=NotificationStatus.QUEUED, queued_at__lt=before)
-    return lost

@@ -10,7 +10,7 @@ import redis
 from django.utils import timezone
 
 from jobs.masking import mask_personal_data
-from jobs.metrics import SharedCounter, SharedHistogram, run_in_pipeline
+from jobs.metrics import SharedCounter, SharedHistogram, metric_name, run_in_pipeline
 from jobs.rates import RollingCounter, add_counts
 from notifications.models import Notification
 
@@ -25,15 +25,15 @@ LEVELS = {"retry": logging.WARNING, "dead": logging.WARNING}
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 
 SENDS = SharedCounter(
-    "notify_sends_total",
+    metric_name("sends_total"),
     "Delivery attempts by outcome: sent, retry (failed, will retry), dead (dead-lettered), skipped.",
     ("channel", "priority", "provider", "outcome"),
 )
 RETRIES = SharedCounter(
-    "notify_retries_total", "Attempts that failed and were scheduled again.", ("channel", "priority")
+    metric_name("retries_total"), "Attempts that failed and were scheduled again.", ("channel", "priority")
 )
 LATENCY = SharedHistogram(
-    "notify_delivery_latency_seconds",
+    metric_name("delivery_latency_seconds"),
     "From the moment a notification was written to the moment a provider accepted it.",
     ("channel", "priority"),
     LATENCY_BUCKETS,

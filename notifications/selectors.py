@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from jobs.metrics import metric_name
 from jobs.models import DeadLetter, DeadLetterStatus
 from jobs.redis import queue_head, redis_client
 from jobs.selectors import breaker_states, queue_facets
@@ -159,10 +160,10 @@ def _campaign(campaign: Campaign, *, rates_readable: bool) -> dict[str, Any]:
 def campaign_metrics() -> Iterator[Metric]:
     """Prometheus gauges of the running and paused campaigns (registered with jobs.metrics at start-up)."""
     messages = GaugeMetricFamily(
-        "notify_campaign_messages", "Notifications of a campaign by state.", labels=["campaign", "name", "state"]
+        metric_name("campaign_messages"), "Notifications of a campaign by state.", labels=["campaign", "name", "state"]
     )
     rate = GaugeMetricFamily(
-        "notify_campaign_send_rate", "Sends per second of a campaign.", labels=["campaign", "name"]
+        metric_name("campaign_send_rate"), "Sends per second of a campaign.", labels=["campaign", "name"]
     )
     for campaign in campaigns_active():
         progress = campaign_progress(campaign)

@@ -45,8 +45,8 @@ from jobs.errors import ConfigurationError, JobError, PermanentError, TransientE
 from jobs.ratelimit import RateLimiter, rate_limiter_for
 from jobs.retry import retry_policy
 from notifications import task_names
-from notifications.campaigns import campaign_recount_for
 from notifications.consent import address_suppress
+from notifications.counting import campaign_recount_for
 from notifications.events import notification_event, notifications_events
 from notifications.inputs import wipe_secrets_sql
 from notifications.models import Channel, Notification, NotificationStatus, Priority
@@ -473,7 +473,7 @@ def record_dead(
             attempts=row.attempts,
             queue=row.queue,
             subject=row,
-            provider=provider or row.provider,
+            dependency=provider or row.provider,
             first_failed_at=row.first_failed_at or now,
         )
     notification_event(row, "dead", provider=provider, detail=str(error))

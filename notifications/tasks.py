@@ -4,7 +4,7 @@ from celery import shared_task
 
 from jobs.clock import database_now
 from jobs.task import JobTask
-from notifications import campaign_delivery, campaigns, delivery, task_names
+from notifications import campaign_delivery, campaigns, delivery, recovery, task_names
 
 
 @shared_task(base=JobTask, name=task_names.DELIVER)
@@ -15,8 +15,8 @@ def notification_deliver_task(notification_id: str) -> None:
 @shared_task(base=JobTask, name=task_names.RELAY)
 def notification_relay_task() -> None:
     now = database_now()  # one reading of PostgreSQL's clock for both
-    delivery.notification_relay(now=now)
-    campaigns.campaign_relay(now=now)
+    recovery.notification_relay(now=now)
+    recovery.campaign_relay(now=now)
 
 
 @shared_task(base=JobTask, name=task_names.CAMPAIGN_FANOUT)

@@ -261,6 +261,8 @@ JOBS_RETRY_POLICIES = {
 #: Circuit breaker per provider (jobs/breaker.py), shared by all workers through Redis.
 #: The parts of a queue's name (<priority>.<channel>), for the dead-letter admin's and command's filters.
 JOBS_QUEUE_FACETS = topology.QUEUE_FACETS
+#: The Prometheus namespace of every metric (notify_queue_depth, notify_sends_total, ...).
+JOBS_METRICS_NAMESPACE = "notify"
 JOBS_CIRCUIT_BREAKER = {
     "failure_threshold": env_int("BREAKER_FAILURE_THRESHOLD", 5),
     "cooldown_seconds": float(env_str("BREAKER_COOLDOWN_SECONDS", "10")),

@@ -40,3 +40,5 @@ STORAGES = {
 }
 # Tests never collect static files; whitenoise need not look for them.
 WHITENOISE_AUTOREFRESH = True
+# A job that is not a notification (tests/jobs/chores): the job runtime's tests run on it.
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.jobs.chores"]  # noqa: F405

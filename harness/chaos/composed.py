@@ -441,7 +441,7 @@ def drill_relay_urgency(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dr
     )
     relayed = int(
         stack.manage(
-            "shell", "-c", "from notifications.delivery import notification_relay; print(notification_relay())"
+            "shell", "-c", "from notifications.recovery import notification_relay; print(notification_relay())"
         ).split()[-1]
     )
     left = stack.query(

@@ -1,11 +1,11 @@
-"""The dead-letter admin: inspect masked, replay with the same idempotency key, discard with a reason, permissions."""
+"""The dead-letter admin on a job that is not a notification (a chore): inspect masked, replay, discard with a
+reason, permissions."""
 
 import uuid
 
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission
-from django.db import transaction
 
 from harness.waiting import wait_until
 from jobs import admin as jobs_admin
@@ -13,18 +13,24 @@ from jobs import deadletters
 from jobs.breaker import BreakerConfig, CircuitBreaker
 from jobs.models import DeadLetter
 from jobs.tasks import deadletters_replay_task
-from notifications.models import Notification
 from settings.celery_app import app
-from tests.support.deadletters import make_dead_letter
+from tests.jobs.chores.models import Chore
+from tests.jobs.chores.tasks import PARTNER, make_dead_chore
 
 pytestmark = pytest.mark.django_db
 LIST_URL = "/admin/jobs/deadletter/"
 
 
+ADDRESSES = {"email": "ada@example.com", "sms": "+14155550199", "push": "fGzA1b2c3d4e5f6g7h8:APA91bHxToken"}
+
+
 def dead_letter(
     *, channel: str = "sms", priority: str = "transactional", provider: str = "twilio", attempts: int = 3
-) -> tuple[Notification, DeadLetter]:
-    return make_dead_letter(channel=channel, priority=priority, provider=provider, attempts=attempts)
+) -> tuple[Chore, DeadLetter]:
+    """A chore (a job that is not a notification) that died on `<priority>.<channel>` calling `provider`."""
+    return make_dead_chore(
+        queue=f"{priority}.{channel}", dependency=provider, owner=ADDRESSES[channel], attempts=attempts
+    )
 
 
 def action(name: str, *ids: int, **extra) -> dict:
@@ -44,27 +50,6 @@ def staff_client(client, django_user_model):
     return client
 
 
-def test_replay_selected_requeues_the_notification_with_its_idempotency_key(
-    admin_client, admin_user, django_capture_on_commit_callbacks
-):
-    notification, letter = dead_letter()
-    assert (notification.status, notification.attempts) == ("dead", 3)
-
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = admin_client.post(LIST_URL, action("replay_selected", letter.pk), follow=True)
-
-    letter.refresh_from_db()
-    assert (letter.status, letter.resolved_by) == ("replayed", admin_user)
-    assert letter.resolved_at is not None
-    replayed = Notification.objects.get(pk=notification.pk)
-    assert (replayed.status, replayed.attempts) == ("queued", 0)
-    assert replayed.idempotency_key == notification.idempotency_key
-    assert len(callbacks) == 1  # the publish to the notification's queue, after commit
-    entry = LogEntry.objects.get(object_id=str(letter.pk))
-    assert (entry.user, entry.change_message) == (admin_user, "Replayed")
-    assert "Replayed 1 dead letter(s)." in response.content.decode()
-
-
 def test_replay_selected_skips_what_is_no_longer_open(admin_client):
     _, letter = dead_letter()
     admin_client.post(LIST_URL, action("replay_selected", letter.pk))
@@ -74,7 +59,7 @@ def test_replay_selected_skips_what_is_no_longer_open(admin_client):
 
 
 def test_discard_asks_for_a_reason_and_records_it(admin_client, admin_user):
-    notification, letter = dead_letter()
+    chore, letter = dead_letter()
 
     confirmation = admin_client.post(LIST_URL, action("discard_selected", letter.pk))
     assert confirmation.status_code == 200
@@ -97,7 +82,7 @@ def test_discard_asks_for_a_reason_and_records_it(admin_client, admin_user):
         admin_user,
     )
     assert LogEntry.objects.get(object_id=str(letter.pk)).change_message == "Discarded: recipient closed the account"
-    assert Notification.objects.get(pk=notification.pk).status == "dead"
+    assert Chore.objects.get(pk=chore.pk).status == "dead"
 
 
 def test_staff_without_the_permission_sees_the_list_but_no_actions(staff_client):
@@ -111,14 +96,14 @@ def test_staff_without_the_permission_sees_the_list_but_no_actions(staff_client)
 
 @pytest.mark.parametrize("name", ["replay_selected", "replay_all_matching", "discard_selected"])
 def test_a_forged_post_without_the_permission_changes_nothing(staff_client, name):
-    notification, letter = dead_letter()
+    chore, letter = dead_letter()
     confirmed = {"post": "yes", "reason": "forged"}
     staff_client.post(LIST_URL, action(name, letter.pk, **confirmed))
     staff_client.post(LIST_URL, {k: v for k, v in action(name, letter.pk, **confirmed).items() if k != "index"})
     staff_client.post(LIST_URL, action(name, **confirmed))
     letter.refresh_from_db()
     assert (letter.status, letter.resolved_by) == ("open", None)
-    assert Notification.objects.get(pk=notification.pk).status == "dead"
+    assert Chore.objects.get(pk=chore.pk).status == "dead"
     assert not LogEntry.objects.exists()
 
 
@@ -131,7 +116,7 @@ def test_the_replay_permission_alone_lets_staff_replay(staff_client, django_user
     assert (letter.status, letter.resolved_by) == ("replayed", viewer)
 
 
-def test_filters_by_channel_priority_provider_and_status_narrow_the_list(admin_client):
+def test_filters_by_queue_facets_dependency_and_status_narrow_the_list(admin_client):
     _, sms = dead_letter(channel="sms", priority="transactional", provider="twilio")
     _, email = dead_letter(channel="email", priority="security", provider="postmark")
     _, push = dead_letter(channel="push", priority="marketing", provider="fcm")
@@ -140,23 +125,15 @@ def test_filters_by_channel_priority_provider_and_status_narrow_the_list(admin_c
     assert listed(admin_client.get(LIST_URL)) == {sms.pk, email.pk, push.pk}
     assert listed(admin_client.get(LIST_URL, {"channel": "email"})) == {email.pk}
     assert listed(admin_client.get(LIST_URL, {"priority": "transactional"})) == {sms.pk}
-    assert listed(admin_client.get(LIST_URL, {"provider": "fcm"})) == {push.pk}
+    assert listed(admin_client.get(LIST_URL, {"dependency": "fcm"})) == {push.pk}
     assert listed(admin_client.get(LIST_URL, {"status__exact": "open"})) == {sms.pk, email.pk}
     assert listed(admin_client.get(LIST_URL, {"channel": "sms", "status__exact": "replayed"})) == set()
 
 
 def test_search_finds_a_dead_letter_by_its_subject_id(admin_client):
-    notification, letter = dead_letter()
+    chore, letter = dead_letter()
     dead_letter(channel="email", provider="postmark")
-    assert listed(admin_client.get(LIST_URL, {"q": str(notification.pk)[:8]})) == {letter.pk}
-
-
-def test_the_list_links_the_notification_and_shows_channel_and_priority(admin_client):
-    notification, _ = dead_letter(channel="email", priority="security", provider="postmark")
-    page = admin_client.get(LIST_URL).content.decode()
-    assert f'href="/admin/notifications/notification/{notification.pk}/change/"' in page
-    assert '<td class="field-channel">email</td>' in page
-    assert '<td class="field-priority">security</td>' in page
+    assert listed(admin_client.get(LIST_URL, {"q": str(chore.pk)[:8]})) == {letter.pk}
 
 
 def test_the_detail_page_masks_personal_data_and_shows_the_traceback(admin_client):
@@ -190,7 +167,7 @@ def test_replay_everything_matching_runs_inline_under_the_limit_without_any_row_
 def test_replay_everything_matching_ignores_the_ticked_rows(admin_client):
     _, sms = dead_letter(channel="sms")
     _, email = dead_letter(channel="email", provider="postmark")
-    admin_client.post(f"{LIST_URL}?provider=twilio", action("replay_all_matching", email.pk))
+    admin_client.post(f"{LIST_URL}?dependency=twilio", action("replay_all_matching", email.pk))
     sms.refresh_from_db()
     email.refresh_from_db()
     assert (sms.status, email.status) == ("replayed", "open")
@@ -215,30 +192,6 @@ def test_replay_everything_matching_above_the_limit_replays_in_background_batche
     assert DeadLetter.objects.get(pk=email.pk).status == "open"
     assert len(callbacks) == 3
     assert set(LogEntry.objects.filter(user=admin_user).values_list("object_id", flat=True)) == {str(d.pk) for d in sms}
-
-
-@pytest.mark.e2e
-@pytest.mark.django_db(transaction=True)
-def test_background_replay_on_real_workers_delivers_once_with_the_original_keys(
-    workers, ledger, admin_client, admin_user, monkeypatch
-):
-    monkeypatch.setattr(jobs_admin, "REPLAY_INLINE_LIMIT", 2)
-    monkeypatch.setattr(deadletters, "BULK_CHUNK_SIZE", 2)
-    # One transaction: the publish of notification_send happens after the row is dead, so no worker sends it.
-    with transaction.atomic():
-        notifications = [dead_letter(channel="sms")[0] for _ in range(3)]
-
-    response = admin_client.post(f"{LIST_URL}?channel=sms", action("replay_all_matching"), follow=True)
-    assert "in the background in 2 batch(es)" in response.content.decode()
-
-    ids = [n.pk for n in notifications]
-    wait_until(lambda: Notification.objects.filter(pk__in=ids, status="sent").count() == len(ids), timeout=30)
-    assert set(Notification.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"sent"}
-    for notification in notifications:
-        assert len(ledger.entries(idempotency_key=notification.idempotency_key)) == 1
-    letters = DeadLetter.objects.filter(subject_id__in=[str(pk) for pk in ids])
-    assert {(letter.status, letter.resolved_by_id) for letter in letters} == {("replayed", admin_user.pk)}
-    assert LogEntry.objects.filter(user=admin_user, change_message="Replayed").count() == 3
 
 
 def test_the_background_task_replays_open_ones_and_skips_the_rest(admin_user):
@@ -268,8 +221,52 @@ def test_breaker_admin_shows_each_breakers_current_state_above_its_transitions(a
     assert response.status_code == 200
     assert (states[name].state, states[name].failures) == ("open", 1)
     assert states[name].open_since is not None
-    assert {"postmark", "smtp", "twilio", "vonage", "fcm"} <= set(states)  # configured, never tripped
+    assert PARTNER in states and states[PARTNER].state == "closed"  # registered by its app, never tripped
     assert '<tr class="breaker-open">' in page
     assert "HTTP 503" in page  # the transition row itself
     filtered = admin_client.get("/admin/jobs/breakertransition/", {"to_state": "closed"})
     assert not [row for row in filtered.context["cl"].queryset if row.breaker == name]
+
+
+def test_replay_selected_requeues_the_job_and_records_who(admin_client, admin_user, django_capture_on_commit_callbacks):
+    chore, letter = dead_letter()
+    assert (chore.status, chore.attempts) == ("dead", 3)
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = admin_client.post(LIST_URL, action("replay_selected", letter.pk), follow=True)
+
+    letter.refresh_from_db()
+    assert (letter.status, letter.resolved_by) == ("replayed", admin_user)
+    assert letter.resolved_at is not None
+    replayed = Chore.objects.get(pk=chore.pk)
+    assert (replayed.status, replayed.attempts) == ("queued", 0), "its app's replayer ran"
+    assert len(callbacks) == 1  # the publish to the job's queue, after commit
+    entry = LogEntry.objects.get(object_id=str(letter.pk))
+    assert (entry.user, entry.change_message) == (admin_user, "Replayed")
+    assert "Replayed 1 dead letter(s)." in response.content.decode()
+
+
+def test_the_list_shows_the_queue_facets_and_the_subject(admin_client):
+    chore, _ = dead_letter(channel="email", priority="security", provider="postmark")
+    page = admin_client.get(LIST_URL).content.decode()
+    assert str(chore.pk) in page
+    assert '<td class="field-channel">email</td>' in page
+    assert '<td class="field-priority">security</td>' in page
+    assert '<td class="field-dependency">postmark</td>' in page
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_background_replay_on_real_workers_does_each_job_once(workers, admin_client, admin_user, monkeypatch):
+    monkeypatch.setattr(jobs_admin, "REPLAY_INLINE_LIMIT", 2)
+    monkeypatch.setattr(deadletters, "BULK_CHUNK_SIZE", 2)
+    chores = [dead_letter(channel="sms")[0] for _ in range(3)]
+
+    response = admin_client.post(f"{LIST_URL}?channel=sms", action("replay_all_matching"), follow=True)
+    assert "in the background in 2 batch(es)" in response.content.decode()
+
+    ids = [c.pk for c in chores]
+    wait_until(lambda: Chore.objects.filter(pk__in=ids, status="done").count() == len(ids), timeout=30)
+    letters = DeadLetter.objects.filter(subject_id__in=[str(pk) for pk in ids])
+    assert {(letter.status, letter.resolved_by_id) for letter in letters} == {("replayed", admin_user.pk)}
+    assert LogEntry.objects.filter(user=admin_user, change_message="Replayed").count() == 3

@@ -11,16 +11,20 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from jobs.models import DeadLetter
-from notifications.models import Notification
-from tests.support.deadletters import make_dead_letter
+from tests.jobs.chores.models import Chore
+from tests.jobs.chores.tasks import make_dead_chore
 
 pytestmark = pytest.mark.django_db
 
 
+ADDRESSES = {"email": "ada@example.com", "sms": "+14155550199", "push": "fGzA1b2c3d4e5f6g7h8:APA91bHxToken"}
+
+
 def dead_letter(
     *, channel: str = "sms", priority: str = "transactional", provider: str = "twilio"
-) -> tuple[Notification, DeadLetter]:
-    return make_dead_letter(channel=channel, priority=priority, provider=provider)
+) -> tuple[Chore, DeadLetter]:
+    """A chore (a job that is not a notification) that died on `<priority>.<channel>` calling `provider`."""
+    return make_dead_chore(queue=f"{priority}.{channel}", dependency=provider, owner=ADDRESSES[channel], attempts=0)
 
 
 def run(*args: str) -> str:
@@ -37,7 +41,7 @@ def operator(django_user_model):
 
 
 def test_list_prints_open_dead_letters_newest_first_with_masked_messages():
-    sms_notification, sms = dead_letter(channel="sms")
+    sms_chore, sms = dead_letter(channel="sms")
     _, email = dead_letter(channel="email", priority="security", provider="postmark")
 
     lines = run("list").splitlines()
@@ -47,7 +51,7 @@ def test_list_prints_open_dead_letters_newest_first_with_masked_messages():
         "last",
         "failure",
         "queue",
-        "provider",
+        "dependency",
         "error",
         "class",
         "attempts",
@@ -58,13 +62,13 @@ def test_list_prints_open_dead_letters_newest_first_with_masked_messages():
     assert lines[1].split()[0] == str(email.pk)
     assert lines[1].split()[3:8] == ["security.email", "postmark", "PermanentError", "0", "open"]
     assert lines[2].split()[0] == str(sms.pk)
-    assert str(sms_notification.pk) in lines[2]
+    assert str(sms_chore.pk) in lines[2]
     assert lines[2].endswith("invalid recipient +141******99")
     assert "ada@example.com" not in "\n".join(lines)
     assert lines[-1] == "2 of 2 matching dead letter(s) shown."
 
 
-def test_list_filters_by_channel_priority_provider_error_class_status_and_date():
+def test_list_filters_by_queue_facets_dependency_error_class_status_and_date():
     _, sms = dead_letter(channel="sms")
     _, email = dead_letter(channel="email", priority="security", provider="postmark")
     _, push = dead_letter(channel="push", priority="marketing", provider="fcm")
@@ -79,7 +83,7 @@ def test_list_filters_by_channel_priority_provider_error_class_status_and_date()
     assert ids("--status", "replayed") == {push.pk}
     assert ids("--channel", "sms") == {sms.pk}
     assert ids("--priority", "security") == {email.pk}
-    assert ids("--provider", "postmark") == {email.pk}
+    assert ids("--dependency", "postmark") == {email.pk}
     assert ids("--error-class", "PermanentError") == {sms.pk, email.pk}
     assert ids("--error-class", "jobs.errors.TransientError") == set()
     today = timezone.localdate().isoformat()
@@ -94,31 +98,27 @@ def test_list_limit_says_how_many_more_match():
 
 
 def test_list_json_masks_personal_data_in_arguments_and_message():
-    notification, letter = dead_letter(channel="email", provider="postmark")
+    chore, letter = dead_letter(channel="email", provider="postmark")
     (row,) = [json.loads(line) for line in run("list", "--json").splitlines()]
     assert row["id"] == letter.pk
-    assert row["arguments"] == {"args": [str(notification.pk)], "to": "a***@example.com", "template": "order_shipped"}
+    assert row["arguments"] == {"args": [str(chore.pk)], "to": "a***@example.com", "template": "order_shipped"}
     assert row["message"] == "invalid recipient a***@example.com"
     assert (row["subject_type"], row["subject_id"], row["status"]) == (
-        "notifications.notification",
-        str(notification.pk),
+        "chores.chore",
+        str(chore.pk),
         "open",
     )
 
 
-def test_replay_by_id_requeues_with_the_same_key_and_records_who(operator, django_capture_on_commit_callbacks):
-    notification, letter = dead_letter()
+def test_replay_by_id_requeues_the_job_and_records_who(operator, django_capture_on_commit_callbacks):
+    chore, letter = dead_letter()
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         out = run("replay", "--id", str(letter.pk), "--user", "oncall")
     assert "Replayed 1 dead letter(s)." in out
     letter.refresh_from_db()
     assert (letter.status, letter.resolved_by) == ("replayed", operator)
-    replayed = Notification.objects.get(pk=notification.pk)
-    assert (replayed.status, replayed.attempts, replayed.idempotency_key) == (
-        "queued",
-        0,
-        notification.idempotency_key,
-    )
+    replayed = Chore.objects.get(pk=chore.pk)
+    assert (replayed.status, replayed.attempts) == ("queued", 0)
     assert len(callbacks) == 1
     assert LogEntry.objects.get(object_id=str(letter.pk)).change_message == "Replayed"
 
@@ -150,19 +150,19 @@ def test_all_matching_without_a_filter_is_refused_unless_confirmed():
 
 
 def test_discard_by_id_keeps_the_reason_and_who(operator):
-    notification, letter = dead_letter()
+    chore, letter = dead_letter()
     out = run("discard", "--id", str(letter.pk), "--reason", "number ported away", "--user", "oncall")
     assert "Discarded 1 dead letter(s)." in out
     letter.refresh_from_db()
     assert (letter.status, letter.resolution_note, letter.resolved_by) == ("discarded", "number ported away", operator)
     assert LogEntry.objects.get(object_id=str(letter.pk)).change_message == "Discarded: number ported away"
-    assert Notification.objects.get(pk=notification.pk).status == "dead"
+    assert Chore.objects.get(pk=chore.pk).status == "dead"
 
 
 def test_discard_all_matching_with_a_filter():
     _, sms = dead_letter(channel="sms")
     _, email = dead_letter(channel="email", provider="postmark")
-    out = run("discard", "--all-matching", "--provider", "postmark", "--reason", "old campaign")
+    out = run("discard", "--all-matching", "--dependency", "postmark", "--reason", "old campaign")
     assert "Discarded 1 dead letter(s)." in out
     assert DeadLetter.objects.get(pk=email.pk).status == "discarded"
     assert DeadLetter.objects.get(pk=sms.pk).status == "open"
@@ -201,7 +201,7 @@ def test_a_user_without_the_permission_is_refused(django_user_model):
 
 
 def test_a_replay_that_fails_leaves_the_row_open_and_exits_with_an_error():
-    notification, letter = dead_letter()
+    chore, letter = dead_letter()
     broken = DeadLetter.objects.create(
         job_name="no.such.task",
         arguments={"args": []},
@@ -214,4 +214,4 @@ def test_a_replay_that_fails_leaves_the_row_open_and_exits_with_an_error():
         run("replay", "--id", str(broken.pk), str(letter.pk))
     assert DeadLetter.objects.get(pk=broken.pk).status == "open"
     assert DeadLetter.objects.get(pk=letter.pk).status == "replayed"
-    assert Notification.objects.get(pk=notification.pk).status == "queued"
+    assert Chore.objects.get(pk=chore.pk).status == "queued"

@@ -23,9 +23,9 @@ def test_personal_values_are_masked(value, masked):
 @pytest.mark.parametrize(
     "value",
     [
-        "6f1c2a4e-8b1d-4c1e-9a7b-1234567890ab",  # a notification id
+        "6f1c2a4e-8b1d-4c1e-9a7b-1234567890ab",  # a row id
         "6f1c2a4e8b1d4c1e9a7b1234567890ab",  # the same UUID without hyphens
-        "notifications.deliver",  # a job name
+        "billing.sync_invoice",  # a job name
         "order_shipped",  # shorter than a token
         "+12345",  # too short to be a phone number
         "",

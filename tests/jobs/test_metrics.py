@@ -1,9 +1,6 @@
-"""/metrics: protected by basic auth, and every figure comes from a real event (Redis, PostgreSQL, the sandbox)."""
+"""The runtime's /metrics: protected by basic auth; queues, breakers, limiters read from real Redis and PostgreSQL."""
 
 import base64
-import io
-import json
-import logging
 import uuid
 
 import pytest
@@ -11,37 +8,13 @@ from django.conf import settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.breaker import CircuitBreaker
-from jobs.logging import JsonFormatter
 from jobs.publishing import publish
 from jobs.ratelimit import RateLimiter
 from jobs.redis import broker_client
 from jobs.tasks import probe
-from notifications.delivery import notification_deliver
-from notifications.services import notification_send
+from tests.support.metrics import scrape, value
 
 pytestmark = pytest.mark.django_db
-
-
-def scrape(client) -> dict[tuple[str, tuple], float]:
-    auth = "Basic " + base64.b64encode(settings.METRICS_BASIC_AUTH.encode()).decode()
-    response = client.get("/metrics", HTTP_AUTHORIZATION=auth)
-    assert response.status_code == 200
-    samples = {}
-    for family in text_string_to_metric_families(response.content.decode()):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples, metric: str, **labels) -> float:
-    return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
-
-
-def send(to: str, priority: str = "security") -> None:
-    notification, _ = notification_send(
-        priority=priority, channel="email", template="password_reset", context={"code": "123456"}, to=to
-    )
-    notification_deliver(notification_id=str(notification.pk))
 
 
 @pytest.mark.parametrize("auth", [None, "prometheus:wrong", "nobody:prometheus"])
@@ -49,34 +22,6 @@ def test_metrics_refuse_a_scraper_without_the_credentials(client, auth):
     headers = {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
     response = client.get("/metrics", **headers)
     assert response.status_code == 401 and response["WWW-Authenticate"].startswith("Basic")
-
-
-def test_a_delivery_counts_a_send_and_its_latency(client, ledger):
-    before = scrape(client)
-    send(f"metrics-{uuid.uuid4().hex[:6]}@example.com")
-    after = scrape(client)
-
-    labels = {"channel": "email", "priority": "security", "provider": "postmark", "outcome": "sent"}
-    assert value(after, "notify_sends_total", **labels) == value(before, "notify_sends_total", **labels) + 1
-    latency = {"channel": "email", "priority": "security"}
-    assert value(after, "notify_delivery_latency_seconds_count", **latency) == (
-        value(before, "notify_delivery_latency_seconds_count", **latency) + 1
-    )
-    assert value(after, "notify_delivery_latency_seconds_bucket", le="+Inf", **latency) == value(
-        after, "notify_delivery_latency_seconds_count", **latency
-    )
-
-
-def test_a_permanent_refusal_counts_a_dead_letter(client, ledger, django_capture_on_commit_callbacks):
-    before = scrape(client)
-    with django_capture_on_commit_callbacks(execute=True):
-        send("gone@invalid.example", priority="transactional")
-    after = scrape(client)
-    queue = {"queue": "transactional.email"}
-    assert value(after, "notify_dead_letters_total", **queue) == value(before, "notify_dead_letters_total", **queue) + 1
-    assert value(after, "notify_dead_letters_open") == value(before, "notify_dead_letters_open") + 1
-    dead = {"channel": "email", "priority": "transactional", "provider": "postmark", "outcome": "dead"}
-    assert value(after, "notify_sends_total", **dead) == value(before, "notify_sends_total", **dead) + 1
 
 
 def test_queue_depth_and_the_age_of_its_oldest_message():
@@ -127,39 +72,3 @@ def test_waiting_for_a_rate_limit_token_is_counted(client):
         limiter.reset()
     assert value(samples, "notify_ratelimit_waits_total", limiter=name) == 1
     assert 0.01 < value(samples, "notify_ratelimit_wait_seconds_total", limiter=name) < 1.0
-
-
-def test_a_running_campaign_reports_its_progress(client):
-    from notifications.models import Campaign
-
-    campaign = Campaign.objects.create(
-        name="Autumn", template="newsletter", channel="email", status="running",
-        materialized_count=100, sent_count=40, dead_count=1, skipped_count=9,
-    )  # fmt: skip
-    samples = scrape(client)
-    labels = {"campaign": str(campaign.pk), "name": "Autumn"}
-    assert value(samples, "notify_campaign_messages", state="sent", **labels) == 40
-    assert value(samples, "notify_campaign_messages", state="remaining", **labels) == 50
-
-
-def test_each_state_change_is_one_json_line_with_its_fields(ledger):
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    events = logging.getLogger("notifications.events")
-    events.addHandler(handler)
-    try:
-        send("json-log@example.com")
-    finally:
-        events.removeHandler(handler)
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [line["outcome"] for line in lines] == ["sending", "sent"]
-    sent = lines[-1]
-    assert {"notification_id", "priority", "channel", "provider", "attempt", "ts", "level"} <= set(sent)
-    assert sent["to"] == "j***@example.com", "the address, masked"
-    assert (sent["priority"], sent["channel"], sent["provider"], sent["attempt"]) == (
-        "security",
-        "email",
-        "postmark",
-        1,
-    )

@@ -55,11 +55,11 @@ def test_a_frozen_broker_does_not_hold_the_caller(settings):
 @pytest.mark.django_db(transaction=True)
 def test_an_invalid_payload_is_dead_lettered_without_retry(workers):
     from jobs.models import DeadLetter
-    from notifications.tasks import notification_deliver_task
+    from tests.jobs.chores.tasks import DO
 
-    assert publish(notification_deliver_task.name, args=["not-a-uuid"], queue="transactional.email")
-    wait_until(lambda: DeadLetter.objects.filter(job_name="notifications.deliver").exists(), timeout=15)
-    letter = DeadLetter.objects.get(job_name="notifications.deliver")
+    assert publish(DO, args=["not-a-uuid"], queue="transactional.email")
+    wait_until(lambda: DeadLetter.objects.filter(job_name=DO).exists(), timeout=15)
+    letter = DeadLetter.objects.get(job_name=DO)
     assert letter.arguments == {"args": ["not-a-uuid"], "kwargs": {}}
     assert letter.queue == "transactional.email"
     assert "not-a-uuid" in letter.message and letter.error_class.endswith("ValidationError")

@@ -6,10 +6,10 @@ from notifications.campaign_delivery import campaign_batch_send
 from notifications.campaigns import (
     campaign_create,
     campaign_fanout_segment,
-    campaign_notifications,
     campaign_resume,
     campaign_start,
 )
+from notifications.counting import campaign_notifications
 from notifications.models import Campaign, CampaignBatch, CampaignSegment, Recipient
 from notifications.selectors import campaign_progress
 

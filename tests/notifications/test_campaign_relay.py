@@ -7,8 +7,9 @@ import pytest
 from django.utils import timezone
 
 from jobs.redis import QueueHead
-from notifications.campaigns import campaign_create, campaign_relay
+from notifications.campaigns import campaign_create
 from notifications.models import BatchStatus, CampaignBatch, CampaignSegment
+from notifications.recovery import campaign_relay
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,8 @@ from jobs.deadletters import deadletter_replay
 from jobs.models import DeadLetter
 from notifications import campaign_delivery
 from notifications.campaign_delivery import campaign_batch_send
-from notifications.campaigns import campaign_cancel, campaign_notifications, campaign_pause, campaign_resume
+from notifications.campaigns import campaign_cancel, campaign_pause, campaign_resume
+from notifications.counting import campaign_batch_recount, campaign_notifications
 from notifications.models import Campaign, CampaignBatch
 from tests.support.sending import fanned_out_campaign
 
@@ -58,7 +59,7 @@ def test_a_campaign_whose_last_rows_finished_while_it_was_paused_completes_on_re
     campaign_notifications(campaign).update(status="sent", sent_at=timezone.now())
     for batch in CampaignBatch.objects.filter(campaign=campaign):
         CampaignBatch.objects.filter(pk=batch.pk).update(status="done")
-        campaign_delivery.campaign_batch_recount(batch_id=batch.pk)
+        campaign_batch_recount(batch_id=batch.pk)
 
     campaign_resume(campaign_id=campaign.pk)
 

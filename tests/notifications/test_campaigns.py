@@ -12,11 +12,11 @@ from harness.waiting import wait_until
 from notifications.campaigns import (
     campaign_cancel,
     campaign_create,
-    campaign_notifications,
     campaign_pause,
     campaign_resume,
     campaign_start,
 )
+from notifications.counting import campaign_notifications
 from notifications.models import Campaign, CampaignBatch, Notification, Recipient, Suppression
 from notifications.services import notification_send
 

@@ -9,8 +9,9 @@ from django.utils import timezone
 from jobs.breaker import OPEN, CircuitBreaker
 from jobs.deadletters import deadletter_replay
 from jobs.models import DeadLetter
-from notifications.delivery import notification_claim, notification_relay
+from notifications.delivery import notification_claim
 from notifications.models import Notification
+from notifications.recovery import notification_relay
 from tests.support.sending import ORDER_SHIPPED, deliver, submit
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("closed_breakers")]

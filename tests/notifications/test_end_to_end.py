@@ -139,7 +139,7 @@ def test_permanent_provider_refusal_is_dead_lettered_at_once_without_retry(worke
     assert notification.attempts == 1
     letter = DeadLetter.objects.get(subject_id=notification_id)
     assert letter.error_class == "jobs.errors.PermanentError"
-    assert "21211" in letter.message and letter.provider == "twilio"
+    assert "21211" in letter.message and letter.dependency == "twilio"
     assert ledger.entries(provider="twilio") == []
 
 

@@ -10,8 +10,9 @@ from django.test import override_settings
 from django.utils import timezone
 
 from notifications.campaign_delivery import campaign_batch_send
-from notifications.campaigns import campaign_create, campaign_fanout_segment, campaign_notifications, campaign_start
+from notifications.campaigns import campaign_create, campaign_fanout_segment, campaign_start
 from notifications.consent import parse_quiet_hours, quiet_until
+from notifications.counting import campaign_notifications
 from notifications.delivery import notification_deliver
 from notifications.models import CampaignBatch, CampaignSegment, Notification, Recipient
 from notifications.services import notification_send

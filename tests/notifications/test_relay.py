@@ -6,8 +6,8 @@ import pytest
 from django.utils import timezone
 
 from jobs.redis import QueueHead
-from notifications.delivery import notification_relay
 from notifications.models import Notification, Recipient
+from notifications.recovery import notification_relay
 
 pytestmark = pytest.mark.django_db
 

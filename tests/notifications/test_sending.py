@@ -11,11 +11,12 @@ from jobs.breaker import CircuitBreaker
 from jobs.deadletters import deadletter_replay
 from jobs.models import DeadLetter
 from notifications.campaign_delivery import campaign_batch_send
-from notifications.campaigns import campaign_notifications
-from notifications.delivery import notification_claim, notification_relay
+from notifications.counting import campaign_notifications
+from notifications.delivery import notification_claim
 from notifications.models import Campaign, CampaignBatch, Notification, Suppression
 from notifications.providers.base import OutboundMessage
 from notifications.providers.registry import providers_for, reset_providers
+from notifications.recovery import notification_relay
 from notifications.rendering import render
 from notifications.sending import record_sent
 from tests.support.sending import deliver, fanned_out_campaign, submit

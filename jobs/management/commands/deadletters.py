@@ -19,7 +19,7 @@ from jobs.selectors import deadletters_matching, queue_facet_names
 
 #: Options that narrow the set (besides the queue's facets); `--all-matching` with none of them means "every open
 #: dead letter".
-FILTERS = ("provider", "error_class", "job_name", "since", "until")
+FILTERS = ("dependency", "error_class", "job_name", "since", "until")
 MESSAGE_WIDTH = 60
 
 
@@ -67,13 +67,23 @@ class Command(BaseCommand):
         self.stdout.write(f"{len(rows)} of {total} matching dead letter(s) shown.")
 
     def _print_table(self, rows: list[DeadLetter]) -> None:
-        header = ("id", "last failure", "queue", "provider", "error class", "attempts", "status", "subject", "message")
+        header = (
+            "id",
+            "last failure",
+            "queue",
+            "dependency",
+            "error class",
+            "attempts",
+            "status",
+            "subject",
+            "message",
+        )
         lines = [header] + [
             (
                 str(row.pk),
                 timezone.localtime(row.last_failed_at).strftime("%Y-%m-%d %H:%M:%S"),
                 row.queue or "-",
-                row.provider or "-",
+                row.dependency or "-",
                 row.error_class.rsplit(".", 1)[-1],
                 str(row.attempts),
                 row.status,
@@ -143,7 +153,7 @@ def _add_filters(parser: ArgumentParser) -> None:
     names = queue_facet_names()
     for index, name in reversed(list(enumerate(names))):
         parser.add_argument(f"--{name}", help=f"the {name} (part {index + 1} of the queue's name, {'.'.join(names)})")
-    parser.add_argument("--provider", help="provider name, e.g. twilio")
+    parser.add_argument("--dependency", help="the outside service whose call failed, e.g. a provider account: twilio")
     parser.add_argument("--error-class", help="full dotted name or just the class name, e.g. PermanentError")
     parser.add_argument("--job-name", help="task name, e.g. an app's task name")
     parser.add_argument("--since", type=_date("--since"), help="YYYY-MM-DD: last failure on or after that day")
@@ -196,7 +206,7 @@ def _as_json(row: DeadLetter) -> dict[str, Any]:
         "id": row.pk,
         "job_name": row.job_name,
         "queue": row.queue,
-        "provider": row.provider,
+        "dependency": row.dependency,
         "error_class": row.error_class,
         "message": mask_personal_data(row.message),
         "arguments": mask_personal_data(row.arguments),
