@@ -32,7 +32,7 @@ def check_broker_settings(app_configs, **kwargs) -> list[Error]:
             Error(
                 f"JOBS_CLAIM_LEASE_SECONDS ({lease}) must lie between CELERY_TASK_TIME_LIMIT ({hard_limit}) "
                 f"and the broker visibility timeout ({visibility}).",
-                hint="Shorter lets a second worker take a notification that is still being sent; longer delays "
+                hint="Shorter lets a second worker claim a job that is still running; longer delays "
                 "recovery of a redelivered message.",
                 id="jobs.E004",
             )
