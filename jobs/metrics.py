@@ -79,8 +79,10 @@ class SharedHistogram:
     def __post_init__(self) -> None:
         _shared[self.name] = self
 
-    def observe_many(self, values_by_labels: dict[tuple[str, ...], Sequence[float]]) -> None:
-        """Record observations, grouped by label values, in one round trip."""
+    def observe_many(
+        self, values_by_labels: dict[tuple[str, ...], Sequence[float]], *, pipe: redis.client.Pipeline | None = None
+    ) -> None:
+        """Record observations, grouped by label values, in one round trip (or in `pipe`)."""
         key = f"{PREFIX}:{self.name}"
 
         def record(pipe: redis.client.Pipeline) -> None:
@@ -97,7 +99,7 @@ class SharedHistogram:
                 pipe.hincrby(key, f"{prefix}|count", len(observations))
                 pipe.hincrbyfloat(key, f"{prefix}|sum", sum(observations))
 
-        _run(None, record)
+        _run(pipe, record)
 
     def observe(self, *labels: str, value: float) -> None:
         self.observe_many({tuple(labels): [value]})

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, current_app
@@ -67,24 +68,58 @@ def publish_after_commit(
     args: Sequence[Any],
     queue: str,
     kwargs: dict[str, Any] | None = None,
-    on_published: Callable[[], None] | None = None,
+    on_failed: Callable[[], None] | None = None,
     background: bool = False,
+    coalesce: bool = False,
+    coalesce_within: float = 0.0,
     app: Celery | None = None,
 ) -> None:
     """Publish once the current transaction commits (at once outside a transaction).
 
     With `background`, the publish runs on a small thread pool and the caller returns
-    at once: what web requests use.
+    at once: what web requests use.  `on_failed` runs when the message was not published
+    (the broker refused it, or too many publishes were waiting): the caller's row can say so.
+
+    `coalesce` (background only; for a task that takes any number of positional arguments, each one
+    item, such as ids): publishes of the same task and queue still waiting go out as one message
+    with their arguments joined, up to COALESCE_MAX.  A publish after a quiet moment leaves at
+    once; after one, the next message of the same task and queue leaves no sooner than
+    `coalesce_within` seconds later, with whatever arrived meanwhile (Kafka's linger, paid only
+    by a burst): the broker and the workers see one message per group instead of one per call.
     """
+    if background:
+        request = _Request(task_name, queue, tuple(args), kwargs or {}, on_failed, app, coalesce, coalesce_within)
+        transaction.on_commit(lambda: _submit(request), robust=True)
+        return
 
     def _publish() -> None:
-        if publish(task_name, args=args, kwargs=kwargs, queue=queue, app=app) and on_published is not None:
-            on_published()
+        if not publish(task_name, args=args, kwargs=kwargs, queue=queue, app=app) and on_failed is not None:
+            on_failed()
 
-    if background:
-        transaction.on_commit(lambda: _submit(_publish), robust=True)
-    else:
-        transaction.on_commit(_publish, robust=True)
+    transaction.on_commit(_publish, robust=True)
+
+
+#: Most publishes joined into one message (see publish_after_commit's `coalesce`).
+COALESCE_MAX = 50
+
+
+@dataclass(frozen=True)
+class _Request:
+    task_name: str
+    queue: str
+    args: tuple
+    kwargs: dict[str, Any]
+    on_failed: Callable[[], None] | None
+    app: Celery | None
+    coalesce: bool
+    coalesce_within: float
+
+    @property
+    def group(self) -> tuple | None:
+        """Requests that may share a message have the same group; None for one that may not."""
+        if not self.coalesce or self.kwargs:
+            return None
+        return (self.task_name, self.queue, id(self.app), self.coalesce_within)
 
 
 def waiting_publishes() -> int:
@@ -92,27 +127,89 @@ def waiting_publishes() -> int:
     return _waiting
 
 
-def _submit(function: Callable[[], None]) -> None:
+#: Coalescable requests waiting, per group.
+_groups: dict[tuple, list[_Request]] = {}
+#: Groups with a drain scheduled or running: one at a time per group, so that what arrives while a
+#: message is on its way to the broker waits for the next message instead of taking a thread of its own.
+_draining: set[tuple] = set()
+
+
+def _submit(request: _Request) -> None:
     global _waiting
+    group = request.group
     with _lock:
-        if _waiting >= MAX_WAITING:
-            logger.warning("%s publishes waiting on the broker; this one is left for the relay", _waiting)
-            return
-        _waiting += 1
         executor = _pool()
-    executor.submit(_run, function)
+        dropped = _waiting >= MAX_WAITING
+        if not dropped:
+            _waiting += 1
+            start_drain = group is not None and group not in _draining
+            if group is not None:
+                _groups.setdefault(group, []).append(request)
+                _draining.add(group)
+    if dropped:
+        logger.warning("%s publishes waiting on the broker; this one is left for the relay", _waiting)
+        _failed([request])
+    elif group is None:
+        executor.submit(_run, _send, [request])
+    elif start_drain:
+        executor.submit(_run, _drain, group)
 
 
-def _run(function: Callable[[], None]) -> None:
+def _drain(group: tuple) -> int:
+    """Publish what waits in `group`, COALESCE_MAX requests per message, one message per `coalesce_within`
+    seconds at most, until nothing does (each group of requests counted out of waiting_publishes as it
+    leaves); 0 left to count."""
+    global _waiting
+    linger = group[-1]
+    while True:
+        with _lock:
+            requests = _groups.pop(group, [])
+            if not requests:
+                _draining.discard(group)
+                return 0
+        for start in range(0, len(requests), COALESCE_MAX):
+            chunk = requests[start : start + COALESCE_MAX]
+            try:
+                _send(chunk)
+            finally:
+                with _lock:
+                    _waiting -= len(chunk)
+        if linger > 0:
+            time.sleep(linger)
+
+
+def _send(requests: list[_Request]) -> int:
+    """One message for `requests` (one group); the number of requests."""
+    first = requests[0]
+    args = [arg for request in requests for arg in request.args]
+    if not publish(first.task_name, args=args, kwargs=first.kwargs, queue=first.queue, app=first.app):
+        _failed(requests)
+    return len(requests)
+
+
+def _failed(requests: list[_Request]) -> None:
+    for request in requests:
+        if request.on_failed is None:
+            continue
+        try:
+            request.on_failed()
+        except Exception:  # the row stays as it was written; the relay's rules still find it
+            logger.exception("after a failed publish of %s, its failure handler failed too", request.task_name)
+
+
+def _run(function: Callable[..., int], *args: Any) -> None:
+    """Run a publishing function on a thread; it returns how many publishes it finished that are still
+    counted as waiting."""
     global _waiting
     close_old_connections()
+    done = 1
     try:
-        function()
+        done = function(*args)
     except Exception:
         logger.exception("background publish failed; the relay will publish the row")
     finally:
         with _lock:
-            _waiting -= 1
+            _waiting -= done
             idle = _waiting == 0
         if idle:
             # Under load a thread keeps its connection for the next publish; once idle it
@@ -124,8 +221,13 @@ def _run(function: Callable[[], None]) -> None:
 
 def _pool() -> ThreadPoolExecutor:
     """One pool per process: threads do not survive a fork (gunicorn, prefork)."""
-    global _executor, _executor_pid
+    global _executor, _executor_pid, _waiting
     if _executor is None or _executor_pid != os.getpid():
+        if _executor_pid != os.getpid():
+            # What the parent had waiting is the parent's to publish.
+            _groups.clear()
+            _draining.clear()
+            _waiting = 0
         _executor = ThreadPoolExecutor(max_workers=BACKGROUND_THREADS, thread_name_prefix="publish")
         _executor_pid = os.getpid()
     return _executor

@@ -42,16 +42,21 @@ class RollingCounter:
         return sum(count for _, count in self.series(seconds, now=now)) / seconds
 
 
-def add_counts(counts: list[tuple[RollingCounter, int]], *, at: float | None = None) -> None:
-    """Add to several counters (of the same Redis) in one round trip."""
+def add_counts(
+    counts: list[tuple[RollingCounter, int]], *, at: float | None = None, pipe: redis.client.Pipeline | None = None
+) -> None:
+    """Add to several counters (of the same Redis) in one round trip, or in `pipe` (the caller executes it)."""
     if not counts:
         return
     second = int(at if at is not None else time.time())
     try:
-        pipe = counts[0][0].client.pipeline(transaction=False)
+        own = pipe is None
+        if own:
+            pipe = counts[0][0].client.pipeline(transaction=False)
         for counter, count in counts:
             pipe.incrby(counter._key(second), count)
             pipe.expire(counter._key(second), HISTORY_SECONDS)
-        pipe.execute()
+        if own:
+            pipe.execute()
     except redis.RedisError as exc:
         logger.debug("rolling counters %s not updated: %s", [c.name for c, _ in counts], exc)

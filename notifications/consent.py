@@ -63,8 +63,9 @@ def marketing_consent(recipient: Recipient, channel: str) -> bool:
     return getattr(recipient, MARKETING_CONSENT_FIELDS[channel])
 
 
-def suppression_reason(channel: str, address: str) -> str | None:
-    return Suppression.objects.filter(channel=channel, address=address).values_list("reason", flat=True).first()
+def suppression_reasons(channel: str, addresses: list[str]) -> dict[str, str]:
+    """address -> why it is suppressed, for those of `addresses` that are (one query)."""
+    return dict(Suppression.objects.filter(channel=channel, address__in=addresses).values_list("address", "reason"))
 
 
 def address_suppress(*, channel: str, address: str, reason: str) -> bool:

@@ -3,7 +3,8 @@ path (sending.py).  The outbox relay and the dead-letter replay that put rows ba
 
     claim ............ one conditional UPDATE on PostgreSQL's clock: attempts + 1, a lease, a claim
                        token; a row whose lease expired (its worker died mid-call) is marked
-                       outcome-unknown, so the vendors that can tell are asked before it is sent again
+                       outcome-unknown, so the vendors that can tell are asked before it is sent again;
+                       a second UPDATE takes the oldest others queued in the same queue, for the same call
     held? ............ marketing is checked again at every attempt: a withdrawn consent, a suppressed
                        address or a cancelled campaign skip it; quiet hours or a paused campaign make
                        it wait (no attempt counted); a suppressed address gets no transactional mail
@@ -19,19 +20,21 @@ import logging
 import uuid
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from jobs.errors import PermanentError
 from jobs.retry import retry_policy
-from notifications.consent import marketing_consent, quiet_until, suppression_reason
-from notifications.events import notification_event
-from notifications.models import Campaign, CampaignStatus, Notification, Priority
+from notifications.consent import marketing_consent, quiet_until, suppression_reasons
+from notifications.events import notifications_events
+from notifications.models import Campaign, CampaignStatus, Notification, Priority, Recipient
 from notifications.rendering import render
 from notifications.sending import (
     Delivery,
     build_message,
     claim_lease,
+    group_size,
     record_dead,
     record_retry,
     record_skipped,
@@ -55,86 +58,141 @@ _COLUMNS = ", ".join(f'n."{field.column}"' for field in Notification._meta.concr
 # Bandit B608 (SQL built from strings): the columns are the model's own and the priorities its choices;
 # every value is a parameter.
 _CLAIM_SQL = f"""
+WITH claimed AS (
+    UPDATE notifications_notification n SET
+        status = 'sending', attempts = n.attempts + 1,
+        lease_expires_at = statement_timestamp() + make_interval(secs => %(lease)s), claim_token = %(token)s,
+        -- Its worker died mid-call (lease expired while sending): the vendor may have it.
+        outcome_unknown = n.outcome_unknown OR n.status = 'sending',
+        updated_at = statement_timestamp()
+    WHERE n.id = ANY(%(ids)s::uuid[]) AND {_CLAIMABLE} AND n.attempts < {_MAX_ATTEMPTS}
+    RETURNING {_COLUMNS}, false AS exhausted
+)
+SELECT * FROM claimed
+UNION ALL
+-- In the same round trip: rows due that have used every attempt (its snapshot predates the claim above,
+-- which only takes a row with attempts left).
+SELECT {_COLUMNS}, true AS exhausted FROM notifications_notification n
+WHERE n.id = ANY(%(ids)s::uuid[]) AND {_CLAIMABLE} AND n.attempts >= {_MAX_ATTEMPTS}
+"""  # nosec B608
+#: Other single notifications of the same queue, waiting as queued, oldest first: the ones the same call takes.
+_CLAIM_MORE_SQL = f"""
 UPDATE notifications_notification n SET
     status = 'sending', attempts = n.attempts + 1,
     lease_expires_at = statement_timestamp() + make_interval(secs => %(lease)s), claim_token = %(token)s,
-    -- Its worker died mid-call (lease expired while sending): the vendor may have it.
-    outcome_unknown = n.outcome_unknown OR n.status = 'sending',
     updated_at = statement_timestamp()
-WHERE n.id = %(id)s AND {_CLAIMABLE} AND n.attempts < {_MAX_ATTEMPTS}
+FROM (
+    SELECT id FROM notifications_notification
+    WHERE priority = %(priority)s AND status = 'queued' AND channel = %(channel)s AND campaign_id IS NULL
+        AND attempts < %(max_attempts)s
+    ORDER BY updated_at LIMIT %(more)s FOR UPDATE SKIP LOCKED
+) waiting
+WHERE n.id = waiting.id AND n.status = 'queued'
 RETURNING {_COLUMNS}
 """  # nosec B608
-_EXHAUSTED_SQL = f"""
-SELECT {_COLUMNS} FROM notifications_notification n
-WHERE n.id = %(id)s AND {_CLAIMABLE} AND n.attempts >= {_MAX_ATTEMPTS}
-"""  # nosec B608
 
 
-def notification_claim(*, notification_id: str) -> Notification | None:
-    """Take the notification with one conditional UPDATE; None if it is done, owned, not due, or exhausted.
+def notification_claim(*, notification_ids: list[str], batch: bool = False) -> list[Notification]:
+    """Take the notifications with one conditional UPDATE and, with `batch`, others waiting in the same queue
+    (up to NOTIFICATIONS_SINGLE_BATCH in all, at most a provider call's worth: group_size); the rows taken,
+    none of those that are done, owned, not due, or exhausted.
 
     Lease and due times are compared on PostgreSQL's clock, and the claim token makes this worker the
     only one that can record the attempt's outcome.  An exhausted row (every attempt used, typically
     by a message that kept killing its worker) is dead-lettered here, so it cannot loop.
+
+    The others are single notifications (not campaign rows, which carry their campaign's content) of the
+    same priority and channel, queued, oldest first, skipping rows another worker is taking: they go
+    in the same provider call.  Their own messages, when they arrive, find them taken and cost one
+    UPDATE of no row.
     """
-    try:
-        uuid.UUID(str(notification_id))
-    except ValueError:
-        raise ValidationError(f"{notification_id!r} is not a notification id") from None
+    for notification_id in notification_ids:
+        try:
+            uuid.UUID(str(notification_id))
+        except ValueError:
+            raise ValidationError(f"{notification_id!r} is not a notification id") from None
     params = {f"max_{p}": retry_policy(p).max_attempts for p in Priority.values}
-    params.update(id=notification_id, lease=claim_lease().total_seconds(), token=uuid.uuid4())
-    claimed = list(Notification.objects.raw(_CLAIM_SQL, params))
-    if claimed:
-        return claimed[0]
-    for exhausted in Notification.objects.raw(_EXHAUSTED_SQL, params):
+    params.update(ids=[str(i) for i in notification_ids], lease=claim_lease().total_seconds(), token=uuid.uuid4())
+    found = list(Notification.objects.raw(_CLAIM_SQL, params))
+    claimed = [row for row in found if not row.exhausted]
+    for exhausted in (row for row in found if row.exhausted):
         record_dead(
             exhausted,
             f"gave up after {exhausted.attempts} attempts; the last did not finish (its worker died or timed out)",
             provider=exhausted.provider,
             claimed=False,
         )
-    return None
+    queues = {(row.priority, row.channel) for row in claimed}
+    if batch and len(queues) == 1 and all(row.campaign_id is None for row in claimed):
+        ((priority, channel),) = queues
+        more = min(settings.NOTIFICATIONS_SINGLE_BATCH, group_size(priority=priority, channel=channel)) - len(claimed)
+        if more > 0:
+            params.update(
+                priority=priority, channel=channel, max_attempts=retry_policy(priority).max_attempts, more=more
+            )
+            claimed += Notification.objects.raw(_CLAIM_MORE_SQL, params)
+    return claimed
 
 
-def notification_deliver(*, notification_id: str) -> None:
-    """One delivery attempt of one notification."""
-    notification = notification_claim(notification_id=notification_id)
-    if notification is None:
-        logger.info("notification %s: not claimable (done, owned by another worker, or not due)", notification_id)
+def notification_deliver(*, notification_ids: list[str]) -> None:
+    """One delivery attempt of the notifications, and of the queued ones a worker takes with them (see
+    notification_claim): one provider call for each priority, channel and campaign among them."""
+    rows = notification_claim(notification_ids=notification_ids, batch=True)
+    if not rows:
+        logger.debug("notifications %s: not claimable (done, owned by another worker, or not due)", notification_ids)
         return
-    notification_event(notification, "sending")
+    notifications_events((row, "sending", "", "", {}) for row in rows)
+    groups: dict[tuple, list[Notification]] = {}
+    for row in rows:
+        groups.setdefault((row.priority, row.channel, row.campaign_id), []).append(row)
+    for group in groups.values():
+        _deliver_group(group)
+
+
+def _deliver_group(rows: list[Notification]) -> None:
+    """Claimed rows of one priority, channel and campaign (or none): held ones skipped or postponed, the
+    rest sent in one call."""
+    first = rows[0]
     campaign = (
-        Campaign.objects.only("template", "context", "status").get(pk=notification.campaign_id)
-        if notification.campaign_id
-        else None
+        Campaign.objects.only("template", "context", "status").get(pk=first.campaign_id) if first.campaign_id else None
     )
-    if _held(notification, campaign):
+    deliveries = []
+    for row in _not_held(rows, campaign):
+        template, context = (campaign.template, campaign.context) if campaign else (row.template, row.context)
+        try:
+            content = render(template=template, channel=row.channel, context=context)
+        except ValidationError as exc:
+            record_dead(row, PermanentError(f"cannot render: {'; '.join(exc.messages)}"))
+            continue
+        deliveries.append(Delivery(row, build_message(row, content)))
+    if not deliveries:
         return
-    template, context = (
-        (campaign.template, campaign.context) if campaign else (notification.template, notification.context)
-    )
-    try:
-        content = render(template=template, channel=notification.channel, context=context)
-    except ValidationError as exc:
-        record_dead(notification, PermanentError(f"cannot render: {'; '.join(exc.messages)}"))
-        return
-    unsent = send(
-        [Delivery(notification, build_message(notification, content))],
-        priority=notification.priority,
-        channel=notification.channel,
-    )
-    if unsent is not None:
+    unsent = send(deliveries, priority=first.priority, channel=first.channel)
+    for delivery in unsent.deliveries if unsent is not None else ():
         # Nobody could be called (breakers open, every provider busy): no attempt used; the
         # time budget still bounds the wait.
-        record_retry(notification, unsent.reason, provider=notification.provider, retry_after=unsent.wait, called=False)
+        record_retry(delivery.row, unsent.reason, provider=delivery.row.provider, retry_after=unsent.wait, called=False)
 
 
-def _held(notification: Notification, campaign: Campaign | None) -> bool:
-    """Skip or postpone a claimed notification the recipient no longer wants now; True if it was."""
+def _not_held(rows: list[Notification], campaign: Campaign | None) -> list[Notification]:
+    """The claimed rows to send now; the others are skipped or postponed (see _held).  The suppression list
+    is read once for all of them, and the recipients of marketing rows in one query."""
+    if rows[0].priority == Priority.SECURITY:
+        return rows
+    suppressed = suppression_reasons(rows[0].channel, [row.to for row in rows])
+    if rows[0].priority == Priority.MARKETING:
+        recipients = Recipient.objects.in_bulk([row.recipient_id for row in rows])
+        for row in rows:
+            row.recipient = recipients[row.recipient_id]
+    return [row for row in rows if not _held(row, campaign, suppressed.get(row.to))]
+
+
+def _held(notification: Notification, campaign: Campaign | None, reason: str | None) -> bool:
+    """Skip or postpone a claimed notification the recipient no longer wants now (`reason`: why its address
+    is suppressed, if it is); True if it was."""
     if notification.priority == Priority.SECURITY:
         return False
     now = timezone.now()
-    reason = suppression_reason(notification.channel, notification.to)
     if reason is not None:
         record_skipped(notification, f"not sent: address suppressed ({reason})")
         return True

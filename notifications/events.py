@@ -20,7 +20,9 @@ logger = logging.getLogger("notifications.events")
 RATE_WINDOW_SECONDS = 10
 #: Outcomes that are counted in notify_sends_total (the others are only logged).
 COUNTED = {"sent", "retry", "dead", "skipped"}
-LEVELS = {"retry": logging.WARNING, "dead": logging.WARNING}
+#: A line per message sent is noise at INFO on the hot path (the metrics count them; the admin and the API
+#: show each one): "sending" and "sent" are DEBUG, shown with EVENTS_LOG_LEVEL=DEBUG.
+LEVELS = {"sending": logging.DEBUG, "sent": logging.DEBUG, "retry": logging.WARNING, "dead": logging.WARNING}
 #: Seconds: from a security alert (well under 1 s) to a marketing retry (an hour).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 
@@ -65,6 +67,10 @@ def notifications_events(events: Iterable[tuple[Notification, str, str, str, dic
     sends: dict[str, int] = {}
     for notification, outcome, provider, detail, fields in events:
         provider = provider or notification.provider or ""
+        level = LEVELS.get(outcome, logging.INFO)
+        logged = logger.isEnabledFor(level)
+        if not logged and outcome not in COUNTED:
+            continue
         event = {
             "notification_id": str(notification.pk),
             # Masked: enough to tell two recipients apart in a trace, no one's address in the logs.
@@ -88,30 +94,36 @@ def notifications_events(events: Iterable[tuple[Notification, str, str, str, dic
                 sends[counter.name] = sends.get(counter.name, 0) + 1
         if outcome in COUNTED:
             outcomes.append((notification.channel, notification.priority, provider or "none", outcome))
+        if not logged:
+            continue
         text = (
             f"notification {notification.pk} {outcome} priority={notification.priority} channel={notification.channel}"
         )
         text += f" provider={provider or '-'} attempt={notification.attempts}" + (f": {detail}" if detail else "")
-        logger.log(LEVELS.get(outcome, logging.INFO), text, extra={"event": event})
-    record_outcomes(outcomes, latencies)
-    add_counts([(RollingCounter(name), count) for name, count in sends.items()])
+        logger.log(level, text, extra={"event": event})
+    if not (outcomes or latencies or sends):
+        return
+
+    def record(pipe: redis.client.Pipeline) -> None:
+        record_outcomes(outcomes, latencies, pipe=pipe)
+        add_counts([(RollingCounter(name), count) for name, count in sends.items()], pipe=pipe)
+
+    run_in_pipeline(record)
 
 
 def record_outcomes(
-    outcomes: Iterable[tuple[str, str, str, str]], latencies: dict[tuple[str, str], list[float]]
+    outcomes: Iterable[tuple[str, str, str, str]],
+    latencies: dict[tuple[str, str], list[float]],
+    *,
+    pipe: redis.client.Pipeline,
 ) -> None:
-    """Count (channel, priority, provider, outcome) events and observe latencies, in one round trip."""
+    """Count (channel, priority, provider, outcome) events and observe latencies, in `pipe`."""
     counts: dict[tuple[str, str, str, str], int] = {}
     for outcome in outcomes:
         counts[outcome] = counts.get(outcome, 0) + 1
-
-    def record(pipe: redis.client.Pipeline) -> None:
-        for labels, count in counts.items():
-            SENDS.inc(*labels, amount=count, pipe=pipe)
-            if labels[3] == "retry":
-                RETRIES.inc(labels[0], labels[1], amount=count, pipe=pipe)
-
-    if counts:
-        run_in_pipeline(record)
+    for labels, count in counts.items():
+        SENDS.inc(*labels, amount=count, pipe=pipe)
+        if labels[3] == "retry":
+            RETRIES.inc(labels[0], labels[1], amount=count, pipe=pipe)
     if latencies:
-        LATENCY.observe_many(latencies)
+        LATENCY.observe_many(latencies, pipe=pipe)

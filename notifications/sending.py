@@ -28,6 +28,7 @@ Every outcome is written here (`record_*`), and only by the worker that holds th
 import logging
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cache
@@ -338,8 +339,10 @@ def _still_claimed(row: Notification):
 
 
 def record_sent(sent: list[tuple[Notification, str, str]], *, recount: bool = True, detail: str = "") -> None:
-    """(row, provider, message id) accepted: sent, in one statement however many."""
-    with transaction.atomic():
+    """(row, provider, message id) accepted: sent, in one statement however many (and, for campaign rows, their
+    counters recounted in the same transaction)."""
+    recount = recount and any(row.campaign_id for row, _, _ in sent)
+    with transaction.atomic() if recount else nullcontext():
         with connection.cursor() as cursor:
             cursor.execute(
                 _sent_sql(),

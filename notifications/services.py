@@ -5,13 +5,14 @@ import json
 import logging
 import re
 import uuid
+from contextlib import nullcontext
+from functools import cache
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import IntegrityError, transaction
-from django.db.models import Case, F, Value, When
-from django.db.models.functions import Coalesce
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from jobs.publishing import publish_after_commit
@@ -30,6 +31,7 @@ from notifications.rendering import render
 
 logger = logging.getLogger(__name__)
 
+_VARCHAR = re.compile(r"varchar\(\d+\)")
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 
 
@@ -168,38 +170,114 @@ def notification_send(
         priority=priority, channel=channel, template=template, context=context, to=to, recipient_id=recipient_id
     )
     key = idempotency_key or str(uuid.uuid4())
-
-    if idempotency_key:
-        existing = _existing_for_key(key, fingerprint)
-        if existing is not None:
-            return existing, False
+    notification = Notification(
+        idempotency_key=key,
+        request_fingerprint=fingerprint,
+        priority=priority,
+        channel=channel,
+        template=template,
+        context=context,
+        created_by=created_by,
+        # Written as queued: the publish follows the commit, and one that fails puts it back to pending
+        # (notification_publish); a process that dies in between leaves it to the relay's lost-queued rule.
+        status=NotificationStatus.QUEUED,
+        queued_at=timezone.now(),
+    )
     try:
-        # No savepoint around the insert: a duplicate key aborts this whole block,
-        # and the recipient it may have created is rolled back with it.
-        with transaction.atomic():
-            recipient, address = recipient_resolve(
-                channel=channel, to=to, recipient_id=recipient_id, defaults=_new_recipient_defaults(priority, channel)
-            )
-            notification = Notification.objects.create(
-                idempotency_key=key,
-                request_fingerprint=fingerprint,
-                priority=priority,
-                channel=channel,
-                recipient=recipient,
-                to=address,
-                template=template,
-                context=context,
-                created_by=created_by,
-            )
-            notification_publish(notification, background=True)
+        if to is not None and channel != Channel.PUSH:
+            notification.to = _validate_address(channel, to)
+            _insert_with_recipient(notification, defaults=_new_recipient_defaults(priority, channel))
+        else:
+            with transaction.atomic():
+                notification.recipient, notification.to = recipient_resolve(
+                    channel=channel,
+                    to=to,
+                    recipient_id=recipient_id,
+                    defaults=_new_recipient_defaults(priority, channel),
+                )
+                notification.save(force_insert=True)
     except IntegrityError:
-        # A concurrent request with the same key committed first.
+        # The key was used already (perhaps by a concurrent request that committed first).
         existing = _existing_for_key(key, fingerprint) if idempotency_key else None
         if existing is None:
             raise
         return existing, False
-    logger.info("notification %s created %s/%s template=%s", notification.pk, priority, channel, template)
+    notification_publish(notification, background=True)
+    logger.debug("notification %s created %s/%s template=%s", notification.pk, priority, channel, template)
     return notification, True
+
+
+#: The address column that identifies a recipient, per channel (push devices have their own table).
+_ADDRESS_COLUMN = {Channel.EMAIL: "email", Channel.SMS: "phone"}
+
+
+def _insert_with_recipient(notification: Notification, *, defaults: dict[str, Any]) -> None:
+    """Find or create the recipient of `notification.to` and insert the notification, in one statement.
+
+    One round trip (and, outside a transaction, one commit) per submit: the ORM's find, create and
+    insert took five.  A duplicate idempotency key raises IntegrityError and writes nothing, the
+    recipient included.  When a concurrent submit creates the same recipient in the same instant,
+    this statement sees neither its own insert nor the other's row, inserts nothing, and is run again.
+    """
+    column = _ADDRESS_COLUMN[notification.channel]
+    recipient = Recipient(**{column: notification.to}, **defaults)
+    params = [notification.to, *_insert_values(recipient), *_insert_values(notification)]
+    sql = _insert_with_recipient_sql(column)
+    for _ in range(3):
+        # Alone, the statement is its own transaction; inside the caller's, a savepoint keeps a duplicate
+        # key from breaking the rest of it.
+        with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        if row is not None:
+            notification.recipient_id = row[0]
+            notification._state.adding, notification._state.db = False, connection.alias
+            return
+    raise RuntimeError(f"could not find or create the recipient of {notification.to!r}")
+
+
+@cache
+def _insert_with_recipient_sql(column: str) -> str:
+    r_columns, r_values = _insert_columns(Recipient)
+    n_columns, n_values = _insert_columns(Notification)
+    table, recipients = Notification._meta.db_table, Recipient._meta.db_table
+    # SQL built from strings: tables and columns are the models' own; every value is a parameter.
+    return f"""
+        WITH found AS (SELECT id FROM {recipients} WHERE {column} = %s),
+        created AS (
+            INSERT INTO {recipients} ({r_columns}) SELECT {r_values} WHERE NOT EXISTS (SELECT 1 FROM found)
+            ON CONFLICT ({column}) DO NOTHING RETURNING id
+        ),
+        recipient AS (SELECT id FROM found UNION ALL SELECT id FROM created LIMIT 1)
+        INSERT INTO {table} ({n_columns}, recipient_id) SELECT {n_values}, recipient.id FROM recipient
+        RETURNING recipient_id
+    """
+
+
+#: Written by the insert itself: a database-generated id, and the notification's recipient (found or created).
+_NOT_INSERTED = {"recipient"}
+
+
+def _insert_fields(model) -> list:
+    return [
+        f
+        for f in model._meta.local_concrete_fields
+        if f.name not in _NOT_INSERTED and not (f.primary_key and f.db_returning)
+    ]
+
+
+def _insert_columns(model) -> tuple[str, str]:
+    """Columns and typed placeholders of `model`'s insert.  Typed, since a SELECT list gives no column type;
+    text rather than varchar(n), which a cast would truncate silently where the insert refuses a value too long."""
+    fields = _insert_fields(model)
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    placeholders = ", ".join(f"%s::{_VARCHAR.sub('text', f.cast_db_type(connection))}" for f in fields)
+    return columns, placeholders
+
+
+def _insert_values(instance) -> list[Any]:
+    """The values of `instance` as Django's own INSERT writes them (defaults, auto_now_add)."""
+    return [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in _insert_fields(type(instance))]
 
 
 def _new_recipient_defaults(priority: str, channel: str) -> dict[str, Any]:
@@ -223,26 +301,26 @@ def _existing_for_key(key: str, fingerprint: str) -> Notification | None:
 
 
 def notification_publish(notification: Notification, *, background: bool = False) -> None:
-    """Publish to the notification's queue once the current transaction commits.
+    """Publish a queued notification to its queue once the current transaction commits.
 
     `background` (the submit path) returns at once and publishes on a thread, so a
-    frozen broker cannot hold a web request; the relay covers a publish that never lands.
+    frozen broker cannot hold a web request.  A publish that fails puts the row back to
+    pending, for the relay's next run; the relay also covers a publish that never finishes.
     """
     pk = notification.pk
 
-    def mark_queued() -> None:
-        # A fast worker may have claimed the row already: keep its status, still record queued_at.
-        Notification.objects.filter(pk=pk).update(
-            status=Case(
-                When(status=NotificationStatus.PENDING, then=Value(NotificationStatus.QUEUED)), default=F("status")
-            ),
-            queued_at=Coalesce(F("queued_at"), Value(timezone.now())),
+    def back_to_pending() -> None:
+        Notification.objects.filter(pk=pk, status=NotificationStatus.QUEUED).update(
+            status=NotificationStatus.PENDING, updated_at=timezone.now()
         )
 
     publish_after_commit(
         task_names.DELIVER,
         args=[str(pk)],
         queue=notification.queue,
-        on_published=mark_queued,
+        on_failed=back_to_pending,
         background=background,
+        coalesce=True,
+        # A security alert never waits for company; the others may, a few milliseconds, in a burst.
+        coalesce_within=0.0 if notification.priority == Priority.SECURITY else settings.NOTIFICATIONS_COALESCE_SECONDS,
     )

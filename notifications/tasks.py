@@ -8,8 +8,9 @@ from notifications import campaign_delivery, campaigns, delivery, recovery, task
 
 
 @shared_task(base=JobTask, name=task_names.DELIVER)
-def notification_deliver_task(notification_id: str) -> None:
-    delivery.notification_deliver(notification_id=notification_id)
+def notification_deliver_task(*notification_ids: str) -> None:
+    """One or more notification ids (a burst of submits is published as one message)."""
+    delivery.notification_deliver(notification_ids=list(notification_ids))
 
 
 @shared_task(base=JobTask, name=task_names.RELAY)

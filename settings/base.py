@@ -25,6 +25,16 @@ def env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
 
 
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from exc
+
+
 def env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -304,6 +314,13 @@ PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 CAMPAIGN_SEGMENT_SIZE = env_int("CAMPAIGN_SEGMENT_SIZE", 100_000)
 #: Notifications per campaign batch message: 5 M recipients make 10,000 small messages.
 CAMPAIGN_BATCH_SIZE = env_int("CAMPAIGN_BATCH_SIZE", 500)
+#: Single notifications a worker sends in one provider call: the one its message names and the oldest others
+#: waiting as queued in the same queue (1: one at a time).  Bounded by what one call of the primary takes.
+NOTIFICATIONS_SINGLE_BATCH = env_int("NOTIFICATIONS_SINGLE_BATCH", 50)
+#: Seconds a burst of transactional or marketing submits waits to share a message to the workers (each
+#: message names several notifications): the first of a burst leaves at once, the next message of the same
+#: queue no sooner than this after it.  Security alerts never wait.  0: only what is waiting anyway.
+NOTIFICATIONS_COALESCE_SECONDS = env_float("NOTIFICATIONS_COALESCE_SECONDS", 0.005)
 #: Runs in a row a campaign batch may die (its worker killed, its task failing) before it is
 #: dead-lettered with its unsent rows instead of running for ever; a run that ends resets the count.
 CAMPAIGN_BATCH_MAX_RUNS = env_int("CAMPAIGN_BATCH_MAX_RUNS", 5)
@@ -395,7 +412,11 @@ LOGGING = {
     "filters": {"personal_data": {"()": "jobs.logging.MaskPersonalData"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["personal_data"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # DEBUG adds a line for each message sent ("sending", "sent"); INFO keeps the rest of its life.
+        "notifications.events": {"level": env_str("EVENTS_LOG_LEVEL", "INFO")},
+    },
 }
 
 #: Seconds a worker owns a claimed notification: above CELERY_TASK_TIME_LIMIT (a live

@@ -22,6 +22,7 @@ from notifications.providers.base import (
     SendResult,
     classify_http_status,
     classify_request_exception,
+    environment_once,
 )
 
 #: Postmark's per-message error codes that say the address itself is bad: 300 invalid
@@ -45,6 +46,7 @@ class Provider(BaseProvider):
         )
         # Keep the session open across sends: one TLS handshake per worker process.
         self.backend.open()
+        environment_once(self.backend.session)
 
     @staticmethod
     def _metadata(message: OutboundMessage) -> dict[str, str]:

@@ -5,6 +5,7 @@ import threading
 import uuid
 
 import pytest
+from django.conf import settings
 
 from harness.waiting import wait_until
 from jobs.publishing import publish
@@ -37,18 +38,16 @@ def test_a_frozen_broker_does_not_hold_the_caller(settings):
     silent.listen(16)
     app = Celery("frozen", broker=f"redis://127.0.0.1:{silent.getsockname()[1]}/0", set_as_current=False)
     app.conf.broker_transport_options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
-    published = threading.Event()
+    failed = threading.Event()
     try:
         # Outside a transaction the commit hook runs at once; the publish must not.
-        publish_after_commit(
-            "frozen.noop", args=[], queue="frozen", on_published=published.set, background=True, app=app
-        )
+        publish_after_commit("frozen.noop", args=[], queue="frozen", on_failed=failed.set, background=True, app=app)
         assert waiting_publishes() == 1, "the publish is still in flight when the caller gets control back"
     finally:
         silent.close()  # the waiting publish now fails fast
     wait_until(lambda: not waiting_publishes(), timeout=30, interval=0.05)
     assert waiting_publishes() == 0
-    assert not published.is_set(), "nothing was published; the row would be left for the relay"
+    assert failed.is_set(), "the caller hears that nothing was published, so its row can say so"
 
 
 @pytest.mark.e2e
@@ -63,3 +62,39 @@ def test_an_invalid_payload_is_dead_lettered_without_retry(workers):
     assert letter.arguments == {"args": ["not-a-uuid"], "kwargs": {}}
     assert letter.queue == "transactional.email"
     assert "not-a-uuid" in letter.message and letter.error_class.endswith("ValidationError")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publishes_waiting_for_a_thread_leave_as_one_message_per_task_and_queue(broker):
+    """A burst of coalescable publishes costs the broker one message (per COALESCE_MAX), in submit order."""
+    import base64
+    import json
+
+    from celery import Celery
+
+    from jobs import publishing
+
+    queue = f"coalesce-{uuid.uuid4().hex[:8]}"  # its own queue, which no worker consumes
+    app = Celery("coalesce", broker=settings.CELERY_BROKER_URL, set_as_current=False)
+    app.conf.task_create_missing_queues = True
+    busy = threading.Event()
+    # Every publishing thread busy: what is submitted now waits, as it does under load.
+    blockers = [publishing._pool().submit(busy.wait) for _ in range(publishing.BACKGROUND_THREADS)]
+    try:
+        for i in range(30):
+            publishing.publish_after_commit(
+                "coalesce.test", args=[f"id-{i}"], queue=queue, background=True, coalesce=True, app=app
+            )
+        publishing.publish_after_commit("coalesce.test", args=["alone"], queue=queue, background=True, app=app)
+        assert broker.llen(queue) == 0
+    finally:
+        busy.set()
+    for blocker in blockers:
+        blocker.result(timeout=5)
+    wait_until(lambda: publishing.waiting_publishes() == 0, timeout=15, interval=0.02)
+    try:
+        bodies = [json.loads(message) for message in broker.lrange(queue, 0, -1)]
+        args = sorted(json.loads(base64.b64decode(body["body"]))[0] for body in bodies)
+        assert args == sorted([[f"id-{i}" for i in range(30)], ["alone"]])
+    finally:
+        broker.delete(queue)

@@ -23,7 +23,7 @@ def test_valid_request_is_accepted_with_status_url_and_published_after_commit(ap
     assert response.status_code == 202
     body = response.json()
     notification = Notification.objects.get(pk=body["id"])
-    assert body["status"] == "pending"
+    assert body["status"] == "queued"
     assert body["status_url"].endswith(f"/api/v1/notifications/{notification.pk}")
     assert response["Location"] == body["status_url"]
     assert (notification.priority, notification.channel, notification.to) == ("security", "email", "ada@example.com")

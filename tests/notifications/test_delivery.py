@@ -60,7 +60,7 @@ def test_retry_after_is_honoured(ledger):
 def test_a_retry_is_not_claimable_before_it_is_due(ledger):
     ledger.set_fault("fcm", retry_after=30)
     notification = deliver(submit(channel="push", to="device-token-0123456789"))
-    assert notification_claim(notification_id=str(notification.pk)) is None
+    assert notification_claim(notification_ids=[str(notification.pk)]) == []
     assert Notification.objects.get(pk=notification.pk).attempts == notification.attempts
 
 
@@ -112,7 +112,7 @@ def test_a_notification_whose_worker_kept_dying_is_dead_lettered_at_the_claim(le
     Notification.objects.filter(pk=notification.pk).update(
         status="sending", attempts=max_attempts, lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    assert notification_claim(notification_id=str(notification.pk)) is None
+    assert notification_claim(notification_ids=[str(notification.pk)]) == []
     notification.refresh_from_db()
     assert (notification.status, notification.attempts) == ("dead", max_attempts)
     assert "did not finish" in DeadLetter.objects.get(subject_id=str(notification.pk)).message
@@ -125,7 +125,7 @@ def test_relay_publishes_what_nobody_will_pick_up(django_capture_on_commit_callb
     due_retry = submit(to="r@example.com")
     dead_worker = submit(to="s@example.com")
     fresh_queued = submit(to="q@example.com")
-    Notification.objects.filter(pk=stale_pending.pk).update(created_at=now - timedelta(minutes=5))
+    Notification.objects.filter(pk=stale_pending.pk).update(status="pending", created_at=now - timedelta(minutes=5))
     Notification.objects.filter(pk=due_retry.pk).update(status="failed", next_attempt_at=now - timedelta(seconds=1))
     Notification.objects.filter(pk=dead_worker.pk).update(status="sending", lease_expires_at=now - timedelta(seconds=1))
     Notification.objects.filter(pk=fresh_queued.pk).update(status="queued", queued_at=now)

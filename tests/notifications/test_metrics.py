@@ -21,7 +21,7 @@ def send(to: str, priority: str = "security") -> None:
     notification, _ = notification_send(
         priority=priority, channel="email", template="password_reset", context={"code": "123456"}, to=to
     )
-    notification_deliver(notification_id=str(notification.pk))
+    notification_deliver(notification_ids=[str(notification.pk)])
 
 
 def test_a_delivery_counts_a_send_and_its_latency(client, ledger):
@@ -69,13 +69,17 @@ def test_each_state_change_is_one_json_line_with_its_fields(ledger):
     handler.setFormatter(JsonFormatter())
     events = logging.getLogger("notifications.events")
     events.addHandler(handler)
+    level = events.level
+    events.setLevel(logging.DEBUG)  # each send's lines are DEBUG (EVENTS_LOG_LEVEL)
     try:
         send("json-log@example.com")
     finally:
         events.removeHandler(handler)
+        events.setLevel(level)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["outcome"] for line in lines] == ["sending", "sent"]
     sent = lines[-1]
+    assert sent["level"] == "DEBUG"
     assert {"notification_id", "priority", "channel", "provider", "attempt", "ts", "level"} <= set(sent)
     assert sent["to"] == "j***@example.com", "the address, masked"
     assert (sent["priority"], sent["channel"], sent["provider"], sent["attempt"]) == (
@@ -84,3 +88,23 @@ def test_each_state_change_is_one_json_line_with_its_fields(ledger):
         "postmark",
         1,
     )
+
+
+def test_a_send_writes_no_line_at_info_and_a_retry_does(ledger):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    events = logging.getLogger("notifications.events")
+    events.addHandler(handler)
+    level = events.level
+    events.setLevel(logging.INFO)
+    try:
+        send("quiet-log@example.com")
+        ledger.set_fault("postmark", error_rate=1.0, status=503)
+        ledger.set_fault("smtp", error_rate=1.0)
+        send("loud-log@example.com", priority="transactional")
+    finally:
+        events.removeHandler(handler)
+        events.setLevel(level)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["to"], line["outcome"]) for line in lines] == [("l***@example.com", "retry")]

@@ -98,7 +98,7 @@ def test_only_marketing_waits_for_quiet_hours(ledger, priority, waits):
         to="night-owl@example.com",
     )  # fmt: skip
     with override_settings(MARKETING_QUIET_HOURS=quiet_hours_around_now()):
-        notification_deliver(notification_id=str(notification.pk))
+        notification_deliver(notification_ids=[str(notification.pk)])
 
     notification = Notification.objects.get(pk=notification.pk)
     if waits:

@@ -125,20 +125,20 @@ def test_an_address_the_vendor_refuses_is_dead_lettered_and_suppressed_not_sent(
 
 def test_a_worker_whose_clock_runs_ahead_cannot_take_over_a_live_lease(ledger, monkeypatch):
     notification = submit()
-    assert notification_claim(notification_id=str(notification.pk)) is not None
+    assert notification_claim(notification_ids=[str(notification.pk)])
     real_now = timezone.now
     monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(seconds=30))
 
-    assert notification_claim(notification_id=str(notification.pk)) is None, "the lease is still live in PostgreSQL"
+    assert notification_claim(notification_ids=[str(notification.pk)]) == [], "the lease is still live in PostgreSQL"
     assert Notification.objects.get(pk=notification.pk).attempts == 1
 
 
 def test_only_the_worker_holding_the_claim_records_the_outcome(ledger):
     notification = submit()
-    first = notification_claim(notification_id=str(notification.pk))
+    (first,) = notification_claim(notification_ids=[str(notification.pk)])
     Notification.objects.filter(pk=notification.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    second = notification_claim(notification_id=str(notification.pk))
-    assert second is not None and second.claim_token != first.claim_token
+    (second,) = notification_claim(notification_ids=[str(notification.pk)])
+    assert second.claim_token != first.claim_token
 
     record_sent([(first, "postmark", "late-message-id")])
 

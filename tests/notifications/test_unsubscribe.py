@@ -15,7 +15,7 @@ def send(ledger, priority: str):
         priority=priority, channel="email", template="newsletter", to="ada@example.com",
         context={"headline": "News", "body": "Hello"},
     )  # fmt: skip
-    notification_deliver(notification_id=str(notification.pk))
+    notification_deliver(notification_ids=[str(notification.pk)])
     (entry,) = ledger.entries(idempotency_key=notification.idempotency_key)
     return notification, entry
 

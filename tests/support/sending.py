@@ -32,7 +32,7 @@ def submit(
 
 def deliver(notification: Notification) -> Notification:
     """One delivery attempt, then the row as it is now."""
-    notification_deliver(notification_id=str(notification.pk))
+    notification_deliver(notification_ids=[str(notification.pk)])
     notification.refresh_from_db()
     return notification
 
