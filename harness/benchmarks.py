@@ -5,6 +5,7 @@ Every figure comes from real processes (gunicorn, `celery worker` pools, the san
 database and Redis database; nothing here is asserted, it is measured and written to bench-results/.
 """
 
+import asyncio
 import bisect
 import os
 import statistics
@@ -14,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -25,7 +27,7 @@ from harness.processes import WebProcess, WorkerProcess
 from harness.sandbox.process import SandboxProcess, free_port
 from harness.waiting import wait_until
 from jobs.redis import broker_client
-from notifications.models import ApiToken, Campaign, CampaignBatch, Recipient
+from notifications.models import ApiToken, Campaign, CampaignBatch, Notification, NotificationStatus, Recipient
 from settings.topology import FANOUT_QUEUE, Priority, pool_queues
 
 MARKETING_QUEUE = "marketing.email"
@@ -52,8 +54,8 @@ class Platform:
         self.processes.append(worker.start())
         return worker
 
-    def web(self) -> WebProcess:
-        web = WebProcess(port=free_port(), log_path=self.log_dir / "web.log")
+    def web(self, *, workers: int = 2, threads: int = 1) -> WebProcess:
+        web = WebProcess(port=free_port(), log_path=self.log_dir / "web.log", workers=workers, threads=threads)
         self.processes.append(web.start())
         return web
 
@@ -85,7 +87,8 @@ def ensure_recipients(count: int) -> float | None:
     return time.monotonic() - started
 
 
-def api_session(base_url: str) -> requests.Session:
+def api_token() -> str:
+    """A new API token of the bench user, who may send and start campaigns."""
     user, _ = get_user_model().objects.get_or_create(username="bench")
     user.user_permissions.add(
         *Permission.objects.filter(
@@ -93,10 +96,80 @@ def api_session(base_url: str) -> requests.Session:
         )
     )
     _, key = ApiToken.issue(user, may_send_security=True)
+    return key
+
+
+def api_session(base_url: str) -> requests.Session:
     session = requests.Session()
-    session.headers["Authorization"] = f"Token {key}"
+    session.headers["Authorization"] = f"Token {api_token()}"
     session.base_url = base_url
     return session
+
+
+def api_load(*, web: WebProcess, count: int, connections: int, run: str) -> dict[str, Any]:
+    """POST `count` transactional e-mails to /api/v1/notifications over `connections` concurrent keep-alive
+    connections (an asyncio client in this process); requests/s, latency percentiles, status codes."""
+    url = f"{web.url}/api/v1/notifications"
+    headers = {"Authorization": f"Token {api_token()}"}
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    numbers = iter(range(count))
+
+    async def connection_loop(session: aiohttp.ClientSession) -> None:
+        for i in numbers:
+            body = {"priority": Priority.TRANSACTIONAL, "channel": "email", "template": "order_shipped",
+                    "to": f"api-{run}-{i}@example.com", "context": {"name": "Ada", "order_number": f"B-{i}"}}  # fmt: skip
+            began = time.perf_counter()
+            async with session.post(url, json=body) as response:
+                await response.read()
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+            latencies.append(time.perf_counter() - began)
+
+    async def main() -> float:
+        connector = aiohttp.TCPConnector(limit=connections)
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+            began = time.perf_counter()
+            await asyncio.gather(*(connection_loop(session) for _ in range(connections)))
+            return time.perf_counter() - began
+
+    elapsed = asyncio.run(main())
+    latencies.sort()
+    return {
+        "requests": count,
+        "connections": connections,
+        "requests_per_second": round(count / elapsed, 1),
+        "latency_ms": {
+            "p50": round(statistics.median(latencies) * 1000, 1),
+            "p99": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000, 1),
+            "max": round(latencies[-1] * 1000, 1),
+        },
+        "statuses": {str(code): n for code, n in sorted(statuses.items())},
+    }
+
+
+def api(*, platform: Platform, count: int, connections: int, concurrency: int) -> dict[str, Any]:
+    """Scenario: the HTTP API under load, gunicorn as `make run` starts it (2 workers, 4 threads each): first
+    with the workers stopped (the web tier alone), then while a transactional pool drains what it accepted."""
+    web = platform.web(workers=2, threads=4)
+    run = uuid.uuid4().hex[:8]
+    api_load(web=web, count=min(count, 200), connections=connections, run=f"{run}-warm")
+    alone = api_load(web=web, count=count, connections=connections, run=f"{run}-alone")
+    platform.pool(Priority.TRANSACTIONAL, concurrency=concurrency)
+    draining = api_load(web=web, count=count, connections=connections, run=f"{run}-drain")
+    accepted = Notification.objects.filter(to__startswith=f"api-{run}-")
+    wait_until(
+        lambda: not accepted.exclude(status=NotificationStatus.SENT).exists(),
+        timeout=600,
+        interval=0.5,
+        what="the API's notifications to be sent",
+    )
+    accepted.delete()
+    return {
+        "scenario": "HTTP API, POST /api/v1/notifications",
+        "web": "gunicorn, 2 workers x 4 threads",
+        "workers_stopped": alone,
+        "while_workers_drain": {**draining, "worker_processes": concurrency},
+    }
 
 
 class RedisSampler(threading.Thread):
@@ -212,7 +285,36 @@ def limiter(*, platform: Platform, duration: float, concurrency: int) -> dict[st
     Marketing's share is set to 1 for this run, so the figure is the limiter's, not the share's.
     """
     rate = settings.JOBS_RATE_LIMITS["postmark"]["rate_per_second"]
-    platform.pool(Priority.MARKETING, concurrency=concurrency, env={"POSTMARK_MARKETING_SHARE": "1.0"})
+    result = _campaign_sends(
+        platform=platform, duration=duration, concurrency=concurrency, env={"POSTMARK_MARKETING_SHARE": "1.0"}
+    )
+    return {
+        "scenario": "global rate limit, marketing e-mail",
+        "limit_per_second": rate,
+        "burst": settings.JOBS_RATE_LIMITS["postmark"].get("burst"),
+        **result,
+        "achieved_share_of_limit": round(result["achieved_per_second"] / rate, 4),
+    }
+
+
+#: The provider's limit for the unlimited run: far above what two cores can send, with a burst that lets one
+#: call carry a full Postmark batch (group_size is half the burst, at most 500).
+UNLIMITED = {"POSTMARK_RATE_PER_SECOND": "10000000", "POSTMARK_BURST": "1000", "POSTMARK_MARKETING_SHARE": "1.0"}
+
+
+def unlimited(*, platform: Platform, duration: float, concurrency: int) -> dict[str, Any]:
+    """Scenario 4: the campaign batch path with the provider's limit lifted: what the machine itself can send."""
+    return {
+        "scenario": "campaign sends, provider limit lifted",
+        "limit_per_second": int(UNLIMITED["POSTMARK_RATE_PER_SECOND"]),
+        **_campaign_sends(platform=platform, duration=duration, concurrency=concurrency, env=UNLIMITED),
+    }
+
+
+def _campaign_sends(*, platform: Platform, duration: float, concurrency: int, env: dict[str, str]) -> dict[str, Any]:
+    """The running campaign's marketing e-mail from `concurrency` worker processes (their environment `env`),
+    counted at the sandbox over `duration` seconds of steady state."""
+    platform.pool(Priority.MARKETING, concurrency=concurrency, env=env)
     sandbox = platform.sandbox
     sandbox.clear()  # a fresh ledger: what is read back is this run's, and the sandbox stays small
     start_seq = 0
@@ -231,14 +333,10 @@ def limiter(*, platform: Platform, duration: float, concurrency: int) -> dict[st
         per_second[int(moment)] = per_second.get(int(moment), 0) + 1
     keys = [e["idempotency_key"] for e in entries]
     return {
-        "scenario": "global rate limit, marketing e-mail",
-        "limit_per_second": rate,
-        "burst": settings.JOBS_RATE_LIMITS["postmark"].get("burst"),
         "worker_processes": concurrency,
         "seconds": round(window_end - window_start, 1),
         "sent": len(entries),
         "achieved_per_second": round(len(entries) / (window_end - window_start), 1),
-        "achieved_share_of_limit": round(len(entries) / (window_end - window_start) / rate, 4),
         "max_in_any_1s_window": _busiest_window(moments),
         "max_in_a_calendar_second": max(per_second.values(), default=0),
         "per_second": [per_second.get(second, 0) for second in range(int(window_start) + 1, int(window_end))],

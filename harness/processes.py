@@ -201,10 +201,13 @@ class WorkerProcess(ManagedProcess):
 class WebProcess(ManagedProcess):
     """The web tier as production runs it (gunicorn on the WSGI app), for benchmarks that go through HTTP."""
 
-    def __init__(self, *, port: int, log_path: Path, workers: int = 2, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, *, port: int, log_path: Path, workers: int = 2, threads: int = 1, env: Mapping[str, str] | None = None
+    ) -> None:
         command = [
             sys.executable, "-m", "gunicorn", "settings.wsgi:application", "--config", "settings/gunicorn_conf.py",
-            "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--log-level", "warning",
+            "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
+            "--log-level", "warning",
         ]  # fmt: skip
         super().__init__("web server", command, log_path=log_path, env=env)
         self.port = port

@@ -2,6 +2,7 @@
 
 JobError                 a failure of one attempt; carries what the retry policy needs
  +-- TransientError      may succeed later: timeout, connection error, 5xx, 429 (retry_after)
+ |    +-- NotCalled      this item of a batch was not sent at all: the remote asked us to wait first
  +-- PermanentError      will fail again: invalid recipient, other 4xx, invalid payload
 ConfigurationError       deliberately outside the tree: bad credentials or settings are
                          an operator's problem, never swallowed as an ordinary failure
@@ -41,6 +42,11 @@ class TransientError(JobError):
         super().__init__(message, status=status, response_text=response_text)
         self.retry_after = retry_after
         self.unknown_outcome = unknown_outcome
+
+
+class NotCalled(TransientError):
+    """An item of a batch that was never sent: an earlier item's answer (a 429, refused credentials) said the
+    remote would refuse it too.  No attempt is used; `retry_after` is the pace the remote asked for."""
 
 
 class PermanentError(JobError):

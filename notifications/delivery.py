@@ -66,6 +66,8 @@ WITH claimed AS (
         outcome_unknown = n.outcome_unknown OR n.status = 'sending',
         updated_at = statement_timestamp()
     WHERE n.id = ANY(%(ids)s::uuid[]) AND {_CLAIMABLE} AND n.attempts < {_MAX_ATTEMPTS}
+        -- A row that may have killed its worker is taken only by a message of its own (see notification_claim).
+        AND (%(alone)s OR NOT (n.outcome_unknown OR n.status = 'sending'))
     RETURNING {_COLUMNS}, false AS exhausted
 )
 SELECT * FROM claimed
@@ -84,7 +86,7 @@ UPDATE notifications_notification n SET
 FROM (
     SELECT id FROM notifications_notification
     WHERE priority = %(priority)s AND status = 'queued' AND channel = %(channel)s AND campaign_id IS NULL
-        AND attempts < %(max_attempts)s
+        AND attempts < %(max_attempts)s AND NOT outcome_unknown
     ORDER BY updated_at LIMIT %(more)s FOR UPDATE SKIP LOCKED
 ) waiting
 WHERE n.id = waiting.id AND n.status = 'queued'
@@ -105,6 +107,11 @@ def notification_claim(*, notification_ids: list[str], batch: bool = False) -> l
     same priority and channel, queued, oldest first, skipping rows another worker is taking: they go
     in the same provider call.  Their own messages, when they arrive, find them taken and cost one
     UPDATE of no row.
+
+    A row that may have killed its worker (its lease ran out while sending, or its outcome is unknown)
+    is only ever taken alone: by a message that names only it (the relay publishes such rows one per
+    message), with nothing taken along.  So a poison message dies alone after its attempts, instead of
+    taking the rows of its batch with it each time.
     """
     for notification_id in notification_ids:
         try:
@@ -112,7 +119,12 @@ def notification_claim(*, notification_ids: list[str], batch: bool = False) -> l
         except ValueError:
             raise ValidationError(f"{notification_id!r} is not a notification id") from None
     params = {f"max_{p}": retry_policy(p).max_attempts for p in Priority.values}
-    params.update(ids=[str(i) for i in notification_ids], lease=claim_lease().total_seconds(), token=uuid.uuid4())
+    params.update(
+        ids=[str(i) for i in notification_ids],
+        alone=len(notification_ids) == 1,
+        lease=claim_lease().total_seconds(),
+        token=uuid.uuid4(),
+    )
     found = list(Notification.objects.raw(_CLAIM_SQL, params))
     claimed = [row for row in found if not row.exhausted]
     for exhausted in (row for row in found if row.exhausted):
@@ -123,7 +135,7 @@ def notification_claim(*, notification_ids: list[str], batch: bool = False) -> l
             claimed=False,
         )
     queues = {(row.priority, row.channel) for row in claimed}
-    if batch and len(queues) == 1 and all(row.campaign_id is None for row in claimed):
+    if batch and len(queues) == 1 and all(row.campaign_id is None and not row.outcome_unknown for row in claimed):
         ((priority, channel),) = queues
         more = min(settings.NOTIFICATIONS_SINGLE_BATCH, group_size(priority=priority, channel=channel)) - len(claimed)
         if more > 0:
@@ -139,7 +151,7 @@ def notification_deliver(*, notification_ids: list[str]) -> None:
     notification_claim): one provider call for each priority, channel and campaign among them."""
     rows = notification_claim(notification_ids=notification_ids, batch=True)
     if not rows:
-        logger.debug("notifications %s: not claimable (done, owned by another worker, or not due)", notification_ids)
+        logger.info("notifications %s: not claimable (done, owned by another worker, or not due)", notification_ids)
         return
     notifications_events((row, "sending", "", "", {}) for row in rows)
     groups: dict[tuple, list[Notification]] = {}
@@ -171,7 +183,8 @@ def _deliver_group(rows: list[Notification]) -> None:
     for delivery in unsent.deliveries if unsent is not None else ():
         # Nobody could be called (breakers open, every provider busy): no attempt used; the
         # time budget still bounds the wait.
-        record_retry(delivery.row, unsent.reason, provider=delivery.row.provider, retry_after=unsent.wait, called=False)
+        reason = "; ".join(delivery.errors) or unsent.reason
+        record_retry(delivery.row, reason, provider=delivery.row.provider, retry_after=unsent.wait, called=False)
 
 
 def _not_held(rows: list[Notification], campaign: Campaign | None) -> list[Notification]:

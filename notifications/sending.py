@@ -42,7 +42,7 @@ from django.utils import timezone
 
 from jobs.breaker import OPEN, PACED, CircuitBreaker, Permit, breaker_config
 from jobs.deadletters import deadletter_record
-from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
+from jobs.errors import ConfigurationError, JobError, NotCalled, PermanentError, TransientError
 from jobs.ratelimit import RateLimiter, rate_limiter_for
 from jobs.retry import retry_policy
 from notifications import task_names
@@ -248,6 +248,11 @@ def _call(
         if isinstance(result, SendResult) and result.message_id:
             sent.append((delivery, result.message_id))
             up = True
+            continue
+        if isinstance(result, NotCalled):
+            # Never sent: an earlier message of the call was told to wait.  No attempt; the next provider may take it.
+            delivery.errors.append(str(result))
+            delivery.retry_after = max(delivery.retry_after, result.retry_after or DEFAULT_PACE_SECONDS)
             continue
         if isinstance(result, SendResult):
             # What the vendor says is what we record: "OK" without its message id is no acceptance.

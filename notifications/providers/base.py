@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
+from jobs.errors import ConfigurationError, JobError, NotCalled, PermanentError, TransientError
 from notifications.rendering import RenderedMessage
 
 
@@ -60,13 +60,22 @@ class BaseProvider:
         raise NotImplementedError
 
     def send_batch(self, messages: list[OutboundMessage]) -> list[SendResult | JobError]:
-        """Send several messages; one result or classified error per message, in order."""
+        """Send several messages; one result or classified error per message, in order.
+
+        One request per message (vendors without a batch endpoint).  After a 429 the rest are not sent
+        (NotCalled): the vendor asked for no more calls for a while.
+        """
         results: list[SendResult | JobError] = []
-        for message in messages:
+        for index, message in enumerate(messages):
             try:
                 results.append(self.send(message))
+                continue
             except JobError as exc:
                 results.append(exc)
+                if not (isinstance(exc, TransientError) and exc.status == 429):
+                    continue
+                rest = NotCalled(f"{self.name}: not called, it asked us to wait", retry_after=exc.retry_after)
+                return results + [rest] * (len(messages) - index - 1)
         return results
 
     def look_up(self, message: OutboundMessage, *, since: datetime) -> SendResult | None:

@@ -96,3 +96,37 @@ def test_a_duplicate_key_writes_nothing_not_even_a_recipient():
     )
     assert (created, created_again, again.pk) == (True, False, first.pk)
     assert list(Recipient.objects.values_list("email", flat=True)) == ["key@example.com"]
+
+
+def test_a_row_whose_worker_died_is_only_taken_alone(ledger):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    suspect, other, waiting = (submit(to=f"suspect{i}@example.com") for i in range(3))
+    # Its worker died mid-call: still sending, its lease run out.
+    Notification.objects.filter(pk=suspect.pk).update(
+        status="sending", attempts=1, lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+    taken = notification_claim(notification_ids=[str(suspect.pk), str(other.pk)], batch=True)
+    assert suspect.pk not in {row.pk for row in taken}, "a message naming others does not take it"
+
+    Notification.objects.filter(pk__in=[row.pk for row in taken]).update(status="queued")
+    (alone,) = notification_claim(notification_ids=[str(suspect.pk)], batch=True)
+    assert (alone.pk, alone.outcome_unknown) == (suspect.pk, True), "its own message takes it, and nothing along"
+    assert Notification.objects.get(pk=waiting.pk).status == "queued"
+
+
+def test_a_429_stops_a_batch_of_single_calls_and_the_rest_use_no_attempt(ledger):
+    ledger.set_fault("fcm", retry_after=30)
+    devices = [submit(channel="push", to=f"device-token-batch-{i:04d}") for i in range(4)]
+
+    deliver(devices[0])
+
+    assert ledger.stats()["fcm"]["rejected"] == 1, "one call answered 429; the vendor was not called again"
+    rows = Notification.objects.filter(pk__in=[n.pk for n in devices])
+    assert {row.status for row in rows} == {"failed"}
+    assert {row.attempts for row in rows} == {0}, "a 429 or a call not made uses no attempt"
+    assert {row.next_attempt_at is not None for row in rows} == {True}
+    assert sum("HTTP 429" in row.last_error for row in rows) == 1, "each row says what happened to it"

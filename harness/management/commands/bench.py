@@ -17,20 +17,21 @@ from urllib.parse import urlparse
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connections
+from django.db import connection, connections
 
 from harness import benchmarks
 from harness.processes import WorkerProcess
 from harness.sandbox.process import SandboxProcess
 from harness.waiting import WaitTimeout, wait_until
-from jobs.redis import redis_client
+from jobs import publishing
+from jobs.redis import broker_client, redis_client
 from jobs.tasks import probe
 from notifications.models import Notification, NotificationStatus, Recipient
 from notifications.services import notification_send
 from settings.topology import Priority
 
 RESULTS = Path(settings.BASE_DIR) / "bench-results"
-SCENARIOS = ("throughput", "fanout", "limiter", "blast")
+SCENARIOS = ("throughput", "api", "fanout", "limiter", "blast", "unlimited")
 QUEUE = "transactional.email"
 
 
@@ -52,6 +53,8 @@ class Command(BaseCommand):
         parser.add_argument("--recipients", type=int, default=5_000_000, help="fan-out audience (default 5,000,000)")
         parser.add_argument("--duration", type=float, default=60.0, help="seconds of the limiter and blast runs")
         parser.add_argument("--marketing-workers", type=int, default=4, help="marketing worker processes (default 4)")
+        parser.add_argument("--api-requests", type=int, default=3000, help="requests per API run (default 3000)")
+        parser.add_argument("--api-connections", type=int, default=16, help="concurrent API connections (default 16)")
         parser.add_argument(
             "--keep-campaign",
             action="store_true",
@@ -68,6 +71,7 @@ class Command(BaseCommand):
         if options["recipients"] < 1 or options["duration"] <= 0 or options["marketing_workers"] < 1:
             raise CommandError("--recipients, --duration and --marketing-workers must be positive")
         self.submitters = submitters
+        self.baseline_rate: float | None = None
         redis_client().ping()
         log_dir = RESULTS / "logs"
         sandbox = SandboxProcess(
@@ -79,7 +83,9 @@ class Command(BaseCommand):
         try:
             if "throughput" in scenarios:
                 self._throughput(sandbox, log_dir, count, concurrency, output)
-            campaign = [s for s in scenarios if s != "throughput"]
+            if "api" in scenarios:
+                self._api(sandbox, log_dir, concurrency, options)
+            campaign = [s for s in scenarios if s not in ("throughput", "api")]
             if campaign:
                 self._campaigns(sandbox, log_dir, campaign, options)
         except WaitTimeout as exc:
@@ -105,6 +111,17 @@ class Command(BaseCommand):
                 )
                 platform.stop()
                 self._print(results["limiter"])
+            if "unlimited" in scenarios:
+                results["unlimited"] = benchmarks.unlimited(
+                    platform=platform, duration=options["duration"], concurrency=workers
+                )
+                if self.baseline_rate is not None:
+                    results["unlimited"]["baseline_celery_noop_per_s"] = round(self.baseline_rate, 1)
+                    results["unlimited"]["ratio_to_baseline"] = round(
+                        results["unlimited"]["achieved_per_second"] / self.baseline_rate, 2
+                    )
+                platform.stop()
+                self._print(results["unlimited"])
             if "blast" in scenarios:
                 results["blast"] = benchmarks.blast(
                     platform=platform, web=web, duration=options["duration"], per_second=5, concurrency=workers
@@ -122,6 +139,24 @@ class Command(BaseCommand):
         path.write_text(json.dumps(results, indent=2) + "\n")
         self.stdout.write(f"written to {path}")
 
+    def _api(self, sandbox: SandboxProcess, log_dir: Path, concurrency: int, options: dict) -> None:
+        platform = benchmarks.Platform(log_dir, sandbox)
+        try:
+            result = benchmarks.api(
+                platform=platform,
+                count=options["api_requests"],
+                connections=options["api_connections"],
+                concurrency=concurrency,
+            )
+        finally:
+            platform.stop()
+        result["machine"] = {"cpus": os.cpu_count(), "python": platform_module.python_version()}
+        result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        path = RESULTS / "api.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        self._print(result)
+        self.stdout.write(f"written to {path}")
+
     def _print(self, result: dict) -> None:
         self.stdout.write(f"\n== {result['scenario']}")
         for key, value in result.items():
@@ -136,9 +171,17 @@ class Command(BaseCommand):
             self._baseline(min(count, 200))
             self._notifications(min(count, 50), sandbox)
             baseline = self._baseline(count)
+            self.baseline_rate = baseline["rate"]
             notifications = self._notifications(count, sandbox)
         finally:
             worker.stop()
+        # Read once the workers are gone: a backend reports its statistics when it exits, an idle one only
+        # every few seconds.
+        before, after = notifications["counters_before"], _database_counters()
+        statements = after["statements"] - before["statements"] if before["statements"] is not None else None
+        notifications["transactions"] = round((after["transactions"] - before["transactions"]) / count, 2)
+        notifications["statements"] = round(statements / count, 2) if statements is not None else None
+        one_process = self._submit_one_process(count)
         result = {
             "scenario": "end-to-end throughput, transactional e-mail",
             "count": count,
@@ -149,6 +192,10 @@ class Command(BaseCommand):
             "notifications_per_s": round(notifications["rate"], 1),
             "ratio": round(notifications["rate"] / baseline["rate"], 3),
             "submit_per_s": round(notifications["submit_rate"], 1),
+            "submit_one_process_per_s": round(one_process, 1),
+            "postgres_transactions_per_notification": notifications["transactions"],
+            "postgres_statements_per_notification": notifications["statements"],
+            "broker_messages_per_notification": notifications["messages"],
             "ledger_entries": notifications["ledger"],
             "duplicates": notifications["duplicates"],
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -163,6 +210,10 @@ class Command(BaseCommand):
                     f"{'notifications, submit -> sandbox':<40}{result['notifications_per_s']:>12.1f}",
                     f"{'ratio notifications / baseline':<40}{result['ratio']:>12.3f}",
                     f"{'submit only (service function)':<40}{result['submit_per_s']:>12.1f}",
+                    f"{'submit only, one process':<40}{result['submit_one_process_per_s']:>12.1f}",
+                    f"per notification: {result['postgres_transactions_per_notification']} PostgreSQL transactions, "
+                    f"{result['postgres_statements_per_notification']} statements (pg_stat_statements, if loaded), "
+                    f"{result['broker_messages_per_notification']} broker messages",
                     f"{count} messages each, {concurrency} worker processes, {self.submitters} submitting processes",
                     f"ledger entries {result['ledger_entries']} for {count} notifications, duplicates {result['duplicates']}",
                     f"written to {output}",
@@ -191,17 +242,28 @@ class Command(BaseCommand):
     def _notifications(self, count: int, sandbox: SandboxProcess) -> dict:
         run = uuid.uuid4().hex[:8]
         sandbox.clear()
+        counters = _database_counters()
+        received = _messages_received()
         start = time.monotonic()
         ids = self._in_parallel(_submit_notifications, count, run)
         submitted = time.monotonic()
-        rows = Notification.objects.filter(pk__in=ids)
+        # Done when the sandbox holds them all: as cheap to ask as the baseline's Redis counter (a poll of
+        # PostgreSQL every 50 ms would load the machine being measured).
         wait_until(
-            lambda: rows.filter(status__in=[NotificationStatus.SENT, NotificationStatus.FAILED]).count() >= count,
+            lambda: sandbox.ledger(limit=0)["count"] >= count,
             timeout=600,
             interval=0.05,
-            what="the notifications to be sent",
+            what="the notifications to reach the sandbox",
         )
         end = time.monotonic()
+        rows = Notification.objects.filter(pk__in=ids)
+        wait_until(
+            lambda: not rows.exclude(status__in=[NotificationStatus.SENT, NotificationStatus.DEAD]).exists(),
+            timeout=60,
+            interval=0.1,
+            what="every sent notification recorded",
+        )
+        messages = _messages_received() - received
         failed = rows.exclude(status=NotificationStatus.SENT).count()
         if failed:
             raise CommandError(f"{failed} of {count} notifications were not sent; see {RESULTS / 'logs'}")
@@ -214,7 +276,48 @@ class Command(BaseCommand):
             "submit_rate": count / (submitted - start),
             "ledger": len(entries),
             "duplicates": len(keys) - len(set(keys)),
+            "counters_before": counters,
+            "messages": round(messages / count, 3),
         }
+
+    def _submit_one_process(self, count: int) -> float:
+        """notification_send from this one process, the workers stopped; its rows and messages removed after."""
+        run = uuid.uuid4().hex[:8]
+        _submit_notifications(f"{run}-warm", range(min(count, 100)))
+        start = time.monotonic()
+        _submit_notifications(run, range(count))
+        publishing.shutdown()  # every publish out, as a long-lived process would do meanwhile
+        elapsed = time.monotonic() - start
+        Notification.objects.filter(to__startswith=f"bench-{run}").delete()
+        Recipient.objects.filter(email__startswith=f"bench-{run}").delete()
+        broker_client().delete(QUEUE)
+        return count / elapsed
+
+
+def _database_counters() -> dict:
+    """Transactions committed in the bench database so far, and statements run (pg_stat_statements, when the
+    server loads it)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        (transactions,) = cursor.fetchone()
+        statements = None
+        cursor.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'")
+        if cursor.fetchone():
+            cursor.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE dbid = "
+                           "(SELECT oid FROM pg_database WHERE datname = current_database())")  # fmt: skip
+            (statements,) = cursor.fetchone()
+    # The statistics collector lags by up to half a second.
+    return {"transactions": int(transactions), "statements": int(statements) if statements is not None else None}
+
+
+def _messages_received() -> int:
+    """Messages the bench's workers took off the queue so far (Celery's task-received events would need Flower;
+    the worker log's "received" lines are the same count)."""
+    log = RESULTS / "logs" / "worker.log"
+    if not log.exists():
+        return 0
+    with log.open(errors="replace") as lines:
+        return sum(1 for line in lines if "notifications.deliver[" in line and "received" in line)
 
 
 def _publish_probes(counter: str, indexes: range) -> list:
