@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -314,7 +315,7 @@ def unlimited(*, platform: Platform, duration: float, concurrency: int) -> dict[
 def _campaign_sends(*, platform: Platform, duration: float, concurrency: int, env: dict[str, str]) -> dict[str, Any]:
     """The running campaign's marketing e-mail from `concurrency` worker processes (their environment `env`),
     counted at the sandbox over `duration` seconds of steady state."""
-    platform.pool(Priority.MARKETING, concurrency=concurrency, env=env)
+    worker = platform.pool(Priority.MARKETING, concurrency=concurrency, env=env)
     sandbox = platform.sandbox
     sandbox.clear()  # a fresh ledger: what is read back is this run's, and the sandbox stays small
     start_seq = 0
@@ -323,9 +324,11 @@ def _campaign_sends(*, platform: Platform, duration: float, concurrency: int, en
         lambda: sandbox.entries(since_seq=start_seq, limit=1), timeout=60, what="a marketing e-mail in the sandbox"
     )
     time.sleep(2.0)
+    memory_before = _pool_memory(worker)
     window_start = time.time()
     time.sleep(duration)
     window_end = time.time()
+    memory_after = _pool_memory(worker)
     entries = [e for e in _ledger_since(sandbox, start_seq) if window_start <= e["accepted_ts"] < window_end]
     moments = [e["accepted_ts"] for e in entries]
     per_second: dict[int, int] = {}
@@ -341,6 +344,18 @@ def _campaign_sends(*, platform: Platform, duration: float, concurrency: int, en
         "max_in_a_calendar_second": max(per_second.values(), default=0),
         "per_second": [per_second.get(second, 0) for second in range(int(window_start) + 1, int(window_end))],
         "duplicates": len(keys) - len(set(keys)),
+        "worker_rss_mb_before_and_after": {
+            pid: [before, memory_after.get(pid)] for pid, before in memory_before.items()
+        },
+    }
+
+
+def _pool_memory(worker: WorkerProcess) -> dict[str, float]:
+    """Resident memory (MB) of a pool's processes, by pid: the main process and each child."""
+    main = psutil.Process(worker.pid)
+    return {
+        str(process.pid): round(process.memory_info().rss / 2**20, 1)
+        for process in [main, *main.children(recursive=True)]
     }
 
 
