@@ -854,12 +854,14 @@ def drill_retry_after(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dril
 
 
 class RowWatcher:
-    """Polls notification rows every 50 ms and remembers each (attempt, failed with a 429) it sees."""
+    """Polls notification rows every 50 ms and remembers each time it sees one failed with a 429."""
 
     def __init__(self, stack: ChaosStack) -> None:
         self.stack = stack
         self.ids: list[str] = []
-        self._seen: dict[tuple[str, int], tuple[float, float | None]] = {}
+        #: (id, when the row was written failing) -> (that moment, next attempt): two 429s of one attempt (a
+        #: refusal uses none) are two entries.
+        self._seen: dict[tuple[str, float], tuple[float, float | None]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -874,7 +876,7 @@ class RowWatcher:
     def refusals(self) -> dict[str, list[tuple[float, float | None]]]:
         """Per notification, (time the 429 was recorded, next attempt scheduled for), oldest first."""
         by_id: dict[str, list] = {}
-        for (notification_id, _attempt), seen in sorted(self._seen.items()):
+        for (notification_id, _written), seen in sorted(self._seen.items()):
             by_id.setdefault(notification_id, []).append(seen)
         return by_id
 
@@ -884,14 +886,14 @@ class RowWatcher:
 
         with psycopg.connect(self.stack.database_url, autocommit=True) as conn:
             while not self._stop.is_set():
-                for notification_id, attempts, status, error, updated, next_at in conn.execute(
-                    "SELECT id::text, attempts, status, last_error, extract(epoch from updated_at)::float8, "
+                for notification_id, status, error, updated, next_at in conn.execute(
+                    "SELECT id::text, status, last_error, extract(epoch from updated_at)::float8, "
                     "extract(epoch from next_attempt_at)::float8 FROM notifications_notification "
                     "WHERE id = ANY(%s::uuid[])",
                     (self.ids,),
                 ).fetchall():
                     if status == "failed" and "HTTP 429" in error:
-                        self._seen.setdefault((notification_id, attempts), (updated, next_at))
+                        self._seen.setdefault((notification_id, updated), (updated, next_at))
                 time.sleep(0.05)
 
 

@@ -9,11 +9,13 @@ import email.utils
 import os
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
 import requests
+import requests.adapters
 from urllib3.exceptions import NewConnectionError
 
 from jobs.errors import ConfigurationError, JobError, NotCalled, PermanentError, TransientError
@@ -151,12 +153,55 @@ def environment_once(session: requests.Session) -> requests.Session:
 
 
 class HttpProvider(BaseProvider):
-    """A provider that speaks JSON or form HTTP through one keep-alive session."""
+    """A provider that speaks JSON or form HTTP through one keep-alive session.
+
+    Its vendors take one message per request, so a batch goes out `concurrency` requests at a time on
+    kept-alive connections: a call's worth of SMS costs a few round trips, not one per message.
+    """
+
+    #: Requests of one batch in flight at once.
+    concurrency: ClassVar[int] = 8
 
     def __init__(self, *, name: str, timeout: float, api_url: str, **options: Any) -> None:
         super().__init__(name=name, timeout=timeout, **options)
         self.api_url = api_url if api_url.endswith("/") else api_url + "/"
         self.session = environment_once(requests.Session())
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=self.concurrency)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self._threads: ThreadPoolExecutor | None = None
+        self._threads_pid: int | None = None
+
+    def send_batch(self, messages: list[OutboundMessage]) -> list[SendResult | JobError]:
+        """As BaseProvider.send_batch, `concurrency` requests at a time; after a 429 nothing more is started."""
+        if len(messages) < 2 or self.concurrency < 2:
+            return super().send_batch(messages)
+        results: list[SendResult | JobError | None] = [None] * len(messages)
+        paced: list[TransientError] = []
+
+        def one(index: int) -> None:
+            if paced:
+                return
+            try:
+                results[index] = self.send(messages[index])
+            except TransientError as exc:
+                results[index] = exc
+                if exc.status == 429:
+                    paced.append(exc)
+            except JobError as exc:
+                results[index] = exc
+
+        list(self._pool().map(one, range(len(messages))))
+        wait = max((exc.retry_after or 0.0 for exc in paced), default=0.0) or None
+        rest = NotCalled(f"{self.name}: not called, it asked us to wait", retry_after=wait)
+        return [result if result is not None else rest for result in results]
+
+    def _pool(self) -> ThreadPoolExecutor:
+        # Threads do not survive a fork: a worker child makes its own.
+        if self._threads is None or self._threads_pid != os.getpid():
+            self._threads = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"{self.name}-send")
+            self._threads_pid = os.getpid()
+        return self._threads
 
     def send(self, message: OutboundMessage) -> SendResult:
         request = self.build_request(message)
@@ -190,4 +235,6 @@ class HttpProvider(BaseProvider):
         )
 
     def close(self) -> None:
+        if self._threads is not None and self._threads_pid == os.getpid():
+            self._threads.shutdown(wait=True)
         self.session.close()
