@@ -4,11 +4,13 @@ their batches, suppressed addresses and API tokens."""
 import hashlib
 import secrets
 import uuid
+from functools import cache
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
-from django.db import models
+from django.db import connection, models
 from django.db.models import Q
 
 # The vocabulary is the topology's (defined once there); the models use it for their choices.
@@ -345,7 +347,55 @@ def _hash_key(key: str) -> str:
 
 class ApiTokenQuerySet(models.QuerySet):
     def for_key(self, key: str) -> "ApiToken | None":
-        return self.filter(key_hash=_hash_key(key), revoked_at__isnull=True).select_related("user").first()
+        """The live token of `key`, its user, and the user's permissions, in one precompiled statement: the
+        permissions fill the cache Django's ModelBackend reads (user._perm_cache), so the request's has_perm
+        checks cost no query, and the ORM compiles nothing per request (that was most of an API call's time)."""
+        with connection.cursor() as cursor:
+            cursor.execute(_token_sql(), [_hash_key(key)])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        user_model = get_user_model()
+        token_fields, user_fields = _token_fields()
+        token = ApiToken.from_db(connection.alias, [f.attname for f in token_fields], row[: len(token_fields)])
+        user = user_model.from_db(connection.alias, [f.attname for f in user_fields], row[len(token_fields) : -1])
+        user._perm_cache = set(row[-1])
+        token.user = user
+        return token
+
+
+def _token_fields() -> tuple[list, list]:
+    return list(ApiToken._meta.concrete_fields), list(get_user_model()._meta.concrete_fields)
+
+
+@cache
+def _token_sql() -> str:
+    token_fields, user_fields = _token_fields()
+    user_model = get_user_model()
+    user_table = user_model._meta.db_table
+    groups = user_model.groups.through._meta.db_table
+    user_permissions = user_model.user_permissions.through._meta.db_table
+    group_model = user_model.groups.field.related_model
+    group_permissions = group_model.permissions.through._meta.db_table
+    permission_model = group_model.permissions.field.related_model
+    permissions = permission_model._meta.db_table
+    content_types = permission_model.content_type.field.related_model._meta.db_table
+    columns = ", ".join([f't."{f.column}"' for f in token_fields] + [f'u."{f.column}"' for f in user_fields])
+    # Bandit B608 (SQL built from strings): tables and columns are the models' own; the key hash is a parameter.
+    return f"""
+        SELECT {columns}, ARRAY(
+            SELECT ct.app_label || '.' || p.codename
+            FROM {permissions} p JOIN {content_types} ct ON ct.id = p.content_type_id
+            WHERE p.id IN (
+                SELECT permission_id FROM {user_permissions} WHERE user_id = t.user_id
+                UNION
+                SELECT gp.permission_id FROM {group_permissions} gp JOIN {groups} ug ON ug.group_id = gp.group_id
+                WHERE ug.user_id = t.user_id
+            )
+        )
+        FROM {ApiToken._meta.db_table} t JOIN {user_table} u ON u.id = t.user_id
+        WHERE t.key_hash = %s AND t.revoked_at IS NULL
+    """  # nosec B608
 
 
 class ApiToken(models.Model):

@@ -142,6 +142,37 @@ def test_revoked_token_is_401(client, api_user):
     assert response.status_code == 401
 
 
+def test_permissions_given_through_a_group_count_and_missing_ones_are_403(client, django_user_model):
+    """The token's query reads the user's own and group permissions at once (ModelBackend's cache)."""
+    from django.contrib.auth.models import Group, Permission
+
+    from notifications.models import ApiToken
+    from tests.support.api import SENDER_PERMISSIONS
+
+    senders = Group.objects.create(name="senders")
+    senders.permissions.add(*Permission.objects.filter(codename__in=SENDER_PERMISSIONS))
+    member = django_user_model.objects.create_user(username="member")
+    member.groups.add(senders)
+    _, key = ApiToken.issue(member, may_send_security=True)
+    response = client.post(URL, data=VALID, content_type="application/json", HTTP_AUTHORIZATION=f"Token {key}")
+    assert response.status_code == 202
+
+    senders.permissions.remove(Permission.objects.get(codename="send_security"))
+    response = client.post(URL, data=VALID, content_type="application/json", HTTP_AUTHORIZATION=f"Token {key}")
+    assert response.status_code == 403
+    assert "send_security" in response.json()["error"]
+
+
+def test_a_token_of_an_inactive_user_is_401(client, api_user):
+    from notifications.models import ApiToken
+
+    _, key = ApiToken.issue(api_user, may_send_security=True)
+    api_user.is_active = False
+    api_user.save()
+    response = client.post(URL, data=VALID, content_type="application/json", HTTP_AUTHORIZATION=f"Token {key}")
+    assert response.status_code == 401
+
+
 def test_unknown_notification_is_404(api):
     assert api.get(f"{URL}/00000000-0000-0000-0000-000000000000").status_code == 404
     assert api.get(f"{URL}/not-a-uuid").status_code == 404
