@@ -73,7 +73,8 @@ redis.call('DEL', KEYS[2])
 return state
 """
 
-# KEYS: state hash, probe lock. ARGV: threshold, probe token.  Returns the previous state when it changed, else ''.
+# KEYS: state hash, probe lock. ARGV: threshold, probe token, failures this call counts for.  Returns the previous
+# state when it changed, else ''.
 _FAILURE = (
     _NOW_MS
     + """
@@ -85,7 +86,7 @@ if state == 'half_open' then
   redis.call('DEL', KEYS[2])
   return state
 end
-local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', tonumber(ARGV[3] or '1'))
 if failures >= tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', now)
   return state
@@ -208,11 +209,14 @@ class CircuitBreaker:
         if previous:
             self._transition(previous.decode() if isinstance(previous, bytes) else previous, CLOSED, "probe succeeded")
 
-    def record_failure(self, reason: str = "", permit: Permit | None = None) -> None:
-        """The call failed: counts towards opening; reopens a half-open breaker if `permit` is its probe."""
+    def record_failure(self, reason: str = "", permit: Permit | None = None, *, count: int = 1) -> None:
+        """The call failed: counts towards opening (as `count` failures: a batch call that failed for 50 items
+        is 50 failed items, as 50 single calls would have been); reopens a half-open breaker if `permit` is
+        its probe."""
         try:
             previous = self._failure(
-                keys=[self.key, self.probe_key], args=[self.config.failure_threshold, permit.token if permit else ""]
+                keys=[self.key, self.probe_key],
+                args=[self.config.failure_threshold, permit.token if permit else "", max(1, count)],
             )
         except redis.RedisError:
             logger.warning("breaker %s: Redis unreachable; failure not recorded", self.name)

@@ -62,6 +62,9 @@ logger = logging.getLogger(__name__)
 JOB_NAME = task_names.DELIVER
 #: Longest a call sleeps for a busy provider (no token, paced) before it frees its worker slot.
 INLINE_WAIT_SECONDS = 1.0
+#: Longest an urgent call (security, transactional) waits for the primary's tokens before it goes to the next
+#: provider: the few milliseconds a call's worth of tokens takes to refill, not a saturated provider's wait.
+URGENT_TOKEN_WAIT_SECONDS = 0.1
 #: Pause applied to a provider that answered 429 without a Retry-After.
 DEFAULT_PACE_SECONDS = 1.0
 
@@ -212,10 +215,13 @@ def _walk(pending: list[Delivery], *, priority: str, channel: str, recount: bool
 
 
 def _tokens(limiter: RateLimiter | None, count: int, share: float, *, urgent: bool) -> float:
-    """0 once `count` tokens are taken; else the wait.  Urgent calls never sleep here: they try the next provider."""
+    """0 once `count` tokens are taken; else the wait.  Urgent calls wait only for a refill of a few milliseconds
+    (a batch may need more tokens than are in the bucket this instant); a longer wait, they try the next provider."""
     if limiter is None:
         return 0.0
-    return limiter.acquire_within(count, share=share, max_wait=0.0 if urgent else INLINE_WAIT_SECONDS)
+    return limiter.acquire_within(
+        count, share=share, max_wait=URGENT_TOKEN_WAIT_SECONDS if urgent else INLINE_WAIT_SECONDS
+    )
 
 
 def _note(deliveries: Iterable[Delivery], error: str) -> None:
@@ -243,6 +249,7 @@ def _call(
     sent: list[tuple[Delivery, str]] = []
     up = paced = False
     failure: Exception | None = None
+    failed = 0
     for delivery, result in zip(chunk, results, strict=True):
         delivery.last_provider = provider.name
         if isinstance(result, SendResult) and result.message_id:
@@ -271,6 +278,7 @@ def _call(
         else:
             delivery.called = True
             failure = failure or result
+            failed += 1
             if isinstance(result, TransientError):
                 delivery.retry_after = max(delivery.retry_after, result.retry_after or 0.0)
                 if result.unknown_outcome:
@@ -287,7 +295,9 @@ def _call(
     if up:
         breaker.record_success(permit)
     elif failure is not None:
-        breaker.record_failure(str(failure), permit)
+        # Each message the call failed for counts, so a batch opens the breaker after as many failed sends as
+        # single calls would: the rows of a failing batch do not spend their attempts while it stays closed.
+        breaker.record_failure(str(failure), permit, count=failed)
     else:
         breaker.release(permit)  # only 429s: the probe learned nothing
     if sent:

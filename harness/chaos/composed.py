@@ -476,10 +476,13 @@ def drill_replay_expired(stack: ChaosStack, plan: Plan, rng: random.Random) -> D
     ]
     submission = submit(stack, bodies)
     wait_final(stack, submission.ids, plan.final_timeout)
-    dead = stack.query(
-        "SELECT count(*) FROM notifications_notification WHERE id = ANY(%s::uuid[]) AND status = 'dead'",
-        (submission.ids,),
-    )[0][0]
+    before = dict(
+        stack.query(
+            "SELECT status, count(*) FROM notifications_notification WHERE id = ANY(%s::uuid[]) GROUP BY status",
+            (submission.ids,),
+        )
+    )
+    dead = before.get("dead", 0)
     stack.execute(
         "UPDATE notifications_notification SET created_at = now() - interval '1 day' WHERE id = ANY(%s::uuid[])",
         (submission.ids,),
@@ -507,7 +510,10 @@ def drill_replay_expired(stack: ChaosStack, plan: Plan, rng: random.Random) -> D
             "every notification was dead before the replay": dead == plan.replay_letters == len(letters),
             "all sent after the replay": outcome.sent == plan.replay_letters,
         },
-        notes=[f"{len(letters)} dead letters replayed at the start of a 2s outage of postmark and smtp"],
+        notes=[
+            f"before the replay: rows {before}, {len(letters)} open dead letters",
+            f"{len(letters)} dead letters replayed at the start of a 2s outage of postmark and smtp",
+        ],
     )
 
 

@@ -33,6 +33,13 @@ def test_opens_after_consecutive_failures_and_short_circuits(breaker):
     ]
 
 
+def test_a_call_that_failed_for_several_items_counts_each(breaker):
+    breaker.record_failure("batch of 2 failed", count=2)
+    assert breaker.state() | {"opened_at_ms": None} == {"state": CLOSED, "failures": 2, "opened_at_ms": None}
+    breaker.record_failure("batch of 5 failed", count=5)
+    assert breaker.state()["state"] == OPEN
+
+
 def test_a_success_resets_the_count(breaker):
     breaker.record_failure()
     breaker.record_failure()

@@ -133,3 +133,16 @@ def test_a_429_stops_a_batch_of_single_calls_and_the_rest_use_no_attempt(ledger)
     assert {row.attempts for row in rows} == {0}, "a 429 or a call not made uses no attempt"
     assert {row.next_attempt_at is not None for row in rows} == {True}
     assert sum("HTTP 429" in row.last_error for row in rows) == rejected, "each row says what happened to it"
+
+
+def test_a_batch_that_fails_for_every_message_opens_the_breaker_at_once(ledger, settings):
+    from jobs.breaker import OPEN, CircuitBreaker
+
+    ledger.set_fault("postmark", outage=True)
+    waiting = [submit(to=f"outage{i}@example.com") for i in range(settings.JOBS_CIRCUIT_BREAKER["failure_threshold"])]
+
+    deliver(waiting[0])
+
+    assert CircuitBreaker("postmark").state()["state"] == OPEN, "as many failed sends as single calls would open it"
+    rows = Notification.objects.filter(pk__in=[n.pk for n in waiting])
+    assert {row.status for row in rows} == {"sent"}, "the fallback took them in the same attempt"
