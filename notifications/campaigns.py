@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -246,7 +246,7 @@ written AS (
     SELECT (%(prefix)s || '8' || lpad(to_hex(c.id), 15, '0'))::uuid, '', '', %(priority)s, %(channel)s, c.id,
            c.address, %(template)s, '{{}}'::jsonb, 'scheduled', 0, '', '', '', false, %(campaign)s, %(now)s, %(now)s
     FROM chosen c
-    ON CONFLICT DO NOTHING
+    {on_conflict}
     RETURNING 1
 ),
 bounds AS (
@@ -322,7 +322,7 @@ def _materialise(campaign: Campaign, segment: CampaignSegment, now) -> tuple[int
     if campaign.audience_tag:
         audience += " AND r.tags @> ARRAY[%(tag)s]::varchar(50)[]"
         params["tag"] = campaign.audience_tag
-    sql = _FANOUT_SQL.format(address=address, consent=MARKETING_CONSENT_FIELDS[campaign.channel], audience=audience)
+    parts = {"address": address, "consent": MARKETING_CONSENT_FIELDS[campaign.channel], "audience": audience}
     params.update(
         first=segment.first_recipient_id,
         last=segment.last_recipient_id,
@@ -334,7 +334,16 @@ def _materialise(campaign: Campaign, segment: CampaignSegment, now) -> tuple[int
         now=now,
         batch_size=settings.CAMPAIGN_BATCH_SIZE,
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        written, batch_ids = cursor.fetchone()
+    # A segment is written once (its row is locked and marked done in the same transaction), so its rows cannot
+    # exist yet: the insert skips the conflict checks of ON CONFLICT, a sixth of its time.  Should they exist all
+    # the same, the segment is written again with them, skipping what is there.
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_FANOUT_SQL.format(on_conflict="", **parts), params)
+            written, batch_ids = cursor.fetchone()
+    except IntegrityError:
+        logger.warning("campaign %s segment %s: rows already written; writing the rest", campaign.pk, segment.pk)
+        with connection.cursor() as cursor:
+            cursor.execute(_FANOUT_SQL.format(on_conflict="ON CONFLICT DO NOTHING", **parts), params)
+            written, batch_ids = cursor.fetchone()
     return written, list(batch_ids)

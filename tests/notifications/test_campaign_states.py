@@ -110,3 +110,21 @@ def test_a_run_that_ends_resets_the_count_of_runs_that_died(ledger):
     campaign_batch_send(batch_id=batch.pk)
     batch.refresh_from_db()
     assert (batch.status, batch.unfinished_runs) == ("done", 0)
+
+
+def test_a_segment_whose_rows_exist_already_is_written_without_them(ledger):
+    """The fan-out inserts without ON CONFLICT (a segment is written once); should its rows exist all the same, it
+    writes the others and counts only those."""
+    from notifications.campaigns import campaign_fanout_segment
+    from notifications.models import CampaignSegment, Notification
+    from tests.support.sending import fanned_out_campaign
+
+    campaign = fanned_out_campaign("rewritten", count=4)
+    segment = CampaignSegment.objects.get(campaign=campaign)
+    rows = Notification.objects.filter(campaign=campaign).order_by("pk")
+    kept = [row.pk for row in rows[:2]]
+    Notification.objects.filter(campaign=campaign).exclude(pk__in=kept).delete()
+    CampaignSegment.objects.filter(pk=segment.pk).update(done_at=None)
+
+    assert campaign_fanout_segment(segment_id=segment.pk) == 2
+    assert Notification.objects.filter(campaign=campaign).count() == 4
