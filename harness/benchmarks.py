@@ -324,11 +324,11 @@ def _campaign_sends(*, platform: Platform, duration: float, concurrency: int, en
         lambda: sandbox.entries(since_seq=start_seq, limit=1), timeout=60, what="a marketing e-mail in the sandbox"
     )
     time.sleep(2.0)
-    memory_before = _pool_memory(worker)
+    memory_before = pool_memory(worker)
     window_start = time.time()
     time.sleep(duration)
     window_end = time.time()
-    memory_after = _pool_memory(worker)
+    memory_after = pool_memory(worker)
     entries = [e for e in _ledger_since(sandbox, start_seq) if window_start <= e["accepted_ts"] < window_end]
     moments = [e["accepted_ts"] for e in entries]
     per_second: dict[int, int] = {}
@@ -350,7 +350,7 @@ def _campaign_sends(*, platform: Platform, duration: float, concurrency: int, en
     }
 
 
-def _pool_memory(worker: WorkerProcess) -> dict[str, float]:
+def pool_memory(worker: WorkerProcess) -> dict[str, float]:
     """Resident memory (MB) of a pool's processes, by pid: the main process and each child."""
     main = psutil.Process(worker.pid)
     return {

@@ -172,7 +172,9 @@ class Command(BaseCommand):
             self._notifications(min(count, 50), sandbox)
             baseline = self._baseline(count)
             self.baseline_rate = baseline["rate"]
+            memory_before = benchmarks.pool_memory(worker)
             notifications = self._notifications(count, sandbox)
+            memory_after = benchmarks.pool_memory(worker)
         finally:
             worker.stop()
         # Read once the workers are gone: a backend reports its statistics when it exits, an idle one only
@@ -196,6 +198,9 @@ class Command(BaseCommand):
             "postgres_transactions_per_notification": notifications["transactions"],
             "postgres_statements_per_notification": notifications["statements"],
             "broker_messages_per_notification": notifications["messages"],
+            "worker_rss_mb_before_and_after": {
+                pid: [before, memory_after.get(pid)] for pid, before in memory_before.items()
+            },
             "ledger_entries": notifications["ledger"],
             "duplicates": notifications["duplicates"],
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -216,6 +221,8 @@ class Command(BaseCommand):
                     f"{result['broker_messages_per_notification']} broker messages",
                     f"{count} messages each, {concurrency} worker processes, {self.submitters} submitting processes",
                     f"ledger entries {result['ledger_entries']} for {count} notifications, duplicates {result['duplicates']}",
+                    f"worker memory (MB) by pid, before and after the notifications: "
+                    f"{result['worker_rss_mb_before_and_after']}",
                     f"written to {output}",
                 ]
             )
