@@ -125,9 +125,11 @@ def notification_validate(
     context: dict[str, Any],
     to: str | None = None,
     recipient_id: int | None = None,
-) -> None:
-    """Raise ValidationError (field -> reason) unless a notification with these values can be sent."""
+) -> str | None:
+    """Raise ValidationError (field -> reason) unless a notification with these values can be sent; the address
+    `to` as it is stored (normalised), None without one."""
     errors: dict[str, str] = {}
+    address = None
     if priority not in Priority.values:
         errors["priority"] = f"unknown priority {priority!r}; expected one of {', '.join(Priority.values)}"
     if channel not in Channel.values:
@@ -138,13 +140,14 @@ def notification_validate(
         errors["to"] = "give exactly one of 'to' and 'recipient_id'"
     elif to is not None and "channel" not in errors:
         try:
-            _validate_address(channel, to)
+            address = _validate_address(channel, to)
         except ValidationError as exc:
             errors.update({k: " ".join(v) for k, v in exc.message_dict.items()})
     if errors:
         raise ValidationError(errors)
     context_check(template, context)
     render(template=template, channel=channel, context=context)
+    return address
 
 
 def notification_send(
@@ -166,7 +169,7 @@ def notification_send(
     request, raises IdempotencyConflict.  Invalid input raises ValidationError (a dict
     of field -> reason) and writes nothing.
     """
-    notification_validate(
+    address = notification_validate(
         priority=priority, channel=channel, template=template, context=context, to=to, recipient_id=recipient_id
     )
     key = idempotency_key or str(uuid.uuid4())
@@ -185,7 +188,7 @@ def notification_send(
     )
     try:
         if to is not None and channel != Channel.PUSH:
-            notification.to = _validate_address(channel, to)
+            notification.to = address
             _insert_with_recipient(notification, defaults=_new_recipient_defaults(priority, channel))
         else:
             with transaction.atomic():

@@ -76,9 +76,12 @@ class BaseProvider:
                 results.append(exc)
                 if not (isinstance(exc, TransientError) and exc.status == 429):
                     continue
-                rest = NotCalled(f"{self.name}: not called, it asked us to wait", retry_after=exc.retry_after)
-                return results + [rest] * (len(messages) - index - 1)
+                return results + [self.not_called(exc.retry_after)] * (len(messages) - index - 1)
         return results
+
+    def not_called(self, retry_after: float | None) -> NotCalled:
+        """What a message of a batch gets when it was not sent because the vendor answered 429 to another."""
+        return NotCalled(f"{self.name}: not called, it asked us to wait", retry_after=retry_after)
 
     def look_up(self, message: OutboundMessage, *, since: datetime) -> SendResult | None:
         """The vendor's record of `message` if it accepted it (sent no earlier than `since`), else None.
@@ -193,7 +196,7 @@ class HttpProvider(BaseProvider):
 
         list(self._pool().map(one, range(len(messages))))
         wait = max((exc.retry_after or 0.0 for exc in paced), default=0.0) or None
-        rest = NotCalled(f"{self.name}: not called, it asked us to wait", retry_after=wait)
+        rest = self.not_called(wait)
         return [result if result is not None else rest for result in results]
 
     def _pool(self) -> ThreadPoolExecutor:

@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import uuid
+from contextlib import contextmanager
 
 import pytest
 
@@ -63,20 +64,27 @@ def test_a_running_campaign_reports_its_progress(client):
     assert value(samples, "notify_campaign_messages", state="remaining", **labels) == 50
 
 
-def test_each_state_change_is_one_json_line_with_its_fields(ledger):
-    stream = io.StringIO()
+@contextmanager
+def event_lines(level: int):
+    """The JSON lines notifications.events writes at `level` meanwhile (a list, filled when the block ends)."""
+    stream, lines = io.StringIO(), []
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     events = logging.getLogger("notifications.events")
     events.addHandler(handler)
-    level = events.level
-    events.setLevel(logging.DEBUG)  # each send's lines are DEBUG (EVENTS_LOG_LEVEL)
+    previous = events.level
+    events.setLevel(level)
     try:
-        send("json-log@example.com")
+        yield lines
     finally:
         events.removeHandler(handler)
-        events.setLevel(level)
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        events.setLevel(previous)
+        lines.extend(json.loads(line) for line in stream.getvalue().splitlines())
+
+
+def test_each_state_change_is_one_json_line_with_its_fields(ledger):
+    with event_lines(logging.DEBUG) as lines:  # each send's lines are DEBUG (EVENTS_LOG_LEVEL)
+        send("json-log@example.com")
     assert [line["outcome"] for line in lines] == ["sending", "sent"]
     sent = lines[-1]
     assert sent["level"] == "DEBUG"
@@ -91,20 +99,9 @@ def test_each_state_change_is_one_json_line_with_its_fields(ledger):
 
 
 def test_a_send_writes_no_line_at_info_and_a_retry_does(ledger):
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    events = logging.getLogger("notifications.events")
-    events.addHandler(handler)
-    level = events.level
-    events.setLevel(logging.INFO)
-    try:
+    with event_lines(logging.INFO) as lines:
         send("quiet-log@example.com")
         ledger.set_fault("postmark", error_rate=1.0, status=503)
         ledger.set_fault("smtp", error_rate=1.0)
         send("loud-log@example.com", priority="transactional")
-    finally:
-        events.removeHandler(handler)
-        events.setLevel(level)
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(line["to"], line["outcome"]) for line in lines] == [("l***@example.com", "retry")]
