@@ -1,4 +1,5 @@
-"""Admin of the job runtime: the dead-letter table (inspect, replay, discard) and the circuit breakers' state."""
+"""Admin of the job runtime: durable jobs (inspect, retry now, cancel), the dead-letter table (inspect, replay,
+discard) and the circuit breakers' state."""
 
 import json
 
@@ -22,8 +23,9 @@ from jobs.deadletters import (
     deadletters_replay_in_background,
     deadletters_replay_many,
 )
+from jobs.durable import job_cancel, job_retry_now
 from jobs.masking import mask_personal_data
-from jobs.models import BreakerTransition, DeadLetter, DeadLetterStatus
+from jobs.models import BreakerTransition, DeadLetter, DeadLetterStatus, Job
 from jobs.selectors import (
     breaker_states,
     deadletter_facet_values,
@@ -305,3 +307,70 @@ class BreakerTransitionAdmin(admin.ModelAdmin):
             states, error = [], f"Redis is unreachable ({exc}); the current state cannot be read."
         extra_context = {**(extra_context or {}), "breaker_states": states, "breaker_states_error": error}
         return super().changelist_view(request, extra_context)
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    """Durable jobs: one line each; the arguments (masked) and the last error in full on the job's page."""
+
+    list_display = ("id", "name", "status", "attempts", "queue", "created_at", "next_attempt_at", "short_error")
+    list_filter = ("status", "name", "queue")
+    search_fields = ("=id", "=idempotency_key", "=order_key")
+    # A large table: the admin's count of every row on each page is skipped.
+    show_full_result_count = False
+    list_per_page = 50
+    fields = (
+        "name",
+        "status",
+        "attempts",
+        "max_attempts",
+        "queue",
+        "breaker",
+        "idempotency_key",
+        "order_key",
+        "masked_arguments",
+        "last_error",
+        "created_at",
+        "retry_from",
+        "queued_at",
+        "started_at",
+        "next_attempt_at",
+        "lease_expires_at",
+        "finished_at",
+    )
+    readonly_fields = fields
+    actions = ["retry_selected_now", "cancel_selected"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False
+
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("jobs.run_job")
+
+    @admin.display(description="last error")
+    def short_error(self, obj: Job) -> str:
+        return Truncator(mask_personal_data(obj.last_error)).chars(80)
+
+    @admin.display(description="arguments")
+    def masked_arguments(self, obj: Job) -> str:
+        return mask_personal_data(json.dumps(obj.arguments, indent=2, sort_keys=True, ensure_ascii=False))
+
+    @admin.action(description="Retry selected jobs now (those waiting for their next attempt)", permissions=["run"])
+    def retry_selected_now(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        done = sum(job_retry_now(job_id=pk) for pk in queryset.values_list("pk", flat=True)[:REPLAY_INLINE_LIMIT])
+        self.message_user(request, f"{done} job(s) will be tried now; the others were not waiting for a retry.")
+
+    @admin.action(description="Cancel selected jobs (those not started or waiting for a retry)", permissions=["run"])
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        outcomes = [job_cancel(job_id=pk) for pk in queryset.values_list("pk", flat=True)[:REPLAY_INLINE_LIMIT]]
+        done = sum(1 for cancelled, _ in outcomes if cancelled)
+        level = messages.SUCCESS if done == len(outcomes) else messages.WARNING
+        self.message_user(
+            request, f"{done} job(s) cancelled; {len(outcomes) - done} had already started or finished.", level
+        )

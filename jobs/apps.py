@@ -12,3 +12,8 @@ class JobsConfig(AppConfig):
         # The system checks; the runtime's tasks, registered in every process (web too), since they are
         # published by name and a replay asks whether a task of that name exists.
         from jobs import checks, tasks  # noqa: F401
+        from jobs.durable import job_definitions
+
+        # Every app's `tasks` module, where durable jobs are declared: a web process replays their dead
+        # letters and must know them as a worker does.
+        job_definitions()

@@ -16,6 +16,9 @@ collected) and adds scrape-time gauges with `register_gauges`.  Every name is in
     notify_breaker_state{breaker}                     0 closed, 1 half-open, 2 open
     notify_ratelimit_waits_total{limiter}             sends that had to wait for a token
     notify_ratelimit_wait_seconds_total{limiter}
+    notify_job_runs_total{job,outcome}                attempts of durable jobs (jobs/durable.py): succeeded,
+                                                      retried, deferred (not called: breaker, limit), dead
+    notify_job_seconds{job}                           how long an attempt took
 If Redis is unreachable an event is dropped (logged at debug): metrics never fail a send.
 """
 
@@ -142,6 +145,15 @@ RATELIMIT_WAITS = SharedCounter(
 )
 RATELIMIT_WAIT_SECONDS = SharedCounter(
     metric_name("ratelimit_wait_seconds_total"), "Seconds spent or scheduled waiting for tokens.", ("limiter",)
+)
+JOB_RUNS = SharedCounter(
+    metric_name("job_runs_total"), "Attempts of durable jobs, by job and outcome.", ("job", "outcome")
+)
+JOB_SECONDS = SharedHistogram(
+    metric_name("job_seconds"),
+    "Seconds one attempt of a durable job took.",
+    ("job",),
+    (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 # --- scrape-time gauges ------------------------------------------------------------
 

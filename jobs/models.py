@@ -68,3 +68,91 @@ class BreakerTransition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.breaker}: {self.from_state} -> {self.to_state}"
+
+
+class JobStatus(models.TextChoices):
+    #: Written; its message is not published yet (the broker refused it): the relay publishes it.
+    PENDING = "pending"
+    #: Published; waiting for a worker.
+    QUEUED = "queued"
+    #: An earlier job of its order key is not finished; that job's end wakes it.
+    WAITING = "waiting"
+    RUNNING = "running"
+    #: An attempt failed; the next one is due at `next_attempt_at`.
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    #: Failed for good; its dead letter says why and can replay it.
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+#: Statuses a job leaves only by running (or by a cancel); the rest are final.
+UNFINISHED_JOB_STATUSES = (
+    JobStatus.PENDING,
+    JobStatus.QUEUED,
+    JobStatus.WAITING,
+    JobStatus.RUNNING,
+    JobStatus.RETRYING,
+)
+
+
+class Job(models.Model):
+    """One durable job (jobs/durable.py): what to run, with which arguments, and how far it got.
+
+    The row is the record and the broker's message only a wake-up: attempts are counted here
+    at the claim, waits between attempts are held here, and the relay publishes again what a
+    lost message or a dead worker left behind.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    #: The job's declared name (`@job(name=...)`).
+    name = models.CharField(max_length=200)
+    queue = models.CharField(max_length=100)
+    #: The keyword arguments the job is called with (JSON).
+    arguments = models.JSONField(default=dict, blank=True)
+    #: The caller's key: a second enqueue with the same name and key returns the first job.
+    idempotency_key = models.CharField(max_length=200, blank=True, default="")
+    #: Jobs of the same name and order key run one after another, in the order they were enqueued.
+    order_key = models.CharField(max_length=200, blank=True, default="")
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField()
+    #: The breaker (and dead-letter dependency) the job's calls go through, when it names one.
+    breaker = models.CharField(max_length=100, blank=True, default="")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    #: The worker's claim: only the holder records the attempt's outcome.
+    claim_token = models.UUIDField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    #: Where the retry policy's time budget starts: the enqueue, or the last replay.
+    retry_from = models.DateTimeField()
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        permissions = [("run_job", "Can run, retry now or cancel jobs")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="job_idempotency_key_unique",
+            ),
+        ]
+        indexes = [
+            # The relay's and the admin's work lists: jobs not finished, by status.
+            models.Index(
+                fields=["status", "queue", "queued_at"],
+                condition=models.Q(status__in=UNFINISHED_JOB_STATUSES),
+                name="job_unfinished_idx",
+            ),
+            # "Is an earlier job of my order key unfinished?" and "which job is next?"
+            models.Index(fields=["name", "order_key", "id"], condition=~models.Q(order_key=""), name="job_order_idx"),
+            models.Index(fields=["name", "-id"], name="job_name_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk} ({self.status})"

@@ -253,6 +253,12 @@ CELERY_BEAT_SCHEDULE: dict = {
         # saw it), so the margin is far above any skew NTP lets through.
         "options": {"queue": "jobs.default", "expires": RELAY_EXPIRES_SECONDS},
     },
+    # The same for durable jobs (jobs/durable.py).
+    "jobs-relay": {
+        "task": "jobs.relay",
+        "schedule": RELAY_INTERVAL_SECONDS,
+        "options": {"queue": "jobs.default", "expires": RELAY_EXPIRES_SECONDS},
+    },
 }
 
 # --- Job runtime --------------------------------------------------------------
@@ -269,6 +275,8 @@ JOBS_RETRY_POLICIES = {
 #: Circuit breaker per provider (jobs/breaker.py), shared by all workers through Redis.
 #: The parts of a queue's name (<priority>.<channel>), for the dead-letter admin's and command's filters.
 JOBS_QUEUE_FACETS = topology.QUEUE_FACETS
+#: The queue of a durable job that names none (jobs/durable.py); the transactional pool consumes it.
+JOBS_DEFAULT_QUEUE = topology.JOBS_QUEUE
 #: The Prometheus namespace of every metric (notify_queue_depth, notify_sends_total, ...).
 JOBS_METRICS_NAMESPACE = "notify"
 JOBS_CIRCUIT_BREAKER = {

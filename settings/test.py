@@ -40,5 +40,7 @@ STORAGES = {
 }
 # Tests never collect static files; whitenoise need not look for them.
 WHITENOISE_AUTOREFRESH = True
+# The partner the chore job calls (tests/jobs/chores): a small limit, so the tests see it hold.
+JOBS_RATE_LIMITS = {**JOBS_RATE_LIMITS, "chores-partner": {"rate_per_second": 20, "burst": 2}}  # noqa: F405
 # A job that is not a notification (tests/jobs/chores): the job runtime's tests run on it.
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.jobs.chores"]  # noqa: F405

@@ -30,6 +30,8 @@ CHANNELS = tuple(Channel.values)
 #: Queue for job-runtime housekeeping (outbox relay, periodic sweeps); consumed
 #: by the transactional pool so it never competes with security sends.
 DEFAULT_QUEUE = "jobs.default"
+#: Durable jobs of any app (jobs/durable.py) that name no queue of their own; consumed by the transactional pool.
+JOBS_QUEUE = "jobs.work"
 #: Campaign fan-out tasks (write a segment of a campaign's notifications); consumed by
 #: the marketing pool beside its send queues, so a fan-out never waits behind batches.
 FANOUT_QUEUE = "marketing.fanout"
@@ -48,14 +50,14 @@ def queue_name(priority: str, channel: str) -> str:
 
 
 def all_queue_names() -> list[str]:
-    return [queue_name(p, c) for p in PRIORITIES for c in CHANNELS] + [DEFAULT_QUEUE, FANOUT_QUEUE]
+    return [queue_name(p, c) for p in PRIORITIES for c in CHANNELS] + [DEFAULT_QUEUE, JOBS_QUEUE, FANOUT_QUEUE]
 
 
 def pool_queues(priority: str) -> list[str]:
     """Queues the worker pool of one priority consumes."""
     queues = [queue_name(priority, c) for c in CHANNELS]
     if priority == Priority.TRANSACTIONAL:
-        queues.append(DEFAULT_QUEUE)
+        queues += [DEFAULT_QUEUE, JOBS_QUEUE]
     if priority == Priority.MARKETING:
         queues.append(FANOUT_QUEUE)
     return queues

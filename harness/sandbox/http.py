@@ -1,4 +1,5 @@
-"""The sandbox's HTTP side: Postmark, Twilio, FCM and Vonage look-alike routes and the /_sandbox control API.
+"""The sandbox's HTTP side: Postmark, Twilio, FCM and Vonage look-alike routes, a receiver for webhooks and partner
+calls (`/<name>/hooks/<path>`), and the /_sandbox control API.
 
 The first path segment is the provider name as configured (`/postmark-eu/email`); ledger and faults are keyed by it.
 """
@@ -154,6 +155,34 @@ class SandboxHTTP:
         if fault is not None:
             state.reject(provider, count)
         return fault, now
+
+    # --- a receiver: an application's webhook endpoint, a partner API --------------
+
+    async def hook(self, request: web.Request) -> web.Response:
+        """Accept any POST after the receiver's faults: the ledger keeps its path, Standard Webhooks headers and
+        body (`to` is the path after /hooks/, `idempotency_key` the webhook-id or Idempotency-Key).  Nothing
+        is deduplicated: a receiver that answered 2xx twice for one id shows both."""
+        provider = request.match_info["provider"]
+        raw = await request.read()
+        fault, now = await self._gate(provider, 1)
+        if fault is not None:
+            return _json({"error": _fault_text(provider, fault)}, fault.status, _retry_headers(fault))
+        headers = {
+            name.lower(): value
+            for name, value in request.headers.items()
+            if name.lower().startswith("webhook-") or name.lower() in ("idempotency-key", "content-type", "user-agent")
+        }
+        entry = self.state.accept(
+            provider=provider,
+            vendor="hook",
+            to=request.match_info["path"],
+            message_id=str(uuid.uuid4()),
+            now=now,
+            idempotency_key=headers.get("webhook-id") or headers.get("idempotency-key"),
+            body=raw.decode("utf-8", "replace"),
+            headers=headers,
+        )
+        return _json({"received": entry["message_id"]})
 
     # --- Postmark -------------------------------------------------------------
 
@@ -722,6 +751,7 @@ def create_app(state: SandboxState) -> web.Application:
     app.router.add_post("/_sandbox/faults", routes.set_fault)
     app.router.add_delete("/_sandbox/faults", routes.clear_faults)
     app.router.add_get("/_sandbox/held", routes.held)
+    app.router.add_post("/{provider}/hooks/{path:.*}", routes.hook)
     app.router.add_post("/{provider}/email", routes.postmark_email)
     app.router.add_post("/{provider}/email/batch", routes.postmark_batch)
     app.router.add_get("/{provider}/messages/outbound", routes.postmark_outbound_search)

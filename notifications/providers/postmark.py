@@ -15,15 +15,9 @@ from anymail.exceptions import (
 )
 
 from jobs.errors import ConfigurationError, JobError, PermanentError, TransientError
+from jobs.http import classify_http_status, classify_request_exception, environment_once
 from notifications.providers._email import build_email, email_headers
-from notifications.providers.base import (
-    BaseProvider,
-    OutboundMessage,
-    SendResult,
-    classify_http_status,
-    classify_request_exception,
-    environment_once,
-)
+from notifications.providers.base import BaseProvider, OutboundMessage, SendResult
 
 #: Postmark's per-message error codes that say the address itself is bad: 300 invalid
 #: address, 406 inactive recipient (it hard-bounced or complained before).

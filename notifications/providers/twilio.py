@@ -7,13 +7,8 @@ from typing import Any
 import requests
 
 from jobs.errors import ConfigurationError, PermanentError, TransientError
-from notifications.providers.base import (
-    HttpProvider,
-    OutboundMessage,
-    SendResult,
-    classify_request_exception,
-    parse_retry_after,
-)
+from jobs.http import classify_request_exception, parse_retry_after
+from notifications.providers.base import HttpProvider, OutboundMessage, SendResult
 
 #: Twilio error codes that mean the recipient can never receive this message.
 PERMANENT_CODES = {21211, 21408, 21610, 21614, 30003, 30005, 30006}

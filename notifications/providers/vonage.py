@@ -5,7 +5,8 @@ from typing import Any
 import requests
 
 from jobs.errors import ConfigurationError, PermanentError, TransientError
-from notifications.providers.base import HttpProvider, OutboundMessage, SendResult, parse_retry_after
+from jobs.http import parse_retry_after
+from notifications.providers.base import HttpProvider, OutboundMessage, SendResult
 
 #: Vonage answers HTTP 200 with a per-message status; these mean the number or text is at fault.
 PERMANENT_STATUSES = {"3", "6", "7", "9", "15", "29"}

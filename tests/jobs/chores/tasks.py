@@ -1,16 +1,22 @@
-"""The chore job on the runtime: its task (published by name), its replayer, and a dead letter made the way a
-worker makes one."""
+"""The chore jobs on the runtime: a durable job declared with `jobs.durable.job` (it calls a partner API, the
+sandbox's receiver), and a plain task with its own replayer and a dead letter made the way a worker makes one."""
 
 import uuid
 
+import requests
 from celery import shared_task
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import F
 
 from jobs.deadletters import deadletter_record, register_replayer
+from jobs.durable import current_job, job
 from jobs.errors import PermanentError
+from jobs.http import classify_http_status, classify_request_exception
 from jobs.models import DeadLetter
 from jobs.publishing import publish_after_commit
+from jobs.retry import RetryPolicy
 from jobs.task import JobTask
 from tests.jobs.chores.models import Chore
 
@@ -21,6 +27,33 @@ PARTNER = "chores-partner"
 
 def breaker_names() -> list[str]:
     return [PARTNER]
+
+
+#: The sandbox's receiver that plays the partner (its faults are set under this name).
+PARTNER_RECEIVER = "partner"
+
+
+@job(
+    "chores.call_partner",
+    breaker=PARTNER,
+    limit=PARTNER,
+    retry=RetryPolicy(max_attempts=4, base_delay=0.2, max_delay=1.0, budget_seconds=60),
+)
+def chore_call_partner(*, chore_id: str, note: str = "") -> None:
+    """Tell the partner the chore is done, then mark it done: the partner deduplicates on the job's key."""
+    this = current_job()
+    url = f"{settings.SANDBOX_HTTP_URL}/{PARTNER_RECEIVER}/hooks/chores/{chore_id}"
+    try:
+        response = requests.post(
+            url, json={"chore": chore_id, "note": note}, headers={"Idempotency-Key": f"chore-{this.id}"}, timeout=3
+        )
+    except requests.RequestException as exc:
+        raise classify_request_exception(exc, what="partner") from exc
+    if response.status_code >= 300:
+        raise classify_http_status(
+            response.status_code, text=response.text, retry_after=response.headers.get("Retry-After"), what="partner"
+        )
+    Chore.objects.filter(pk=chore_id).update(status="done", attempts=F("attempts") + this.attempt)
 
 
 @shared_task(base=JobTask, name=DO)
