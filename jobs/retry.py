@@ -48,5 +48,5 @@ class RetryPolicy:
 
 
 def retry_policy(name: str) -> RetryPolicy:
-    """The policy named in settings.JOBS_RETRY_POLICIES (one per priority class)."""
+    """The policy named in settings.JOBS_RETRY_POLICIES (one per priority class, and any a job names)."""
     return RetryPolicy(**settings.JOBS_RETRY_POLICIES[name])

@@ -10,7 +10,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from notifications.campaigns import (
     CampaignStateError,
@@ -32,10 +32,12 @@ from notifications.models import (
     PushDevice,
     Recipient,
     Suppression,
+    WebhookEndpoint,
 )
 from notifications.rendering import template_names
-from notifications.selectors import campaign_progress
+from notifications.selectors import campaign_progress, notification_timeline
 from notifications.services import notification_send, notification_validate
+from notifications.webhooks import webhook_endpoint_validate, webhook_send_test
 
 
 class ServiceValidatedForm(forms.ModelForm):
@@ -133,8 +135,27 @@ class NotificationAdmin(admin.ModelAdmin):
     list_select_related = ()
     show_full_result_count = False
     # The context is shown with its secrets hidden (a reset code is never on screen), never as stored.
-    readonly_fields = [f.name if f.name != "context" else "shown_context" for f in Notification._meta.fields]
+    readonly_fields = [
+        *(f.name if f.name != "context" else "shown_context" for f in Notification._meta.fields),
+        "timeline",
+    ]
     exclude = ["context"]
+
+    @admin.display(description="timeline")
+    def timeline(self, obj: Notification) -> str:
+        """Its events, oldest first: our own record and the provider's reports."""
+        events = notification_timeline(obj)
+        if not events:
+            return "no events yet"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (e.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.kind, e.provider or "-", json.dumps(e.data)[:200])
+                for e in events
+            ),
+        )
+        return format_html("<table><tr><th>at</th><th>event</th><th>provider</th><th>details</th></tr>{}</table>", rows)
 
     @admin.display(description="context")
     def shown_context(self, obj: Notification) -> str:
@@ -395,3 +416,49 @@ class SuppressionAdmin(admin.ModelAdmin):
     list_filter = ("channel",)
     search_fields = ("=address",)
     readonly_fields = ("created_at",)
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    url = forms.URLField(max_length=500, assume_scheme="https")
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["url", "description", "event_kinds", "active", "rate_per_second"]
+
+    def clean(self):
+        data = super().clean()
+        if not self.errors:
+            webhook_endpoint_validate(
+                url=data["url"], event_kinds=data.get("event_kinds") or [], rate_per_second=data["rate_per_second"]
+            )
+        return data
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    """Where status webhooks go: the URL, the kinds, the limit; the secret to verify signatures with."""
+
+    form = WebhookEndpointForm
+    list_display = ("id", "url", "description", "kinds", "active", "rate_per_second", "created_at")
+    list_filter = ("active",)
+    readonly_fields = ("secret", "created_by", "created_at")
+    actions = ["send_test_event"]
+
+    @admin.display(description="event kinds")
+    def kinds(self, obj: WebhookEndpoint) -> str:
+        return ", ".join(obj.event_kinds) or "all"
+
+    def save_model(self, request: HttpRequest, obj: WebhookEndpoint, form, change: bool) -> None:
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    def has_send_test_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("notifications.send_test_webhook")
+
+    @admin.action(description="Send a test event to the selected endpoints", permissions=["send_test"])
+    def send_test_event(self, request: HttpRequest, queryset) -> None:
+        for endpoint in queryset[:20]:
+            delivered, detail = webhook_send_test(endpoint=endpoint)
+            level = messages.SUCCESS if delivered else messages.ERROR
+            self.message_user(request, f"{endpoint}: {'delivered' if delivered else 'failed'} ({detail})", level)

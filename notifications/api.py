@@ -24,9 +24,9 @@ from ninja.parser import Parser
 from ninja.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict
 
-from notifications import campaigns, selectors
+from notifications import campaigns, selectors, webhooks
 from notifications.inputs import MalformedJSON, parse_json_object
-from notifications.models import ApiToken, Campaign, Channel, Notification, Priority
+from notifications.models import ApiToken, Campaign, Channel, EventKind, Notification, Priority, WebhookEndpoint
 from notifications.services import IdempotencyConflict, notification_send, request_fingerprint
 from notifications.throttles import api_quota_wait, api_request_wait
 
@@ -436,6 +436,138 @@ def notifications_detail(request: HttpRequest, notification_id: str):
         "sent_at": notification.sent_at.isoformat() if notification.sent_at else None,
         "last_error": notification.last_error or None,
     }
+
+
+class EventOut(Schema):
+    id: int
+    kind: str
+    at: str
+    provider: str
+    details: dict[str, Any]
+
+
+class EventsOut(Schema):
+    notification_id: str
+    status: str
+    events: list[EventOut]
+
+
+@api.get(
+    "/notifications/{notification_id}/events",
+    response={200: EventsOut, **REFUSALS},
+    url_name="notification-events",
+    summary="A notification's timeline",
+)
+def notifications_events(request: HttpRequest, notification_id: str):
+    """What happened to it, oldest first: sent, failed, skipped (our own record) and the provider's reports."""
+    notification = selectors.notification_visible_to(request.user, notification_id)
+    if notification is None:
+        raise Refused(404, f"no notification {notification_id}")
+    return {
+        "notification_id": str(notification.pk),
+        "status": notification.status,
+        "events": [
+            {"id": e.pk, "kind": e.kind, "at": e.at.isoformat(), "provider": e.provider, "details": e.data}
+            for e in selectors.notification_timeline(notification)
+        ],
+    }
+
+
+# --- webhook endpoints ------------------------------------------------------------------
+
+EventKindName = Literal[tuple(EventKind.values)]  # type: ignore[valid-type]
+
+
+class WebhookEndpointIn(Body):
+    url: str = Field(description="where events are POSTed (https; no private addresses in production)")
+    event_kinds: list[EventKindName] = Field(default_factory=list, description="the kinds to send; empty: all")
+    description: str = ""
+    rate_per_second: int = Field(50, description="deliveries per second at most")
+
+
+class WebhookEndpointOut(Schema):
+    id: int
+    url: str
+    event_kinds: list[str]
+    description: str
+    active: bool
+    rate_per_second: int
+    secret: str = Field(description="verify each delivery's webhook-signature with it (Standard Webhooks)")
+
+
+class WebhookTestOut(Schema):
+    delivered: bool
+    detail: str
+
+
+def _endpoint_json(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    return {
+        "id": endpoint.pk,
+        "url": endpoint.url,
+        "event_kinds": endpoint.event_kinds,
+        "description": endpoint.description,
+        "active": endpoint.active,
+        "rate_per_second": endpoint.rate_per_second,
+        "secret": endpoint.secret,
+    }
+
+
+@api.post(
+    "/webhooks",
+    response={201: WebhookEndpointOut, **REFUSALS},
+    auth=TokenAuth("notifications.add_webhookendpoint"),
+    url_name="webhook-create",
+    summary="Register a webhook endpoint",
+)
+def webhooks_create(request: HttpRequest, payload: WebhookEndpointIn):
+    endpoint = webhooks.webhook_endpoint_create(
+        url=payload.url,
+        event_kinds=list(payload.event_kinds),
+        description=payload.description,
+        rate_per_second=payload.rate_per_second,
+        user=request.user,
+    )
+    return Status(201, _endpoint_json(endpoint))
+
+
+@api.get(
+    "/webhooks",
+    response={200: list[WebhookEndpointOut], **REFUSALS},
+    auth=TokenAuth("notifications.view_webhookendpoint"),
+    url_name="webhook-list",
+    summary="The webhook endpoints",
+)
+def webhooks_list(request: HttpRequest):
+    return [_endpoint_json(e) for e in WebhookEndpoint.objects.order_by("pk")]
+
+
+@api.delete(
+    "/webhooks/{int:endpoint_id}",
+    response={204: None, **REFUSALS},
+    auth=TokenAuth("notifications.delete_webhookendpoint"),
+    url_name="webhook-delete",
+    summary="Remove a webhook endpoint (deliveries still waiting for it are dropped)",
+)
+def webhooks_delete(request: HttpRequest, endpoint_id: int):
+    deleted, _ = WebhookEndpoint.objects.filter(pk=endpoint_id).delete()
+    if not deleted:
+        raise Refused(404, f"no webhook endpoint {endpoint_id}")
+    return Status(204, None)
+
+
+@api.post(
+    "/webhooks/{int:endpoint_id}/test",
+    response={200: WebhookTestOut, **REFUSALS},
+    auth=TokenAuth("notifications.send_test_webhook"),
+    url_name="webhook-test",
+    summary="Send a test event to a webhook endpoint now",
+)
+def webhooks_test(request: HttpRequest, endpoint_id: int):
+    endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id).first()
+    if endpoint is None:
+        raise Refused(404, f"no webhook endpoint {endpoint_id}")
+    delivered, detail = webhooks.webhook_send_test(endpoint=endpoint)
+    return {"delivered": delivered, "detail": detail}
 
 
 # --- campaigns ----------------------------------------------------------------------

@@ -435,3 +435,94 @@ class ApiToken(models.Model):
 
     def daily_quota(self, priority: str) -> int | None:
         return getattr(self, f"daily_quota_{priority}")
+
+
+class EventKind(models.TextChoices):
+    """What happened to a notification, from our own record (sent, failed, skipped) or from its provider's
+    report (the rest)."""
+
+    SENT = "sent", "accepted by the provider"
+    FAILED = "failed", "failed for good (dead letter)"
+    SKIPPED = "skipped", "not sent (consent, suppression, cancelled)"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    DEFERRED = "deferred", "delivery delayed by the receiving side"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    COMPLAINED = "complained", "marked as spam"
+    UNSUBSCRIBED = "unsubscribed"
+    UNDELIVERED = "undelivered"
+
+
+#: The statuses whose reaching writes an event, and the event's kind (a trigger does it: see migration 0011).
+STATUS_EVENTS = {"sent": EventKind.SENT, "dead": EventKind.FAILED, "skipped": EventKind.SKIPPED}
+
+
+class NotificationEvent(models.Model):
+    """One step of a notification's timeline.  Our own steps are written by a trigger in the same statement
+    that changes the notification's status, so no path that sends, fails or skips can forget one; a
+    provider's report is written by its webhook view.  No foreign-key constraint: events are written at the
+    send rate, and a report may name a notification retention already removed."""
+
+    id = models.BigAutoField(primary_key=True)
+    notification = models.ForeignKey(
+        Notification, on_delete=models.DO_NOTHING, db_constraint=False, related_name="events"
+    )
+    kind = models.CharField(max_length=32, choices=EventKind.choices)
+    #: When it happened (by the provider's clock for a report).
+    at = models.DateTimeField(db_default=models.functions.Now())
+    provider = models.CharField(max_length=64, blank=True, default="", db_default="")
+    #: What the provider said (a bounce's reason, a click's URL), or our error for a failure.
+    data = models.JSONField(default=dict, blank=True, db_default=models.Value({}, models.JSONField()))
+    #: The provider's id for the report, so that a report delivered twice is stored once.
+    dedupe_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(db_default=models.functions.Now())
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["notification", "id"], name="event_timeline_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.notification_id}"
+
+
+def webhook_secret() -> str:
+    """A Standard Webhooks secret: "whsec_" and 24 random bytes in base64."""
+    import base64
+
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+class WebhookEndpoint(models.Model):
+    """Where an application hears about its notifications: each event of the kinds it asks for is POSTed to
+    `url`, signed with `secret` per the Standard Webhooks specification (notifications/webhooks.py)."""
+
+    url = models.URLField(max_length=500)
+    description = models.CharField(max_length=200, blank=True, default="")
+    secret = models.CharField(max_length=100, default=webhook_secret)
+    #: The event kinds sent; empty means every kind.
+    event_kinds = ArrayField(models.CharField(max_length=32, choices=EventKind.choices), blank=True, default=list)
+    active = models.BooleanField(default=True)
+    #: Deliveries per second at most, across every worker (the receiver's own limit).
+    rate_per_second = models.PositiveIntegerField(default=50)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        permissions = [("send_test_webhook", "Can send a test event to a webhook endpoint")]
+
+    def __str__(self) -> str:
+        return self.description or self.url
+
+    def wants(self, kind: str) -> bool:
+        return not self.event_kinds or kind in self.event_kinds
+
+
+class WebhookOutbox(models.Model):
+    """Events not yet handed to the webhook endpoints (a trigger adds each event while an endpoint is active;
+    the dispatcher turns them into delivery jobs and removes them)."""
+
+    event = models.OneToOneField(NotificationEvent, primary_key=True, on_delete=models.DO_NOTHING, db_constraint=False)
+
+    def __str__(self) -> str:
+        return f"event {self.event_id}"

@@ -31,6 +31,11 @@ def notification_visible_to(user, notification_id: str) -> Notification | None:
         return None
 
 
+def notification_timeline(notification: Notification) -> list:
+    """Its events, oldest first."""
+    return list(notification.events.order_by("id"))
+
+
 def campaign_find(campaign_id: int) -> Campaign | None:
     return Campaign.objects.filter(pk=campaign_id).first()
 

@@ -9,3 +9,5 @@ RELAY = "notifications.relay"
 CAMPAIGN_FANOUT = "notifications.campaign_fanout"
 #: Send one batch of a campaign's notifications.
 CAMPAIGN_BATCH = "notifications.campaign_batch"
+#: Turn new notification events into webhook deliveries (beat, every WEBHOOKS_DISPATCH_SECONDS).
+WEBHOOKS_DISPATCH = "notifications.webhooks_dispatch"

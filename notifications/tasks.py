@@ -4,7 +4,7 @@ from celery import shared_task
 
 from jobs.clock import database_now
 from jobs.task import JobTask
-from notifications import campaign_delivery, campaigns, delivery, recovery, task_names
+from notifications import campaign_delivery, campaigns, delivery, recovery, task_names, webhooks
 
 
 @shared_task(base=JobTask, name=task_names.DELIVER)
@@ -28,3 +28,12 @@ def campaign_fanout_task(segment_id: int) -> None:
 @shared_task(base=JobTask, name=task_names.CAMPAIGN_BATCH)
 def campaign_batch_task(batch_id: int) -> None:
     campaign_delivery.campaign_batch_send(batch_id=batch_id)
+
+
+@shared_task(base=JobTask, name=task_names.WEBHOOKS_DISPATCH)
+def webhooks_dispatch_task() -> None:
+    webhooks.webhooks_dispatch_all()
+
+
+#: The delivery job, declared in notifications/webhooks.py; named here so that the runtime finds it in `tasks`.
+webhook_deliver = webhooks.webhook_deliver

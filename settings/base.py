@@ -244,6 +244,8 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 2
 #: never published, rows whose worker died); seconds.
 RELAY_INTERVAL_SECONDS = float(env_str("RELAY_INTERVAL_SECONDS", "2"))
 RELAY_EXPIRES_SECONDS = 120.0
+#: How often the dispatcher turns new events into webhook deliveries; seconds.
+WEBHOOKS_DISPATCH_SECONDS = env_float("WEBHOOKS_DISPATCH_SECONDS", 1.0)
 CELERY_BEAT_SCHEDULE: dict = {
     "notifications-relay": {
         "task": task_names.RELAY,
@@ -251,6 +253,12 @@ CELERY_BEAT_SCHEDULE: dict = {
         # A relay run that waited long is superseded by a later one; but a worker compares `expires`
         # with its own clock, and one running ahead would discard every run (the clock-skew drill
         # saw it), so the margin is far above any skew NTP lets through.
+        "options": {"queue": "jobs.default", "expires": RELAY_EXPIRES_SECONDS},
+    },
+    # New notification events to webhook deliveries (notifications/webhooks.py).
+    "notifications-webhooks-dispatch": {
+        "task": task_names.WEBHOOKS_DISPATCH,
+        "schedule": WEBHOOKS_DISPATCH_SECONDS,
         "options": {"queue": "jobs.default", "expires": RELAY_EXPIRES_SECONDS},
     },
     # The same for durable jobs (jobs/durable.py).
@@ -263,7 +271,7 @@ CELERY_BEAT_SCHEDULE: dict = {
 
 # --- Job runtime --------------------------------------------------------------
 
-#: Retry budget per priority class (jobs/retry.py): attempts in all, exponential
+#: Retry budget per priority class and for webhooks (jobs/retry.py): attempts in all, exponential
 #: backoff with full jitter between base and cap, and the time after creation past
 #: which a job is dead-lettered instead of retried.
 JOBS_RETRY_POLICIES = {
@@ -271,12 +279,20 @@ JOBS_RETRY_POLICIES = {
     topology.Priority.SECURITY: {"max_attempts": 12, "base_delay": 0.5, "max_delay": 15, "budget_seconds": 120},
     topology.Priority.TRANSACTIONAL: {"max_attempts": 15, "base_delay": 2, "max_delay": 300, "budget_seconds": 1800},
     topology.Priority.MARKETING: {"max_attempts": 20, "base_delay": 30, "max_delay": 3600, "budget_seconds": 6 * 3600},
+    # Status webhooks (notifications/webhooks.py): 5 s doubling up to an hour between attempts, for a day.
+    "webhooks": {"max_attempts": 40, "base_delay": 5, "max_delay": 3600, "budget_seconds": 24 * 3600},
 }
 #: Circuit breaker per provider (jobs/breaker.py), shared by all workers through Redis.
 #: The parts of a queue's name (<priority>.<channel>), for the dead-letter admin's and command's filters.
 JOBS_QUEUE_FACETS = topology.QUEUE_FACETS
 #: The queue of a durable job that names none (jobs/durable.py); the transactional pool consumes it.
 JOBS_DEFAULT_QUEUE = topology.JOBS_QUEUE
+#: The queue of status webhooks (notifications/webhooks.py) and the seconds one delivery may take.
+WEBHOOKS_QUEUE = topology.WEBHOOKS_QUEUE
+WEBHOOK_TIMEOUT_SECONDS = float(env_str("WEBHOOK_TIMEOUT_SECONDS", "5"))
+#: Webhook URLs on private or loopback addresses, and plain http: for local runs and tests only
+#: (production refuses them: a webhook must not reach into the platform's own network).
+WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = env_bool("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", True)
 #: The Prometheus namespace of every metric (notify_queue_depth, notify_sends_total, ...).
 JOBS_METRICS_NAMESPACE = "notify"
 JOBS_CIRCUIT_BREAKER = {

@@ -66,6 +66,9 @@ for _name, _value in (
 ):
     if why := weak_credentials(_value):
         _problems.append(f"{_name} {why}")
+if env_bool("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", False):
+    _problems.append("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES is on: webhook endpoints could reach the platform's own network")
+WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = False
 if _problems:
     raise ImproperlyConfigured("settings.production refuses to start:\n- " + "\n- ".join(_problems))
 

@@ -33,6 +33,7 @@ JOBS_RETRY_POLICIES = {
     Priority.SECURITY: {"max_attempts": 6, "base_delay": 0.2, "max_delay": 2, "budget_seconds": 60},
     Priority.TRANSACTIONAL: {"max_attempts": 3, "base_delay": 0.2, "max_delay": 2, "budget_seconds": 60},
     Priority.MARKETING: {"max_attempts": 3, "base_delay": 0.5, "max_delay": 5, "budget_seconds": 120},
+    "webhooks": {"max_attempts": 40, "base_delay": 0.2, "max_delay": 2, "budget_seconds": 600},
 }
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

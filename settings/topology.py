@@ -32,6 +32,9 @@ CHANNELS = tuple(Channel.values)
 DEFAULT_QUEUE = "jobs.default"
 #: Durable jobs of any app (jobs/durable.py) that name no queue of their own; consumed by the transactional pool.
 JOBS_QUEUE = "jobs.work"
+#: Status webhooks to applications (notifications/webhooks.py); consumed by the marketing pool, so a slow
+#: receiver never holds a worker that security or transactional sends need.
+WEBHOOKS_QUEUE = "jobs.webhooks"
 #: Campaign fan-out tasks (write a segment of a campaign's notifications); consumed by
 #: the marketing pool beside its send queues, so a fan-out never waits behind batches.
 FANOUT_QUEUE = "marketing.fanout"
@@ -50,7 +53,12 @@ def queue_name(priority: str, channel: str) -> str:
 
 
 def all_queue_names() -> list[str]:
-    return [queue_name(p, c) for p in PRIORITIES for c in CHANNELS] + [DEFAULT_QUEUE, JOBS_QUEUE, FANOUT_QUEUE]
+    return [queue_name(p, c) for p in PRIORITIES for c in CHANNELS] + [
+        DEFAULT_QUEUE,
+        JOBS_QUEUE,
+        FANOUT_QUEUE,
+        WEBHOOKS_QUEUE,
+    ]
 
 
 def pool_queues(priority: str) -> list[str]:
@@ -59,7 +67,7 @@ def pool_queues(priority: str) -> list[str]:
     if priority == Priority.TRANSACTIONAL:
         queues += [DEFAULT_QUEUE, JOBS_QUEUE]
     if priority == Priority.MARKETING:
-        queues.append(FANOUT_QUEUE)
+        queues += [FANOUT_QUEUE, WEBHOOKS_QUEUE]
     return queues
 
 

@@ -16,12 +16,20 @@ def test_nine_notification_queues_named_priority_dot_channel():
     names = [q.name for q in settings.CELERY_TASK_QUEUES]
     expected = {f"{p}.{c}" for p in ("security", "transactional", "marketing") for c in ("email", "sms", "push")}
     assert expected <= set(names)
-    assert set(names) - expected == {topology.DEFAULT_QUEUE, topology.FANOUT_QUEUE}
+    assert set(names) - expected == {
+        topology.DEFAULT_QUEUE,
+        topology.FANOUT_QUEUE,
+        topology.JOBS_QUEUE,
+        topology.WEBHOOKS_QUEUE,
+    }
 
 
 def test_each_pool_consumes_only_its_priority():
     assert topology.pool_queues("security") == ["security.email", "security.sms", "security.push"]
-    assert all(q.startswith("marketing.") for q in topology.pool_queues("marketing"))
+    # The marketing pool also delivers status webhooks: never the security or transactional pools' work.
+    marketing = topology.pool_queues("marketing")
+    assert all(q.startswith("marketing.") for q in marketing if q != topology.WEBHOOKS_QUEUE)
+    assert topology.WEBHOOKS_QUEUE in marketing
 
 
 def test_unknown_priority_or_channel_is_refused_with_the_choices():
