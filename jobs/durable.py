@@ -38,6 +38,7 @@ import contextvars
 import inspect
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -53,7 +54,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.module_loading import autodiscover_modules
 
-from jobs.breaker import CircuitBreaker, register_breaker_names
+from jobs.breaker import BreakerConfig, CircuitBreaker, breaker_config, register_breaker_names
 from jobs.errors import PermanentError, TransientError
 from jobs.metrics import JOB_RUNS, JOB_SECONDS, run_in_pipeline
 from jobs.publishing import publish_after_commit
@@ -112,6 +113,8 @@ class JobDefinition:
     breaker: Resolver = None
     #: The global rate limit: a name in JOBS_RATE_LIMITS, or a function of the arguments giving a limiter.
     limit: LimitResolver = None
+    #: How many consecutive failures open the breaker, and for how long (JOBS_CIRCUIT_BREAKER by default).
+    breaker_failures: int | None = None
     signature: inspect.Signature = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -166,11 +169,12 @@ def job(
     retry: RetryPolicy | str | None = None,
     breaker: Resolver = None,
     limit: LimitResolver = None,
+    breaker_failures: int | None = None,
 ) -> Callable[[Callable[..., Any]], JobDefinition]:
     """Declare `function` as a durable job named `name` (its dotted path by default).
 
     `queue`: a queue the worker pools consume (JOBS_DEFAULT_QUEUE by default).  `retry`: a RetryPolicy or
-    the name of one in JOBS_RETRY_POLICIES.  `breaker`, `limit`: see JobDefinition.  Declare jobs in a
+    the name of one in JOBS_RETRY_POLICIES.  `breaker`, `limit`, `breaker_failures`: see JobDefinition.  Declare jobs in a
     module named `tasks` of an installed app, so every process (workers, web) knows them.
     """
 
@@ -184,6 +188,7 @@ def job(
             retry=policy,
             breaker=breaker,
             limit=limit,
+            breaker_failures=breaker_failures,
         )
         known = _definitions.get(job_name)
         if known is not None and known.function.__qualname__ != function.__qualname__:
@@ -364,10 +369,12 @@ def job_run_claimed(row) -> str:
     if definition is None:
         _dead(row, PermanentError(f"no job named {row.name!r} in this version of the code"), claimed=True)
         return _count(row, "dead", started)
-    breaker = _breaker(row.breaker) if row.breaker else None
+    breaker = _breaker(row.breaker, definition.breaker_failures) if row.breaker else None
     permit = breaker.allow() if breaker is not None else None
     if permit is not None and not permit.call:
-        return _count(row, _not_called(row, definition, permit.wait, f"breaker {row.breaker} is open"), started)
+        # Spread over up to twice the cool-down: the jobs an open breaker turned away do not all come back at once.
+        wait = permit.wait * random.uniform(1.0, 2.0)
+        return _count(row, _not_called(row, definition, wait, f"breaker {row.breaker} is open"), started)
     try:
         limiter = definition.limiter(row.arguments)
         wait = limiter.acquire_within(1, max_wait=LIMIT_WAIT_SECONDS) if limiter is not None else 0.0
@@ -408,13 +415,16 @@ def job_run_claimed(row) -> str:
     return _count(row, "succeeded", started)
 
 
-_breakers: dict[str, CircuitBreaker] = {}
+_breakers: dict[tuple[str, int | None], CircuitBreaker] = {}
 
 
-def _breaker(name: str) -> CircuitBreaker:
-    breaker = _breakers.get(name)
+def _breaker(name: str, failures: int | None) -> CircuitBreaker:
+    breaker = _breakers.get((name, failures))
     if breaker is None:
-        breaker = _breakers[name] = CircuitBreaker(name)
+        config = breaker_config()
+        if failures is not None:
+            config = BreakerConfig(failures, config.cooldown_seconds, config.probe_timeout_seconds)
+        breaker = _breakers[(name, failures)] = CircuitBreaker(name, config)
     return breaker
 
 

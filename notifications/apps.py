@@ -13,7 +13,7 @@ class NotificationsConfig(AppConfig):
         # (registered in every process: they are published by name).
         from jobs.breaker import register_breaker_names
         from jobs.metrics import register_gauges
-        from notifications import bounces, checks, recovery, tasks  # noqa: F401
+        from notifications import bounces, checks, receipts, recovery, tasks  # noqa: F401
         from notifications.providers.registry import provider_names
         from notifications.selectors import campaign_metrics
 

@@ -176,6 +176,10 @@ class Notification(models.Model):
             ),
             # The API's "my notifications" filter; campaign rows (millions, no creator) stay out.
             models.Index(fields=["created_by"], name="notif_created_by_idx", condition=Q(created_by__isnull=False)),
+            # A provider's report finds its notification by the provider's message id (receipts.py).
+            models.Index(
+                fields=["provider_message_id"], name="notif_provider_msg_idx", condition=~Q(provider_message_id="")
+            ),
         ]
         constraints = [
             # A constraint, not unique=True: that would add a second (LIKE) index on the key.
@@ -465,8 +469,9 @@ class NotificationEvent(models.Model):
     send rate, and a report may name a notification retention already removed."""
 
     id = models.BigAutoField(primary_key=True)
+    #: None for a provider's report that arrived before our `sent` recorded its message id (receipts.py).
     notification = models.ForeignKey(
-        Notification, on_delete=models.DO_NOTHING, db_constraint=False, related_name="events"
+        Notification, on_delete=models.DO_NOTHING, db_constraint=False, related_name="events", null=True
     )
     kind = models.CharField(max_length=32, choices=EventKind.choices)
     #: When it happened (by the provider's clock for a report).
@@ -474,13 +479,21 @@ class NotificationEvent(models.Model):
     provider = models.CharField(max_length=64, blank=True, default="", db_default="")
     #: What the provider said (a bounce's reason, a click's URL), or our error for a failure.
     data = models.JSONField(default=dict, blank=True, db_default=models.Value({}, models.JSONField()))
+    #: The provider's message id a report named (how a report is matched with its notification).
+    provider_message_id = models.CharField(max_length=255, blank=True, default="", db_default="")
     #: The provider's id for the report, so that a report delivered twice is stored once.
     dedupe_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(db_default=models.functions.Now())
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["notification", "id"], name="event_timeline_idx")]
+        indexes = [
+            models.Index(fields=["notification", "id"], name="event_timeline_idx"),
+            # The reports waiting for their notification (receipts_link).
+            models.Index(
+                fields=["provider_message_id"], condition=Q(notification__isnull=True), name="event_orphan_idx"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.notification_id}"

@@ -4,7 +4,7 @@ from celery import shared_task
 
 from jobs.clock import database_now
 from jobs.task import JobTask
-from notifications import campaign_delivery, campaigns, delivery, recovery, task_names, webhooks
+from notifications import campaign_delivery, campaigns, delivery, receipts, recovery, task_names, webhooks
 
 
 @shared_task(base=JobTask, name=task_names.DELIVER)
@@ -32,6 +32,8 @@ def campaign_batch_task(batch_id: int) -> None:
 
 @shared_task(base=JobTask, name=task_names.WEBHOOKS_DISPATCH)
 def webhooks_dispatch_task() -> None:
+    """Reports that arrived before their `sent` linked first, then new events to webhook deliveries."""
+    receipts.receipts_link()
     webhooks.webhooks_dispatch_all()
 
 

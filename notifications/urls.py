@@ -8,6 +8,9 @@ urlpatterns = [
     path("api/v1/docs", api.docs, name="api-docs"),
     path("api/v1/", api.api.urls),
     path("password-reset/", views.password_reset, name="password-reset"),
+    # The providers' delivery receipts (e-mail's come through anymail: /anymail/postmark/tracking/).
+    path("receipts/twilio", views.twilio_status, name="receipts-twilio"),
+    path("receipts/vonage", views.vonage_receipt, name="receipts-vonage"),
     path("unsubscribe/<str:token>", views.unsubscribe, name="unsubscribe"),
     path("", views.index, name="index"),
 ]

@@ -1,9 +1,12 @@
 """Web pages that trigger notifications: the password-reset form is the example of sending from a view."""
 
+import json
 import logging
 import secrets
+import time
 
 from django import forms
+from django.conf import settings
 from django.core import signing
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
@@ -11,6 +14,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
+from notifications import receipts
 from notifications.models import Channel, Priority, Recipient
 from notifications.services import notification_send
 from notifications.throttles import client_ip, password_reset_wait
@@ -75,3 +79,67 @@ def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
 
 def index(request: HttpRequest) -> HttpResponse:
     return render(request, "notifications/index.html")
+
+
+# --- providers' delivery receipts (notifications/receipts.py) --------------------------------------
+
+
+def _provider_option(name: str, option: str) -> str:
+    """An option of the provider configured under `name` (its credentials verify its callbacks)."""
+    for providers in settings.NOTIFICATIONS_PROVIDERS.values():
+        for provider in providers:
+            if provider["name"] == name:
+                return str(provider.get("options", {}).get(option, ""))
+    return ""
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+def twilio_status(request: HttpRequest, provider: str = "twilio") -> HttpResponse:
+    """Twilio's status callback: form parameters signed with the account's auth token (X-Twilio-Signature).
+    A bad signature is a 403 and changes nothing; a repeated callback is stored once."""
+    params = {name: request.POST[name] for name in request.POST}
+    token = _provider_option(provider, "auth_token")
+    expected = receipts.twilio_signature(token, request.build_absolute_uri(), params) if token else ""
+    if not expected or not receipts.signature_matches(expected, request.headers.get("X-Twilio-Signature", "")):
+        logger.warning("twilio status callback refused: bad or missing X-Twilio-Signature")
+        return HttpResponse("bad signature", status=403, content_type="text/plain")
+    receipt = receipts.receipt_from_twilio(params, provider)
+    if receipt is not None:
+        receipts.receipts_record([receipt])
+        receipts.sms_suppress_if_unreachable(receipt, to=params.get("To", ""))
+    return HttpResponse(status=204)
+
+
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+def vonage_receipt(request: HttpRequest, provider: str = "vonage") -> HttpResponse:
+    """Vonage's delivery receipt (GET or POST, form or JSON), signed with the signature secret (`sig`,
+    HMAC-SHA256) and its `timestamp` within five minutes."""
+    if request.method == "GET":
+        params = {name: request.GET[name] for name in request.GET}
+    elif request.content_type == "application/json":
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            return HttpResponse("body: not JSON", status=400, content_type="text/plain")
+        if not isinstance(body, dict):
+            return HttpResponse("body: not a JSON object", status=400, content_type="text/plain")
+        params = {str(k): str(v) for k, v in body.items()}
+    else:
+        params = {name: request.POST[name] for name in request.POST}
+    secret = settings.VONAGE_SIGNATURE_SECRET
+    expected = receipts.vonage_signature(secret, params) if secret else ""
+    if not expected or not receipts.signature_matches(expected, params.get("sig", "").upper()):
+        logger.warning("vonage delivery receipt refused: bad or missing sig")
+        return HttpResponse("bad signature", status=403, content_type="text/plain")
+    try:
+        skew = abs(time.time() - int(params.get("timestamp", "")))
+    except ValueError:
+        skew = None
+    if skew is None or skew > 300:
+        return HttpResponse("timestamp: missing or more than 5 minutes off", status=403, content_type="text/plain")
+    receipt = receipts.receipt_from_vonage(params, provider)
+    if receipt is not None:
+        receipts.receipts_record([receipt])
+    return HttpResponse(status=204)

@@ -247,6 +247,9 @@ def webhook_post(endpoint: WebhookEndpoint, *, message_id: str, payload: dict[st
     retry=WEBHOOK_RETRY,
     breaker=webhook_breaker,
     limit=webhook_limiter,
+    # A receiver that fails now and then (a deploy, one bad instance) keeps getting its events; one that is down
+    # fails ten times in a row within seconds and stops being called.
+    breaker_failures=settings.WEBHOOKS_BREAKER_FAILURES,
 )
 def webhook_deliver(*, endpoint_id: int, event_id: int) -> None:
     """One event to one endpoint.  An endpoint deleted or switched off meanwhile gets nothing."""

@@ -290,6 +290,8 @@ JOBS_DEFAULT_QUEUE = topology.JOBS_QUEUE
 #: The queue of status webhooks (notifications/webhooks.py) and the seconds one delivery may take.
 WEBHOOKS_QUEUE = topology.WEBHOOKS_QUEUE
 WEBHOOK_TIMEOUT_SECONDS = float(env_str("WEBHOOK_TIMEOUT_SECONDS", "5"))
+#: Consecutive failed deliveries that open an endpoint's breaker (its cool-down is JOBS_CIRCUIT_BREAKER's).
+WEBHOOKS_BREAKER_FAILURES = env_int("WEBHOOKS_BREAKER_FAILURES", 10)
 #: Webhook URLs on private or loopback addresses, and plain http: for local runs and tests only
 #: (production refuses them: a webhook must not reach into the platform's own network).
 WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = env_bool("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", True)
@@ -352,6 +354,8 @@ METRICS_BASIC_AUTH = env_str("METRICS_BASIC_AUTH", "prometheus:prometheus")
 #: django-anymail: the tracking webhook (hard bounces -> suppression) requires basic auth
 #: with this "user:password"; give the same in the webhook URL at the provider.
 ANYMAIL = {"WEBHOOK_SECRET": env_str("ANYMAIL_WEBHOOK_SECRET", "local-webhook:change-me")}
+#: Vonage's signature secret: its delivery receipts (/receipts/vonage) are refused unless signed with it.
+VONAGE_SIGNATURE_SECRET = env_str("VONAGE_SIGNATURE_SECRET", "sandbox-signature-secret")
 #: Local hours (recipient's time zone) in which marketing waits: "21-8" holds it from
 #: 21:00 to 08:00.  Empty turns quiet hours off.  Security and transactional never wait.
 MARKETING_QUIET_HOURS = env_str("MARKETING_QUIET_HOURS", "21-8")

@@ -66,6 +66,8 @@ for _name, _value in (
 ):
     if why := weak_credentials(_value):
         _problems.append(f"{_name} {why}")
+if VONAGE_SIGNATURE_SECRET == "sandbox-signature-secret":  # noqa: F405
+    _problems.append("VONAGE_SIGNATURE_SECRET is the sandbox's; set Vonage's signature secret (or empty: no receipts)")
 if env_bool("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", False):
     _problems.append("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES is on: webhook endpoints could reach the platform's own network")
 WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = False

@@ -54,11 +54,13 @@ def sandbox(broker, tmp_path_factory):
 
 @pytest.fixture
 def ledger(sandbox):
-    """The sandbox with an empty ledger and no faults, for one test."""
+    """The sandbox with an empty ledger, no faults and no delivery reports, for one test."""
     sandbox.clear()
     sandbox.clear_faults()
+    sandbox.clear_callbacks()
     yield sandbox
     sandbox.clear_faults()
+    sandbox.clear_callbacks()
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,8 @@ DRILLS: dict[int, Callable[[ChaosStack, Plan, random.Random], DrillRow]] = {
     17: composed.drill_clock_skew,
     # Abuse of the triggers.
     18: composed.drill_reset_flood,
+    # Status webhooks out (durable jobs) under a receiver's outage.
+    19: composed.drill_webhooks_down,
 }
 
 

@@ -8,6 +8,7 @@ every provider, and a skipped row (consent withdrawn, campaign cancelled) is fin
 
 from __future__ import annotations
 
+import base64
 import glob
 import random
 import re
@@ -17,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 import requests
+from standardwebhooks import Webhook
 
 from harness.chaos.drills import (
     REQUEST_TIMEOUT_SECONDS,
@@ -717,5 +719,100 @@ def drill_reset_flood(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dril
             f"flood: {sum(answers.values())} requests in {flood_seconds:.1f}s, answers {dict(answers)}; "
             f"{resets} reset mail(s) sent, {rows} row(s) written",
             f"security submit -> accepted p99: {p99_before * 1000:.0f} ms before, {p99_during * 1000:.0f} ms during",
+        ],
+    )
+
+
+#: The sandbox receiver that plays the application's webhook endpoint in drill 19.
+WEBHOOK_RECEIVER = "receiver"
+
+
+def _send_p99(stack: ChaosStack, ids: list[str]) -> float | None:
+    """p99 of created -> sent, seconds, over the sent ones among `ids`."""
+    value = stack.query(
+        "SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM sent_at - created_at)) "
+        "FROM notifications_notification WHERE id = ANY(%s::uuid[]) AND status = 'sent'",
+        (ids,),
+    )[0][0]
+    return None if value is None else round(float(value), 3)
+
+
+def drill_webhooks_down(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """Status webhooks to a receiver that is down for a while, then answers 500 to half its calls, while
+    notifications are sent: every event reaches it exactly once per webhook-id, signed, in order per
+    notification; the sends beside it are compared with the same burst sent with no endpoint."""
+    count = plan.webhook_notifications
+    mix = [(Priority.TRANSACTIONAL, "email"), (Priority.TRANSACTIONAL, "sms"), (Priority.SECURITY, "email")]
+    baseline = submit(stack, burst_bodies(_tag(19), count, mix))
+    wait_final(stack, baseline.ids, plan.final_timeout)
+    baseline_p99 = _send_p99(stack, baseline.ids)
+
+    secret = "whsec_" + base64.b64encode(rng.randbytes(24)).decode()
+    url = stack.sandbox.url(f"/{WEBHOOK_RECEIVER}/hooks/app")
+    stack.sandbox.set_fault(WEBHOOK_RECEIVER, outage=True)
+    (endpoint_id,) = stack.query(
+        "INSERT INTO notifications_webhookendpoint (url, description, secret, event_kinds, active, rate_per_second, "
+        "created_at) VALUES (%s, 'drill 19', %s, '{}', true, 500, now()) RETURNING id",
+        (url, secret),
+    )[0]
+    down_at = time.time()
+    try:
+        submission = submit(stack, burst_bodies(_tag(19), count, mix))
+        wait_final(stack, submission.ids, plan.final_timeout)
+        outcome = tally(stack, submission.ids)
+        with_p99 = _send_p99(stack, submission.ids)
+        time.sleep(max(0.0, down_at + plan.webhook_down_seconds - time.time()))
+        stack.sandbox.clear_faults(WEBHOOK_RECEIVER)
+        stack.sandbox.set_fault(WEBHOOK_RECEIVER, error_rate=0.5, status=500)
+        back_at = time.time()
+        events = stack.query(
+            "SELECT e.id, e.notification_id::text FROM notifications_notificationevent e "
+            "WHERE e.notification_id = ANY(%s::uuid[]) ORDER BY e.id",
+            (submission.ids,),
+        )
+        expected = {f"evt_{event_id}" for event_id, _ in events}
+
+        def received() -> set[str]:
+            return {e["idempotency_key"] for e in stack.sandbox.entries(provider=WEBHOOK_RECEIVER, limit=1_000_000)}
+
+        wait_until(lambda: expected <= received(), timeout=plan.webhook_timeout, interval=1.0)
+        recovered = time.time() - back_at
+    finally:
+        stack.sandbox.clear_faults(WEBHOOK_RECEIVER)
+        stack.query(
+            "UPDATE notifications_webhookendpoint SET active = false WHERE id = %s RETURNING id", (endpoint_id,)
+        )
+    entries = stack.sandbox.entries(provider=WEBHOOK_RECEIVER, limit=1_000_000)
+    ids = Counter(entry["idempotency_key"] for entry in entries)
+    verifier = Webhook(secret)
+    bad_signatures = 0
+    order: dict[str, list[int]] = {}
+    for entry in entries:
+        headers = {
+            name: entry["headers"].get(name, "") for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
+        }
+        try:
+            payload = verifier.verify(entry["body"], headers)
+        except Exception:  # any verification failure is counted, whatever the package raises
+            bad_signatures += 1
+            continue
+        order.setdefault(payload["data"]["notification_id"], []).append(int(entry["idempotency_key"][4:]))
+    missing = expected - set(ids)
+    return result_row(
+        19,
+        "Webhook receiver down, then 50 % errors",
+        outcome,
+        recovery=recovered,
+        checks={
+            "every event delivered": not missing,
+            "no webhook-id delivered twice": max(ids.values(), default=0) <= 1,
+            "every delivery's signature verifies": bad_signatures == 0,
+            "events in order per notification": all(v == sorted(v) for v in order.values()),
+            "every notification sent or dead": not outcome.unfinished,
+        },
+        notes=[
+            f"{len(expected)} events, {len(ids)} delivered ids, {len(missing)} missing",
+            f"send p99 {with_p99} s with the webhooks failing, {baseline_p99} s with no endpoint",
+            f"receiver down {plan.webhook_down_seconds:.0f} s; all delivered {recovered:.1f} s after it came back",
         ],
     )

@@ -90,6 +90,10 @@ class Plan:
     abuse_security_rate: float = 5.0
     #: Seconds a campaign drill waits for its campaign to be final before counting what is not.
     campaign_timeout: float = 600.0
+    #: Status webhooks: notifications sent while the receiver is down, then answers 500 to half its calls.
+    webhook_notifications: int = 2_000
+    webhook_down_seconds: float = 60.0
+    webhook_timeout: float = 600.0
 
 
 FULL = Plan()
@@ -112,6 +116,9 @@ QUICK = Plan(
     abuse_requests=300,
     abuse_seconds=5.0,
     campaign_timeout=180.0,
+    webhook_notifications=100,
+    webhook_down_seconds=10.0,
+    webhook_timeout=240.0,
 )
 
 

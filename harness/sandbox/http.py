@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from harness.sandbox.callbacks import CallbackError, Callbacks
 from harness.sandbox.state import DEFAULT_LEDGER_LIMIT, INVALID_DOMAIN, FaultError, SandboxState, iso_utc
 
 #: Postmark refuses larger batches; so do we, so a client that would break in production breaks here.
@@ -112,6 +113,8 @@ class SandboxHTTP:
 
     def __init__(self, state: SandboxState) -> None:
         self.state = state
+        self.callbacks = Callbacks()
+        state.on_accept = self.callbacks.schedule
 
     async def _held(self, request: web.Request, provider: str, recipients: Callable[[], list[str]]) -> bool:
         """Hold the call unanswered while the provider's hold_to fault names one of its `recipients` (before every
@@ -626,6 +629,24 @@ class SandboxHTTP:
         self.state.clear_faults(request.query.get("provider"))
         return _json({"faults": self.state.faults})
 
+    async def get_callbacks(self, request: web.Request) -> web.Response:
+        return _json(self.callbacks.summary())
+
+    async def set_callbacks(self, request: web.Request) -> web.Response:
+        try:
+            payload = json.loads(await request.read())
+        except ValueError:
+            return _json({"error": "body: must be a JSON object"}, 400)
+        try:
+            self.callbacks.configure(payload)
+        except CallbackError as exc:
+            return _json({"error": str(exc)}, 400)
+        return _json(self.callbacks.summary())
+
+    async def clear_callbacks(self, request: web.Request) -> web.Response:
+        self.callbacks.clear()
+        return _json(self.callbacks.summary())
+
     async def held(self, request: web.Request) -> web.Response:
         unknown = sorted(set(request.query) - {"provider"})
         if unknown:
@@ -751,6 +772,9 @@ def create_app(state: SandboxState) -> web.Application:
     app.router.add_post("/_sandbox/faults", routes.set_fault)
     app.router.add_delete("/_sandbox/faults", routes.clear_faults)
     app.router.add_get("/_sandbox/held", routes.held)
+    app.router.add_get("/_sandbox/callbacks", routes.get_callbacks)
+    app.router.add_post("/_sandbox/callbacks", routes.set_callbacks)
+    app.router.add_delete("/_sandbox/callbacks", routes.clear_callbacks)
     app.router.add_post("/{provider}/hooks/{path:.*}", routes.hook)
     app.router.add_post("/{provider}/email", routes.postmark_email)
     app.router.add_post("/{provider}/email/batch", routes.postmark_batch)

@@ -100,6 +100,19 @@ class SandboxProcess(ManagedProcess):
     def clear_faults(self, provider: str | None = None) -> None:
         self._call("DELETE", "/_sandbox/faults", params={"provider": provider} if provider else None)
 
+    def set_callbacks(self, provider: str, **config: Any) -> dict[str, Any]:
+        """Report each message `provider` accepts to config["url"] as the vendor would: delay_ms, fractions
+        delivered / bounced / opened, the vendor's `secret` (Twilio auth token, Vonage signature secret) or `auth`
+        (Postmark's basic auth "user:password"); url=None turns it off."""
+        return self._call("POST", "/_sandbox/callbacks", json={"provider": provider, **config})
+
+    def callbacks(self) -> dict[str, Any]:
+        """{"config", "stats" ("<provider>:<HTTP status>" counts, "silent"), "in_flight"}."""
+        return self._call("GET", "/_sandbox/callbacks")
+
+    def clear_callbacks(self) -> None:
+        self._call("DELETE", "/_sandbox/callbacks")
+
     def held(self, provider: str | None = None) -> list[dict[str, Any]]:
         """Calls a hold_to fault leaves unanswered right now: {"id", "provider", "to", "where", "peer_host",
         "peer_port", "held_at", "held_ts"}, oldest first; peer_port is the client's own (local) port."""

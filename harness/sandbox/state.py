@@ -129,6 +129,8 @@ class SandboxState:
         self._pruned_second = 0
         self._held: dict[int, dict[str, Any]] = {}
         self._hold_seq = 0
+        #: Called with each accepted entry (the delivery reports: callbacks.py).
+        self.on_accept: Callable[[dict[str, Any]], None] | None = None
 
     # --- faults -------------------------------------------------------------
 
@@ -286,6 +288,8 @@ class SandboxState:
         counters.per_second[second] = counters.per_second.get(second, 0) + 1
         if second != self._pruned_second:
             self._prune(second)
+        if self.on_accept is not None:
+            self.on_accept(entry)
         return entry
 
     def reject(self, provider: str, count: int = 1) -> None:
