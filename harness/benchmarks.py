@@ -418,3 +418,89 @@ def blast(*, platform: Platform, web: WebProcess, duration: float, per_second: f
         "marketing_share_cap_per_second": settings.JOBS_RATE_LIMITS["postmark"]["rate_per_second"]
         * settings.JOBS_RATE_LIMITS["postmark"]["shares"][Priority.MARKETING],
     }
+
+
+def receipts_and_webhooks(*, platform: Platform, web: WebProcess, count: int, connections: int) -> dict[str, Any]:
+    """Scenario: `count` signed Twilio status callbacks POSTed to the web (2 gunicorn workers) over `connections`
+    connections, each naming a sent notification (events ingested per second); then those events dispatched to
+    a webhook endpoint (the sandbox's receiver) and delivered by the marketing pool (deliveries per second)."""
+    from notifications.models import NotificationEvent, WebhookEndpoint
+    from notifications.receipts import twilio_signature
+    from notifications.webhooks import webhook_endpoint_create, webhooks_dispatch_all
+
+    run = uuid.uuid4().hex[:8]
+    token = next(p for p in settings.NOTIFICATIONS_PROVIDERS["sms"] if p["name"] == "twilio")["options"]["auth_token"]
+    rows = [
+        Notification(
+            priority=Priority.TRANSACTIONAL, channel="sms", to=f"+1415{i:07d}", template="order_shipped",
+            status=NotificationStatus.SENT, provider="twilio", provider_message_id=f"SM{run}{i:08d}",
+            idempotency_key=f"bench-receipts-{run}-{i}",
+        )
+        for i in range(count)
+    ]  # fmt: skip
+    Notification.objects.bulk_create(rows, batch_size=5000)
+    WebhookEndpoint.objects.filter(description="bench").delete()
+    endpoint = webhook_endpoint_create(
+        url=platform.sandbox.url("/bench-receiver/hooks/app"), event_kinds=["delivered"], rate_per_second=10_000,
+        description="bench",
+    )  # fmt: skip
+    platform.sandbox.clear()
+    url = f"{web.url}/receipts/twilio"
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    numbers = iter(range(count))
+
+    async def connection_loop(session: aiohttp.ClientSession) -> None:
+        for i in numbers:
+            params = {"MessageSid": f"SM{run}{i:08d}", "MessageStatus": "delivered", "To": f"+1415{i:07d}"}
+            headers = {"X-Twilio-Signature": twilio_signature(token, url, params)}
+            began = time.perf_counter()
+            async with session.post(url, data=params, headers=headers) as response:
+                await response.read()
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+            latencies.append(time.perf_counter() - began)
+
+    async def main() -> float:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
+            began = time.perf_counter()
+            await asyncio.gather(*(connection_loop(session) for _ in range(connections)))
+            return time.perf_counter() - began
+
+    try:
+        elapsed = asyncio.run(main())
+        latencies.sort()
+        stored = NotificationEvent.objects.filter(provider_message_id__startswith=f"SM{run}").count()
+        began = time.perf_counter()
+        dispatched = 0
+        while dispatched < stored:
+            done = webhooks_dispatch_all(budget_seconds=60)
+            dispatched += done
+            if not done:
+                break
+        dispatch_seconds = time.perf_counter() - began
+        platform.pool(Priority.MARKETING, concurrency=4)
+        began = time.perf_counter()
+        wait_until(
+            lambda: platform.sandbox.ledger(provider="bench-receiver", limit=0)["count"] >= stored,
+            timeout=600,
+            interval=0.5,
+        )
+        deliver_seconds = time.perf_counter() - began
+        delivered = platform.sandbox.ledger(provider="bench-receiver", limit=0)["count"]
+    finally:
+        WebhookEndpoint.objects.filter(pk=endpoint.pk).update(active=False)
+    return {
+        "scenario": "delivery receipts in, status webhooks out",
+        "callbacks": count,
+        "connections": connections,
+        "statuses": {str(code): n for code, n in sorted(statuses.items())},
+        "events_stored": stored,
+        "receipts_per_second": round(count / elapsed, 1),
+        "receipt_latency_ms": {
+            "p50": round(statistics.median(latencies) * 1000, 1),
+            "p99": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000, 1),
+        },
+        "dispatched_per_second": round(dispatched / dispatch_seconds, 1) if dispatch_seconds else None,
+        "webhooks_delivered": delivered,
+        "webhook_deliveries_per_second": round(delivered / deliver_seconds, 1) if deliver_seconds else None,
+    }

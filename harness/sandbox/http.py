@@ -784,4 +784,5 @@ def create_app(state: SandboxState) -> web.Application:
     app.router.add_post("/{provider}/v1/projects/{project_id}/messages:send", routes.fcm_send)
     app.router.add_post("/{provider}/sms/json", routes.vonage_sms)
     app.router.add_route("*", "/{path:.*}", _no_route)
+    app["callbacks"] = routes.callbacks
     return app

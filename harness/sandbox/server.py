@@ -33,6 +33,7 @@ async def serve(
     smtp_port: int,
     on_ready: ReadyCallback | None = None,
     stop: asyncio.Event | None = None,
+    reports: list[dict] | None = None,
 ) -> None:
     """Serve until `stop` is set, or until SIGINT/SIGTERM when no event is given."""
     # aiosmtpd logs every command at INFO; at thousands of messages a second that
@@ -41,7 +42,10 @@ async def serve(
     loop = asyncio.get_running_loop()
     state = SandboxState()
 
-    runner = web.AppRunner(create_app(state), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    app = create_app(state)
+    for report in reports or ():
+        app["callbacks"].configure(report)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     await runner.setup()
     site = web.TCPSite(runner, host, http_port)
     await site.start()
@@ -80,9 +84,17 @@ async def serve(
         await asyncio.wait_for(smtp_server.wait_closed(), SHUTDOWN_GRACE_SECONDS)
 
 
-def run(*, host: str, http_port: int, smtp_port: int, on_ready: ReadyCallback | None = None) -> None:
-    """Blocking entry point for the management command and `python -m`."""
-    asyncio.run(serve(host=host, http_port=http_port, smtp_port=smtp_port, on_ready=on_ready))
+def run(
+    *,
+    host: str,
+    http_port: int,
+    smtp_port: int,
+    on_ready: ReadyCallback | None = None,
+    reports: list[dict] | None = None,
+) -> None:
+    """Blocking entry point for the management command and `python -m`; `reports`: delivery-report settings
+    (callbacks.Callbacks.configure) to start with."""
+    asyncio.run(serve(host=host, http_port=http_port, smtp_port=smtp_port, on_ready=on_ready, reports=reports))
 
 
 def describe(host: str, http_port: int, smtp_port: int) -> str:

@@ -31,7 +31,7 @@ from notifications.services import notification_send
 from settings.topology import Priority
 
 RESULTS = Path(settings.BASE_DIR) / "bench-results"
-SCENARIOS = ("throughput", "api", "fanout", "limiter", "blast", "unlimited")
+SCENARIOS = ("throughput", "api", "webhooks", "fanout", "limiter", "blast", "unlimited")
 QUEUE = "transactional.email"
 
 
@@ -55,6 +55,7 @@ class Command(BaseCommand):
         parser.add_argument("--marketing-workers", type=int, default=4, help="marketing worker processes (default 4)")
         parser.add_argument("--api-requests", type=int, default=3000, help="requests per API run (default 3000)")
         parser.add_argument("--api-connections", type=int, default=16, help="concurrent API connections (default 16)")
+        parser.add_argument("--receipts", type=int, default=10_000, help="status callbacks posted (default 10,000)")
         parser.add_argument(
             "--keep-campaign",
             action="store_true",
@@ -85,7 +86,9 @@ class Command(BaseCommand):
                 self._throughput(sandbox, log_dir, count, concurrency, output)
             if "api" in scenarios:
                 self._api(sandbox, log_dir, concurrency, options)
-            campaign = [s for s in scenarios if s not in ("throughput", "api")]
+            if "webhooks" in scenarios:
+                self._webhooks(sandbox, log_dir, options)
+            campaign = [s for s in scenarios if s not in ("throughput", "api", "webhooks")]
             if campaign:
                 self._campaigns(sandbox, log_dir, campaign, options)
         except WaitTimeout as exc:
@@ -153,6 +156,22 @@ class Command(BaseCommand):
         result["machine"] = {"cpus": os.cpu_count(), "python": platform_module.python_version()}
         result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         path = RESULTS / "api.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        self._print(result)
+        self.stdout.write(f"written to {path}")
+
+    def _webhooks(self, sandbox: SandboxProcess, log_dir: Path, options: dict) -> None:
+        platform = benchmarks.Platform(log_dir, sandbox)
+        try:
+            web = platform.web()
+            result = benchmarks.receipts_and_webhooks(
+                platform=platform, web=web, count=options["receipts"], connections=options["api_connections"]
+            )
+        finally:
+            platform.stop()
+        result["machine"] = {"cpus": os.cpu_count(), "python": platform_module.python_version()}
+        result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        path = RESULTS / "webhooks.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         self._print(result)
         self.stdout.write(f"written to {path}")

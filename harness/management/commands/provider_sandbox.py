@@ -36,8 +36,16 @@ class Command(BaseCommand):
         parser.add_argument(
             "--smtp-port", type=int, default=None, help="SMTP port (default: settings.SANDBOX_SMTP_PORT)."
         )
+        parser.add_argument(
+            "--reports-to",
+            default="",
+            help="The platform's base URL: Postmark, Twilio and Vonage report each accepted message there "
+            "(delivered 95 %%, bounced 2 %%, opened 40 %%, after about half a second), signed with the settings' secrets.",
+        )
 
-    def handle(self, *args: object, host: str, http_port: int | None, smtp_port: int | None, **options: object) -> None:
+    def handle(
+        self, *args: object, host: str, http_port: int | None, smtp_port: int | None, reports_to: str, **options: object
+    ) -> None:
         if http_port is None:
             http_port = _port_of(settings.SANDBOX_HTTP_URL)
         if smtp_port is None:
@@ -49,9 +57,37 @@ class Command(BaseCommand):
             self.stdout.flush()
 
         try:
-            server.run(host=host, http_port=http_port, smtp_port=smtp_port, on_ready=announce)
+            server.run(
+                host=host, http_port=http_port, smtp_port=smtp_port, on_ready=announce, reports=_reports(reports_to)
+            )
         except OSError as exc:
             raise CommandError(
                 f"cannot listen on {host} (HTTP {http_port}, SMTP {smtp_port}): {exc.strerror or exc}; "
                 "stop whatever holds the port or pass --http-port/--smtp-port."
             ) from exc
+
+
+def _reports(base_url: str) -> list[dict]:
+    """Delivery reports of the three vendors that send them, to the platform at `base_url`."""
+    if not base_url:
+        return []
+    base = base_url.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise CommandError(f"--reports-to {base_url!r}: give the platform's base URL, e.g. http://127.0.0.1:8000")
+    mix = {"delay_ms": 500, "delivered": 0.95, "bounced": 0.02, "opened": 0.4}
+    twilio = next((p for p in settings.NOTIFICATIONS_PROVIDERS.get("sms", []) if p["name"] == "twilio"), None)
+    return [
+        {
+            "provider": "postmark",
+            "url": f"{base}/anymail/postmark/tracking/",
+            "auth": settings.ANYMAIL["WEBHOOK_SECRET"],
+            **mix,
+        },
+        {
+            "provider": "twilio",
+            "url": f"{base}/receipts/twilio",
+            "secret": (twilio or {}).get("options", {}).get("auth_token", ""),
+            **mix,
+        },
+        {"provider": "vonage", "url": f"{base}/receipts/vonage", "secret": settings.VONAGE_SIGNATURE_SECRET, **mix},
+    ]
