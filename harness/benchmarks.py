@@ -466,8 +466,21 @@ def receipts_and_webhooks(*, platform: Platform, web: WebProcess, count: int, co
             await asyncio.gather(*(connection_loop(session) for _ in range(connections)))
             return time.perf_counter() - began
 
+    platform.pool(Priority.SECURITY, concurrency=2)
+    alerts_before = _alert_stream(web, platform.sandbox, seconds=10.0, per_second=5.0)
+    stop = threading.Event()
+    alerts_during: list[float] = []
+
+    def alerts_beside_the_flood() -> None:
+        while not stop.is_set():
+            alerts_during.extend(_alert_stream(web, platform.sandbox, seconds=2.0, per_second=5.0, wait=False))
+
     try:
+        stream = threading.Thread(target=alerts_beside_the_flood, daemon=True)
+        stream.start()
         elapsed = asyncio.run(main())
+        stop.set()
+        stream.join()
         latencies.sort()
         stored = NotificationEvent.objects.filter(provider_message_id__startswith=f"SM{run}").count()
         began = time.perf_counter()
@@ -500,7 +513,51 @@ def receipts_and_webhooks(*, platform: Platform, web: WebProcess, count: int, co
             "p50": round(statistics.median(latencies) * 1000, 1),
             "p99": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000, 1),
         },
+        "security_alert_ms_before_flood": _percentiles(alerts_before),
+        "security_alert_ms_during_flood": _percentiles(alerts_during),
         "dispatched_per_second": round(dispatched / dispatch_seconds, 1) if dispatch_seconds else None,
         "webhooks_delivered": delivered,
         "webhook_deliveries_per_second": round(delivered / deliver_seconds, 1) if deliver_seconds else None,
     }
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    values = sorted(seconds)
+    if not values:
+        return {"count": 0}
+    return {
+        "count": len(values),
+        "p50": round(statistics.median(values) * 1000, 1),
+        "p99": round(values[min(len(values) - 1, int(0.99 * len(values)))] * 1000, 1),
+    }
+
+
+def _alert_stream(
+    web: WebProcess, sandbox: SandboxProcess, *, seconds: float, per_second: float, wait: bool = True
+) -> list[float]:
+    """Security e-mails through the API at `per_second` for `seconds`; each one's seconds from submit to the
+    provider (the sandbox ledger), once all arrived (or a minute passed)."""
+    api = api_session(web.url)
+    run = uuid.uuid4().hex[:8]
+    submitted: dict[str, float] = {}
+    started = time.time()
+    for i in range(int(seconds * per_second)):
+        time.sleep(max(0.0, started + i / per_second - time.time()))
+        to = f"alert-{run}-{i}@example.com"
+        submitted[to] = time.time()
+        api.post(
+            f"{web.url}/api/v1/notifications",
+            json={"priority": Priority.SECURITY, "channel": "email", "template": "password_reset", "to": to,
+                  "context": {"code": f"{i:06d}"}},
+            timeout=10,
+        )  # fmt: skip
+    accepted: dict[str, float] = {}
+
+    def arrived() -> bool:
+        for entry in sandbox.entries(provider="postmark", limit=1_000_000):
+            if entry["to"] in submitted:
+                accepted[entry["to"]] = entry["accepted_ts"]
+        return len(accepted) == len(submitted)
+
+    wait_until(arrived, timeout=60 if wait else 30, interval=0.5)
+    return [accepted[to] - submitted[to] for to in accepted]

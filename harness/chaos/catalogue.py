@@ -34,6 +34,7 @@ DRILLS: dict[int, Callable[[ChaosStack, Plan, random.Random], DrillRow]] = {
     18: composed.drill_reset_flood,
     # Status webhooks out (durable jobs) under a receiver's outage.
     19: composed.drill_webhooks_down,
+    20: composed.drill_jobs_sigkill,
 }
 
 
@@ -45,6 +46,7 @@ def run_drill(stack: ChaosStack, number: int, plan: Plan, rng: random.Random) ->
     drill = DRILLS[number]
     stack.sandbox.clear()
     stack.sandbox.clear_faults()
+    stack.sandbox.clear_callbacks()
     for pattern in ("jobs:breaker:*", "jobs:ratelimit:*"):  # breakers closed, no pace or penalty left over
         for key in stack.redis_client().scan_iter(pattern):
             stack.redis_client().delete(key)

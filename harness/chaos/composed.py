@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import glob
+import json
 import random
 import re
 import threading
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -727,6 +729,21 @@ def drill_reset_flood(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dril
 WEBHOOK_RECEIVER = "receiver"
 
 
+def _reports_on(stack: ChaosStack) -> None:
+    """The sandbox reports what Postmark, Twilio and Vonage accept to the stack's web, as those vendors would."""
+    mix = {"delay_ms": 300, "delivered": 0.9, "bounced": 0.05, "opened": 0.5}
+    providers = stack.settings["NOTIFICATIONS_PROVIDERS"]
+    token = next(p for p in providers["sms"] if p["name"] == "twilio")["options"]["auth_token"]
+    base = stack.api_url
+    stack.sandbox.set_callbacks(
+        "postmark", url=f"{base}/anymail/postmark/tracking/", auth=stack.settings["ANYMAIL"]["WEBHOOK_SECRET"], **mix
+    )
+    stack.sandbox.set_callbacks("twilio", url=f"{base}/receipts/twilio", secret=token, **mix)
+    stack.sandbox.set_callbacks(
+        "vonage", url=f"{base}/receipts/vonage", secret=stack.settings["VONAGE_SIGNATURE_SECRET"], **mix
+    )
+
+
 def _send_p99(stack: ChaosStack, ids: list[str]) -> float | None:
     """p99 of created -> sent, seconds, over the sent ones among `ids`."""
     value = stack.query(
@@ -739,14 +756,16 @@ def _send_p99(stack: ChaosStack, ids: list[str]) -> float | None:
 
 def drill_webhooks_down(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
     """Status webhooks to a receiver that is down for a while, then answers 500 to half its calls, while
-    notifications are sent: every event reaches it exactly once per webhook-id, signed, in order per
-    notification; the sends beside it are compared with the same burst sent with no endpoint."""
+    notifications are sent and the providers' reports flow in: every event (ours and the reports) reaches it
+    exactly once per webhook-id, signed, in order per notification; the sends beside it are compared with the
+    same burst sent with no endpoint and no reports."""
     count = plan.webhook_notifications
     mix = [(Priority.TRANSACTIONAL, "email"), (Priority.TRANSACTIONAL, "sms"), (Priority.SECURITY, "email")]
     baseline = submit(stack, burst_bodies(_tag(19), count, mix))
     wait_final(stack, baseline.ids, plan.final_timeout)
     baseline_p99 = _send_p99(stack, baseline.ids)
 
+    _reports_on(stack)
     secret = "whsec_" + base64.b64encode(rng.randbytes(24)).decode()
     url = stack.sandbox.url(f"/{WEBHOOK_RECEIVER}/hooks/app")
     stack.sandbox.set_fault(WEBHOOK_RECEIVER, outage=True)
@@ -765,6 +784,8 @@ def drill_webhooks_down(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dr
         stack.sandbox.clear_faults(WEBHOOK_RECEIVER)
         stack.sandbox.set_fault(WEBHOOK_RECEIVER, error_rate=0.5, status=500)
         back_at = time.time()
+        # Every report the sandbox will send has been answered (they flow beside the failing webhooks).
+        wait_until(lambda: stack.sandbox.callbacks()["in_flight"] == 0, timeout=plan.final_timeout, interval=0.5)
         events = stack.query(
             "SELECT e.id, e.notification_id::text FROM notifications_notificationevent e "
             "WHERE e.notification_id = ANY(%s::uuid[]) ORDER BY e.id",
@@ -798,6 +819,13 @@ def drill_webhooks_down(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dr
             continue
         order.setdefault(payload["data"]["notification_id"], []).append(int(entry["idempotency_key"][4:]))
     missing = expected - set(ids)
+    kinds = Counter(
+        kind
+        for (kind,) in stack.query(
+            "SELECT kind FROM notifications_notificationevent WHERE notification_id = ANY(%s::uuid[])",
+            (submission.ids,),
+        )
+    )
     return result_row(
         19,
         "Webhook receiver down, then 50 % errors",
@@ -809,10 +837,81 @@ def drill_webhooks_down(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dr
             "every delivery's signature verifies": bad_signatures == 0,
             "events in order per notification": all(v == sorted(v) for v in order.values()),
             "every notification sent or dead": not outcome.unfinished,
+            "the providers' reports came in beside it": kinds["delivered"] > 0,
         },
         notes=[
-            f"{len(expected)} events, {len(ids)} delivered ids, {len(missing)} missing",
+            f"{len(expected)} events ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}), "
+            f"{len(ids)} delivered ids, {len(missing)} missing",
             f"send p99 {with_p99} s with the webhooks failing, {baseline_p99} s with no endpoint",
             f"receiver down {plan.webhook_down_seconds:.0f} s; all delivered {recovered:.1f} s after it came back",
+        ],
+    )
+
+
+#: The sandbox receiver that plays the partner API of the chore job (tests/jobs/chores) in drill 20.
+PARTNER = "partner"
+
+
+def drill_jobs_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """Durable jobs of an app that is not the notifications (the chore job, calling a partner that answers in
+    200 ms and with a 500 to a quarter of its calls) while transactional workers are SIGKILLed mid-call: every
+    job ends succeeded, or dead with a dead letter; the partner got every succeeded job; a job reached it twice
+    only where its worker was killed after the call."""
+    count = plan.job_count
+    stack.sandbox.set_fault(PARTNER, latency_ms=200, error_rate=0.25, status=500)
+    output = stack.manage(
+        "job_enqueue", "chores.call_partner", "--arguments", json.dumps({"chore_id": str(uuid.uuid4())}), "--count",
+        str(count),
+    )  # fmt: skip
+    ids = json.loads(output.strip().splitlines()[-1])
+    killed: list[int] = []
+    try:
+        for _ in range(plan.job_kills):
+            time.sleep(rng.uniform(1.0, 3.0))
+            killed += stack.kill_pool(Priority.TRANSACTIONAL, child_only=True, rng=rng)
+        killed_at = time.time()
+
+        def final() -> bool:
+            (unfinished,) = stack.query(
+                "SELECT count(*) FROM jobs_job WHERE id = ANY(%s) AND status NOT IN ('succeeded', 'dead', 'cancelled')",
+                (ids,),
+            )[0]
+            return unfinished == 0
+
+        done = wait_until(final, timeout=plan.final_timeout, interval=0.5)
+        recovered = time.time() - killed_at
+    finally:
+        stack.sandbox.clear_faults(PARTNER)
+    rows = stack.query("SELECT id, status, attempts FROM jobs_job WHERE id = ANY(%s)", (ids,))
+    statuses = Counter(status for _, status, _ in rows)
+    letters = {
+        int(subject)
+        for (subject,) in stack.query(
+            "SELECT subject_id FROM jobs_deadletter WHERE job_name = 'chores.call_partner' AND subject_id = ANY(%s)",
+            ([str(i) for i in ids],),
+        )
+    }
+    calls = Counter(entry["idempotency_key"] for entry in stack.sandbox.entries(provider=PARTNER, limit=1_000_000))
+    succeeded = {job_id for job_id, status, _ in rows if status == "succeeded"}
+    dead = {job_id for job_id, status, _ in rows if status == "dead"}
+    twice = sum(1 for n in calls.values() if n > 1)
+    # The table's duplicates column counts notifications; a job called twice is reported in the notes and checked
+    # against the kills (a job is at least once: the partner deduplicates on its Idempotency-Key).
+    outcome = Tally(submitted=count, sent=statuses["succeeded"], dead=statuses["dead"])
+    return result_row(
+        20,
+        "Durable jobs, workers SIGKILLed",
+        outcome,
+        recovery=recovered,
+        checks={
+            "every job succeeded or dead": bool(done) and statuses["succeeded"] + statuses["dead"] == count,
+            "every succeeded job reached the partner": all(calls[f"chore-{i}"] >= 1 for i in succeeded),
+            "every dead job has a dead letter": dead <= letters,
+            "a job reached the partner twice only where a worker was killed": twice <= len(killed),
+            "no attempts beyond the policy's 4": max((a for _, _, a in rows), default=0) <= 4,
+        },
+        notes=[
+            f"{dict(statuses)}; {len(killed)} worker(s) killed; {twice} job(s) called twice (the partner deduplicates "
+            "on the job's Idempotency-Key)",
         ],
     )

@@ -1,5 +1,6 @@
 """The provider sandbox, run as a real `manage.py provider_sandbox` process: vendor routes, ledger, faults, SMTP."""
 
+import json
 import re
 import smtplib
 import socket
@@ -37,6 +38,7 @@ def sandbox(tmp_path_factory):
 def fresh(sandbox):
     sandbox.clear()
     sandbox.clear_faults()
+    sandbox.clear_callbacks()
 
 
 @pytest.fixture
@@ -840,3 +842,54 @@ def test_anymail_sees_an_invalid_recipient_as_refused(sandbox):
     with pytest.raises(AnymailRecipientsRefused):
         message.send()
     assert message.anymail_status.recipients["nobody@invalid.example"].status == "invalid"
+
+
+# --- the receiver and the delivery reports ----------------------------------------------------------
+
+
+def test_the_receiver_records_each_call_with_its_webhook_headers_and_takes_faults(sandbox, http):
+    url = sandbox.url("/receiver/hooks/app")
+    headers = {"webhook-id": "evt_1", "webhook-timestamp": "1", "webhook-signature": "v1,x"}
+    assert http.post(url, data=b'{"a": 1}', headers=headers, timeout=5).status_code == 200
+    assert http.post(url, data=b'{"a": 1}', headers=headers, timeout=5).status_code == 200, "nothing deduplicated"
+    sandbox.set_fault("receiver", outage=True)
+    assert http.post(url, data=b"{}", headers=headers, timeout=5).status_code == 503
+
+    entries = sandbox.entries(provider="receiver")
+    assert [e["idempotency_key"] for e in entries] == ["evt_1", "evt_1"]
+    assert entries[0]["to"] == "app" and entries[0]["body"] == '{"a": 1}'
+    assert entries[0]["headers"]["webhook-signature"] == "v1,x"
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"url": "ftp://x"}, "url"),
+        ({"url": "http://x", "delivered": 1.5}, "delivered"),
+        ({"url": "http://x", "delivered": 0.8, "bounced": 0.5}, "delivered"),
+        ({"url": "http://x", "delay_ms": -1}, "delay_ms"),
+        ({"url": "http://x", "colour": "red"}, "colour"),
+    ],
+)
+def test_a_bad_report_setting_is_refused_with_its_field(sandbox, http, config, field):
+    response = http.post(sandbox.url("/_sandbox/callbacks"), json={"provider": "postmark", **config}, timeout=5)
+
+    assert response.status_code == 400 and response.json()["error"].startswith(f"{field}:")
+    assert sandbox.callbacks()["config"] == {}
+
+
+def test_accepted_messages_are_reported_to_the_configured_url(sandbox, http):
+    sandbox.set_callbacks(
+        "postmark", url=sandbox.url("/collector/hooks/postmark"), auth="u:p", delay_ms=0, delivered=1.0, opened=1.0
+    )
+    send_postmark(http, sandbox, postmark_message("reported@example.com"))
+
+    reports = wait_until(
+        lambda: sandbox.entries(provider="collector") if len(sandbox.entries(provider="collector")) == 2 else None,
+        timeout=10,
+    )
+
+    bodies = [json.loads(r["body"]) for r in reports]
+    assert [b["RecordType"] for b in bodies] == ["Delivery", "Open"]
+    assert bodies[0]["Recipient"] == "reported@example.com"
+    assert sandbox.callbacks()["stats"] == {"postmark:200": 2}

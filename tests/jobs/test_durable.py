@@ -246,3 +246,28 @@ def test_a_job_whose_message_was_lost_is_published_again_by_the_relay(workers, l
     job = _finished([job.pk])[job.pk]
 
     assert job.status == "succeeded" and len(_calls(ledger, job)) == 1
+
+
+def test_the_enqueue_command_says_what_to_fix_and_writes_nothing_until_it_can(broker):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="no job named 'nope'; the declared jobs are: .*chores.call_partner"):
+        call_command("job_enqueue", "nope")
+    with pytest.raises(CommandError, match="--arguments is not JSON"):
+        call_command("job_enqueue", "chores.call_partner", "--arguments", "{")
+    with pytest.raises(CommandError, match="unexpected keyword argument 'colour'"):
+        call_command("job_enqueue", "chores.call_partner", "--arguments", '{"chore_id": "x", "colour": 1}')
+    with pytest.raises(CommandError, match="exactly 1 with --idempotency-key"):
+        call_command(
+            "job_enqueue", "chores.call_partner", "--arguments", '{"chore_id": "x"}', "--count", "2",
+            "--idempotency-key", "k",
+        )  # fmt: skip
+    assert not Job.objects.exists()
+
+    out = StringIO()
+    call_command("job_enqueue", "chores.call_partner", "--arguments", '{"chore_id": "x"}', "--count", "3", stdout=out)
+
+    ids = json.loads(out.getvalue())
+    assert len(ids) == 3 and Job.objects.filter(pk__in=ids, status="queued").count() == 3

@@ -18,11 +18,16 @@ STRONG = {
     "ANYMAIL_WEBHOOK_SECRET": "postmark:Rt5$nB8c2Mv6Qy1w",
     "FLOWER_BASIC_AUTH": "ops:Hj4@pN7s3Kd9Lf2x",
     "TRUSTED_PROXY_HOPS": "1",
+    "VONAGE_SIGNATURE_SECRET": "v0nage-Sig-8rT2mQ",
 }
 
 
 def run(*args: str, **overrides: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "METRICS_", "ANYMAIL_", "FLOWER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "METRICS_", "ANYMAIL_", "FLOWER_", "VONAGE_", "WEBHOOKS_"))
+    }
     env.update(STRONG)
     for name, value in overrides.items():
         if value is None:
@@ -59,6 +64,8 @@ def test_real_values_start_and_pass_check_deploy_without_a_warning():
         ({"ANYMAIL_WEBHOOK_SECRET": "postmark:CHANGE-ME"}, "ANYMAIL_WEBHOOK_SECRET uses a default or placeholder"),
         ({"FLOWER_BASIC_AUTH": None}, "FLOWER_BASIC_AUTH uses a default"),
         ({"FLOWER_BASIC_AUTH": "ops:short"}, "FLOWER_BASIC_AUTH has a password shorter than 12"),
+        ({"VONAGE_SIGNATURE_SECRET": None}, "VONAGE_SIGNATURE_SECRET is the sandbox's"),
+        ({"WEBHOOKS_ALLOW_PRIVATE_ADDRESSES": "true"}, "WEBHOOKS_ALLOW_PRIVATE_ADDRESSES is on"),
     ],
 )
 def test_a_weak_value_is_refused_at_start_up_with_what_to_set(overrides, says):
