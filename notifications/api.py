@@ -411,6 +411,14 @@ def notifications_create(
     return Status(202, summary)
 
 
+def _visible(request: HttpRequest, notification_id: str) -> Notification:
+    """The notification if this token's user may read it (staff: any; others: their own), else a 404."""
+    notification = selectors.notification_visible_to(request.user, notification_id)
+    if notification is None:
+        raise Refused(404, f"no notification {notification_id}")
+    return notification
+
+
 @api.get(
     "/notifications/{notification_id}",
     response={200: NotificationOut, **REFUSALS},
@@ -419,9 +427,7 @@ def notifications_create(
 )
 def notifications_detail(request: HttpRequest, notification_id: str):
     """Staff see every notification; other users the ones they submitted."""
-    notification = selectors.notification_visible_to(request.user, notification_id)
-    if notification is None:
-        raise Refused(404, f"no notification {notification_id}")
+    notification = _visible(request, notification_id)
     return {
         **_summary(request, notification),
         "priority": notification.priority,
@@ -460,9 +466,7 @@ class EventsOut(Schema):
 )
 def notifications_events(request: HttpRequest, notification_id: str):
     """What happened to it, oldest first: sent, failed, skipped (our own record) and the provider's reports."""
-    notification = selectors.notification_visible_to(request.user, notification_id)
-    if notification is None:
-        raise Refused(404, f"no notification {notification_id}")
+    notification = _visible(request, notification_id)
     return {
         "notification_id": str(notification.pk),
         "status": notification.status,

@@ -153,12 +153,7 @@ class Command(BaseCommand):
             )
         finally:
             platform.stop()
-        result["machine"] = {"cpus": os.cpu_count(), "python": platform_module.python_version()}
-        result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        path = RESULTS / "api.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        self._print(result)
-        self.stdout.write(f"written to {path}")
+        self._write(result, "api.json")
 
     def _webhooks(self, sandbox: SandboxProcess, log_dir: Path, options: dict) -> None:
         platform = benchmarks.Platform(log_dir, sandbox)
@@ -169,9 +164,13 @@ class Command(BaseCommand):
             )
         finally:
             platform.stop()
+        self._write(result, "webhooks.json")
+
+    def _write(self, result: dict, name: str) -> None:
+        """Print one scenario's result and write it, with the machine and the time, to bench-results/<name>."""
         result["machine"] = {"cpus": os.cpu_count(), "python": platform_module.python_version()}
         result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        path = RESULTS / "webhooks.json"
+        path = RESULTS / name
         path.write_text(json.dumps(result, indent=2) + "\n")
         self._print(result)
         self.stdout.write(f"written to {path}")
