@@ -430,9 +430,11 @@ def receipts_and_webhooks(*, platform: Platform, web: WebProcess, count: int, co
 
     run = uuid.uuid4().hex[:8]
     token = next(p for p in settings.NOTIFICATIONS_PROVIDERS["sms"] if p["name"] == "twilio")["options"]["auth_token"]
+    recipient, _ = Recipient.objects.get_or_create(phone="+14150000000")
     rows = [
         Notification(
-            priority=Priority.TRANSACTIONAL, channel="sms", to=f"+1415{i:07d}", template="order_shipped",
+            recipient=recipient, priority=Priority.TRANSACTIONAL, channel="sms", to=f"+1415{i:07d}",
+            template="order_shipped",
             status=NotificationStatus.SENT, provider="twilio", provider_message_id=f"SM{run}{i:08d}",
             idempotency_key=f"bench-receipts-{run}-{i}",
         )

@@ -57,6 +57,11 @@ def webhook_message_id(event_id: int) -> str:
     return f"evt_{event_id}"
 
 
+#: What a payload reads of an event and of its notification.
+EVENT_FIELDS = ("id", "kind", "at", "provider", "data", "created_at", "notification_id")
+NOTIFICATION_FIELDS = ("id", "priority", "channel", "idempotency_key", "campaign_id")
+
+
 def webhook_payload(event: NotificationEvent, notification: Notification | None) -> dict[str, Any]:
     """The JSON body of an event (the README's "Webhook format")."""
     data: dict[str, Any] = {
@@ -257,15 +262,17 @@ def webhook_deliver(*, endpoint_id: int, event_id: int) -> None:
     if endpoint is None or not endpoint.active:
         logger.info("webhook event %s: endpoint %s is gone or inactive; not sent", event_id, endpoint_id)
         return
-    event = NotificationEvent.objects.filter(pk=event_id).first()
-    if event is None:
-        raise PermanentError(f"event {event_id} no longer exists")
-    notification = (
-        Notification.objects.filter(pk=event.notification_id)
-        .only("pk", "priority", "channel", "idempotency_key", "campaign_id")
+    # The event and its notification in one query.
+    event = (
+        NotificationEvent.objects.select_related("notification")
+        .only(*EVENT_FIELDS, *(f"notification__{name}" for name in NOTIFICATION_FIELDS))
+        .filter(pk=event_id)
         .first()
     )
-    webhook_post(endpoint, message_id=webhook_message_id(event.pk), payload=webhook_payload(event, notification))
+    if event is None:
+        raise PermanentError(f"event {event_id} no longer exists")
+    payload = webhook_payload(event, event.notification)
+    webhook_post(endpoint, message_id=webhook_message_id(event.pk), payload=payload)
     this = current_job()
     if this is not None and this.attempt > 1:
         logger.info("webhook event %s to endpoint %s: delivered at attempt %s", event_id, endpoint_id, this.attempt)

@@ -11,7 +11,7 @@ from django.conf import settings
 from harness.waiting import wait_until
 from notifications import receipts
 from notifications.models import Notification, NotificationEvent, Suppression
-from tests.support.sending import deliver, submit
+from tests.support.sending import delivered, submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,7 +48,7 @@ def _postmark_reports(ledger, live_server, **mix):
 def test_postmark_reports_delivered_and_opened(ledger, live_server, closed_breakers):
     _postmark_reports(ledger, live_server, delivered=1.0, opened=1.0)
 
-    notification = deliver(submit(to="reader@example.com"))
+    notification = delivered(submit(to="reader@example.com"))
 
     assert notification.provider == "postmark"
     _wait_kinds(notification, ["sent", "delivered", "opened"])
@@ -58,7 +58,7 @@ def test_postmark_reports_delivered_and_opened(ledger, live_server, closed_break
 def test_a_hard_bounce_is_an_event_and_suppresses_the_address(ledger, live_server, closed_breakers):
     _postmark_reports(ledger, live_server, delivered=0.0, bounced=1.0)
 
-    notification = deliver(submit(to="gone@example.com"))
+    notification = delivered(submit(to="gone@example.com"))
 
     _wait_kinds(notification, ["sent", "bounced"])
     bounce = NotificationEvent.objects.get(notification=notification, kind="bounced")
@@ -71,7 +71,7 @@ def test_twilio_status_callbacks_are_verified_and_stored(ledger, live_server, cl
         "twilio", url=f"{live_server.url}/receipts/twilio", secret="sandbox-token", delay_ms=50, delivered=1.0
     )
 
-    notification = deliver(submit(channel="sms", to="+14155550123"))
+    notification = delivered(submit(channel="sms", to="+14155550123"))
 
     assert notification.provider == "twilio"
     _wait_kinds(notification, ["sent", "delivered"])
@@ -89,7 +89,7 @@ def test_an_sms_that_can_never_arrive_suppresses_the_number(ledger, live_server,
         bounced=1.0,
     )
 
-    notification = deliver(submit(channel="sms", to="+14155550124"))
+    notification = delivered(submit(channel="sms", to="+14155550124"))
 
     _wait_kinds(notification, ["sent", "undelivered"])
     assert NotificationEvent.objects.get(notification=notification, kind="undelivered").data["error_code"] == "30005"
@@ -106,7 +106,7 @@ def test_vonage_receipts_are_verified_and_stored(ledger, live_server, closed_bre
         delivered=1.0,
     )
 
-    notification = deliver(submit(channel="sms", to="+14155550125"))
+    notification = delivered(submit(channel="sms", to="+14155550125"))
 
     assert notification.provider == "vonage"
     _wait_kinds(notification, ["sent", "delivered"])
@@ -138,7 +138,7 @@ def test_forged_or_stale_reports_are_refused_and_change_nothing(live_server):
 
 
 def test_a_report_delivered_twice_is_stored_once(live_server, ledger, closed_breakers):
-    notification = deliver(submit(channel="sms", to="+14155550127"))
+    notification = delivered(submit(channel="sms", to="+14155550127"))
     url = f"{live_server.url}/receipts/twilio"
     params = {"MessageSid": notification.provider_message_id, "MessageStatus": "delivered", "To": notification.to}
     signature = receipts.twilio_signature("sandbox-token", url, params)
@@ -172,7 +172,7 @@ def test_receipts_are_counted_per_provider_and_kind(client, ledger, live_server,
 
     before = value(scrape(client), "notify_receipts_total", provider="postmark", kind="delivered")
     _postmark_reports(ledger, live_server, delivered=1.0)
-    notification = deliver(submit(to="counted@example.com"))
+    notification = delivered(submit(to="counted@example.com"))
     _wait_kinds(notification, ["sent", "delivered"])
 
     assert value(scrape(client), "notify_receipts_total", provider="postmark", kind="delivered") == before + 1

@@ -15,7 +15,7 @@ from jobs.durable import jobs_relay
 from jobs.models import Job
 from notifications.models import EventKind, Notification, NotificationEvent, WebhookEndpoint, WebhookOutbox
 from notifications.webhooks import webhook_endpoint_create, webhook_send_test, webhooks_dispatch_all
-from tests.support.sending import deliver, submit
+from tests.support.sending import delivered, submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,7 +51,7 @@ def _pump_until(predicate, *, timeout: float = 60.0, what: str):
 
 
 def test_a_sent_notification_has_a_sent_event_written_by_its_status_change(ledger, closed_breakers):
-    notification = deliver(submit())
+    notification = delivered(submit())
 
     events = list(NotificationEvent.objects.filter(notification=notification))
 
@@ -62,7 +62,7 @@ def test_a_sent_notification_has_a_sent_event_written_by_its_status_change(ledge
 
 
 def test_a_dead_notification_has_a_failed_event_with_its_reason(ledger, closed_breakers):
-    notification = deliver(submit(to="nobody@invalid.example"))
+    notification = delivered(submit(to="nobody@invalid.example"))
 
     assert notification.status == "dead"
     event = NotificationEvent.objects.get(notification=notification)
@@ -80,7 +80,7 @@ def test_the_timeline_is_served_by_the_api_and_shown_in_the_admin(api, admin_cli
             "context": {"code": "123456"},
         },
     )
-    notification = deliver(Notification.objects.get(pk=response.json()["id"]))
+    notification = delivered(Notification.objects.get(pk=response.json()["id"]))
 
     timeline = api.get(f"/api/v1/notifications/{notification.pk}/events")
 
@@ -161,8 +161,8 @@ def test_without_private_addresses_an_endpoint_inside_the_network_is_refused(web
 
 def test_a_test_event_to_a_failing_endpoint_says_so(ledger):
     ledger.set_fault(RECEIVER, error_rate=1.0, status=500)
-    delivered, detail = webhook_send_test(endpoint=_endpoint())
-    assert delivered is False and "HTTP 500" in detail
+    ok, detail = webhook_send_test(endpoint=_endpoint())
+    assert ok is False and "HTTP 500" in detail
 
 
 # --- deliveries through real workers ------------------------------------------------------
@@ -192,7 +192,7 @@ def test_a_receiver_down_then_flaky_gets_every_event_once_in_order_per_notificat
     endpoint = _endpoint(rate_per_second=200)
     other = webhook_endpoint_create(url=f"{settings.SANDBOX_HTTP_URL}/other/hooks/app", event_kinds=["delivered"])
     ledger.set_fault(RECEIVER, outage=True)
-    notification_ids = [deliver(submit(to=f"flaky{i}@example.com")).pk for i in range(12)]
+    notification_ids = [delivered(submit(to=f"flaky{i}@example.com")).pk for i in range(12)]
     # The provider's reports after our own "sent" (what receipts write): three more events per notification.
     with transaction.atomic():
         for kind in (EventKind.DELIVERED, EventKind.OPENED, EventKind.CLICKED):

@@ -37,6 +37,19 @@ def deliver(notification: Notification) -> Notification:
     return notification
 
 
+def delivered(notification: Notification, timeout: float = 20.0) -> Notification:
+    """The row once it is final (sent, dead, skipped): delivered here, or by the suite's workers when they run and
+    took it first (its submit published it)."""
+    from harness.waiting import wait_until
+
+    deliver(notification)
+    return wait_until(
+        lambda: Notification.objects.filter(pk=notification.pk, status__in=["sent", "dead", "skipped"]).first(),
+        timeout=timeout,
+        what=f"notification {notification.pk} final",
+    )
+
+
 def fanned_out_campaign(tag: str, count: int = 3, context: dict | None = None) -> Campaign:
     """A started e-mail campaign to `count` new consenting recipients, its notifications and batches written."""
     Recipient.objects.bulk_create(
