@@ -37,6 +37,17 @@ def check_broker_settings(app_configs, **kwargs) -> list[Error]:
                 id="jobs.E004",
             )
         )
+    batch = getattr(settings, "JOBS_BATCH_SECONDS", None)
+    soft_limit = getattr(settings, "CELERY_TASK_SOFT_TIME_LIMIT", None)
+    if batch is not None and soft_limit is not None and batch >= soft_limit:
+        errors.append(
+            Error(
+                f"JOBS_BATCH_SECONDS ({batch}) must be below CELERY_TASK_SOFT_TIME_LIMIT ({soft_limit}).",
+                hint="A worker stops starting the jobs of one message after JOBS_BATCH_SECONDS; the task's time "
+                "limit must leave room for the last one to finish.",
+                id="jobs.E005",
+            )
+        )
     if set(getattr(settings, "CELERY_ACCEPT_CONTENT", [])) != {"json"}:
         errors.append(
             Error(

@@ -144,9 +144,11 @@ class JobDefinition:
         that are not JSON, before anything is written."""
         return job_enqueue(self, [Enqueue(kwargs, idempotency_key, order_key)])[0]
 
-    def enqueue_many(self, items: Iterable[Enqueue]) -> list:
-        """Several runs in one INSERT (see enqueue)."""
-        return job_enqueue(self, list(items))
+    def enqueue_many(self, items: Iterable[Enqueue], *, per_message: int = 1) -> list:
+        """Several runs in one INSERT (see enqueue).  `per_message` > 1 wakes a worker for up to that many runs at
+        once (one message, one claim); a worker runs them one after another for at most JOBS_BATCH_SECONDS and
+        hands the rest back.  Group runs that call the same place, so that one slow remote holds only its own."""
+        return job_enqueue(self, list(items), per_message=per_message)
 
 
 @dataclass(frozen=True)
@@ -226,7 +228,7 @@ def job_definitions() -> dict[str, JobDefinition]:
 # --- enqueueing ------------------------------------------------------------------
 
 
-def job_enqueue(definition: JobDefinition, items: list[Enqueue]):
+def job_enqueue(definition: JobDefinition, items: list[Enqueue], *, per_message: int = 1):
     """Write the runs of `definition` and publish them after the caller's commit (see JobDefinition.enqueue)."""
     from jobs.models import Job, JobStatus
 
@@ -270,9 +272,9 @@ def job_enqueue(definition: JobDefinition, items: list[Enqueue]):
                     written = [(row, True) for row in Job.objects.bulk_create(rows)]
             except IntegrityError:
                 written = _enqueue_one_by_one(rows)
-        for row, new in written:
-            if new:
-                job_publish(row)
+        new = [row for row, is_new in written if is_new]
+        for start in range(0, len(new), max(1, per_message)):
+            job_publish(*new[start : start + max(1, per_message)])
     return [row for row, _ in written]
 
 
@@ -291,16 +293,17 @@ def _enqueue_one_by_one(rows: list) -> list[tuple[Any, bool]]:
     return written
 
 
-def job_publish(row) -> None:
-    """Wake a worker for the job after the commit; a refused publish sets it back to pending for the relay."""
+def job_publish(*rows) -> None:
+    """Wake a worker for the jobs (one message; one queue) after the commit; a refused publish sets them back to
+    pending for the relay."""
     from jobs.models import Job, JobStatus
 
-    job_id = row.pk
+    job_ids = [row.pk for row in rows]
 
     def back_to_pending() -> None:
-        Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(status=JobStatus.PENDING)
+        Job.objects.filter(pk__in=job_ids, status=JobStatus.QUEUED).update(status=JobStatus.PENDING)
 
-    publish_after_commit(RUN_TASK, args=[job_id], queue=row.queue, on_failed=back_to_pending, background=True)
+    publish_after_commit(RUN_TASK, args=job_ids, queue=rows[0].queue, on_failed=back_to_pending, background=True)
 
 
 # --- running -----------------------------------------------------------------------
@@ -356,12 +359,30 @@ def job_claim(*, job_ids: list[int]) -> list:
 
 
 def jobs_run(*, job_ids: list[int]) -> None:
-    """Claim the jobs and run each one (normally one per message)."""
+    """Claim the jobs and run them one after another; past JOBS_BATCH_SECONDS the ones not started are handed back
+    (queued again, no attempt used, published one per message), so a slow remote cannot push a message past the
+    task's time limit."""
     rows = job_claim(job_ids=job_ids)
     if not rows:
         logger.info("jobs %s: not claimable (done, owned by another worker, waiting their turn, or not due)", job_ids)
-    for row in rows:
+    started = time.monotonic()
+    for index, row in enumerate(rows):
+        if index and time.monotonic() - started > settings.JOBS_BATCH_SECONDS:
+            _hand_back(rows[index:])
+            return
         job_run_claimed(row)
+
+
+def _hand_back(rows: list) -> None:
+    from jobs.models import JobStatus
+
+    with transaction.atomic():
+        for row in rows:
+            if _still_claimed(row).update(
+                status=JobStatus.QUEUED, attempts=F("attempts") - 1, lease_expires_at=None, queued_at=Now()
+            ):
+                job_publish(row)
+    logger.info("jobs: %s claimed job(s) handed back after %ss", len(rows), settings.JOBS_BATCH_SECONDS)
 
 
 def job_run_claimed(row) -> str:
@@ -438,8 +459,13 @@ def _count(row, outcome: str, started: float) -> str:
         JOB_SECONDS.observe_many({(row.name,): [seconds]}, pipe=pipe)
 
     run_in_pipeline(record)
-    logger.info("job %s #%s attempt %s: %s in %.3fs", row.name, row.pk, row.attempts, outcome, seconds)
+    # A success is counted, not logged, unless DEBUG is asked for (a line per job is noise at hundreds a second).
+    level = _LEVELS.get(outcome, logging.INFO)
+    logger.log(level, "job %s #%s attempt %s: %s in %.3fs", row.name, row.pk, row.attempts, outcome, seconds)
     return outcome
+
+
+_LEVELS = {"succeeded": logging.DEBUG, "retried": logging.WARNING, "dead": logging.WARNING}
 
 
 def _still_claimed(row):

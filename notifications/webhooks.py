@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: The retry policy in JOBS_RETRY_POLICIES: 5 s doubling up to an hour between attempts, for a day.
 WEBHOOK_RETRY = "webhooks"
+#: Deliveries to one endpoint a worker takes per message.
+WEBHOOKS_PER_MESSAGE = 20
 #: Events the dispatcher turns into jobs per transaction.
 DISPATCH_BATCH = 1000
 #: The advisory lock that keeps dispatchers one at a time (so events become jobs in event order).
@@ -150,16 +152,20 @@ def webhooks_dispatch(*, limit: int = DISPATCH_BATCH) -> int:
             NotificationEvent.objects.filter(pk__in=event_ids).only("pk", "kind", "notification_id").order_by("pk")
         )
         endpoints = list(WebhookEndpoint.objects.filter(active=True).only("pk", "event_kinds"))
-        webhook_deliver.enqueue_many(
-            Enqueue(
-                {"endpoint_id": endpoint.pk, "event_id": event.pk},
-                idempotency_key=f"{event.pk}:{endpoint.pk}",
-                order_key=f"{endpoint.pk}:{event.notification_id}",
+        # Per endpoint, so that a message's runs all call the same receiver (a slow one holds only its own).
+        for endpoint in endpoints:
+            webhook_deliver.enqueue_many(
+                (
+                    Enqueue(
+                        {"endpoint_id": endpoint.pk, "event_id": event.pk},
+                        idempotency_key=f"{event.pk}:{endpoint.pk}",
+                        order_key=f"{endpoint.pk}:{event.notification_id}",
+                    )
+                    for event in events
+                    if endpoint.wants(event.kind)
+                ),
+                per_message=WEBHOOKS_PER_MESSAGE,
             )
-            for event in events
-            for endpoint in endpoints
-            if endpoint.wants(event.kind)
-        )
     return len(event_ids)
 
 

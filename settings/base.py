@@ -287,6 +287,9 @@ JOBS_RETRY_POLICIES = {
 JOBS_QUEUE_FACETS = topology.QUEUE_FACETS
 #: The queue of a durable job that names none (jobs/durable.py); the transactional pool consumes it.
 JOBS_DEFAULT_QUEUE = topology.JOBS_QUEUE
+#: Seconds a worker runs the durable jobs of one message before it hands the rest back (below the task's
+#: soft time limit, so a message of many runs to a slow remote never reaches it).
+JOBS_BATCH_SECONDS = env_float("JOBS_BATCH_SECONDS", 10.0)
 #: The queue of status webhooks (notifications/webhooks.py) and the seconds one delivery may take.
 WEBHOOKS_QUEUE = topology.WEBHOOKS_QUEUE
 WEBHOOK_TIMEOUT_SECONDS = float(env_str("WEBHOOK_TIMEOUT_SECONDS", "5"))

@@ -272,3 +272,20 @@ def test_the_enqueue_command_says_what_to_fix_and_writes_nothing_until_it_can(br
     ids = json.loads(out.getvalue())
     # Queued, or already taken by the suite's workers when they run.
     assert len(ids) == 3 and Job.objects.filter(pk__in=ids, name="chores.call_partner").count() == 3
+
+
+def test_a_message_of_many_runs_hands_back_what_it_cannot_finish_in_time(workers, ledger, closed_breakers):
+    # 0.8 s per call, 6 runs per message, 2 s per message (JOBS_BATCH_SECONDS in the test settings): each
+    # message runs about three and hands the rest back, queued again without using an attempt.
+    ledger.set_fault(PARTNER_RECEIVER, latency_ms=800)
+    with transaction.atomic():
+        jobs = chore_call_partner.enqueue_many(
+            (Enqueue({"chore_id": str(_chore().pk)}) for _ in range(6)), per_message=6
+        )
+
+    rows = _finished([j.pk for j in jobs], timeout=60)
+
+    assert {row.status for row in rows.values()} == {"succeeded"}
+    assert {row.attempts for row in rows.values()} == {1}, "a run handed back used no attempt"
+    for row in rows.values():
+        assert len(_calls(ledger, row)) == 1
