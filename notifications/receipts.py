@@ -63,7 +63,8 @@ SELECT n.id, v.kind, COALESCE(v.at, statement_timestamp()), v.provider, v.data::
        statement_timestamp()
 FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[])
      AS v(message_id, kind, at, provider, data, dedupe_key)
-LEFT JOIN notifications_notification n ON n.provider_message_id = v.message_id AND v.message_id <> ''
+-- `n.provider_message_id <> ''` lets the planner use the partial index notif_provider_msg_idx.
+LEFT JOIN notifications_notification n ON n.provider_message_id = v.message_id AND n.provider_message_id <> ''
 ON CONFLICT (dedupe_key) DO NOTHING
 RETURNING provider, kind, notification_id IS NULL
 """
@@ -103,7 +104,8 @@ _LINK_SQL = """
 WITH found AS (
     DELETE FROM notifications_notificationevent e
     USING notifications_notification n
-    WHERE e.notification_id IS NULL AND e.provider_message_id <> '' AND n.provider_message_id = e.provider_message_id
+    WHERE e.notification_id IS NULL AND e.provider_message_id <> '' AND n.provider_message_id <> ''
+        AND n.provider_message_id = e.provider_message_id
     RETURNING n.id AS notification_id, e.kind, e.at, e.provider, e.data, e.dedupe_key, e.provider_message_id, e.id
 )
 INSERT INTO notifications_notificationevent (notification_id, kind, at, provider, data, dedupe_key,
