@@ -119,10 +119,10 @@ QUICK = Plan(
     abuse_requests=300,
     abuse_seconds=5.0,
     campaign_timeout=180.0,
-    webhook_notifications=100,
-    webhook_down_seconds=10.0,
+    webhook_notifications=60,
+    webhook_down_seconds=8.0,
     webhook_timeout=240.0,
-    job_count=60,
+    job_count=40,
     job_kills=2,
 )
 
