@@ -69,6 +69,22 @@ def test_a_dead_notification_has_a_failed_event_with_its_reason(ledger, closed_b
     assert event.kind == EventKind.FAILED and "invalid" in event.data["reason"]
 
 
+def test_a_campaign_batch_writes_one_sent_event_per_row_in_its_statement(ledger, closed_breakers):
+    from notifications.campaign_delivery import campaign_batch_send
+    from notifications.models import CampaignBatch
+    from tests.support.sending import fanned_out_campaign
+
+    campaign = fanned_out_campaign("evts", count=5)
+    for batch in CampaignBatch.objects.filter(campaign=campaign):
+        campaign_batch_send(batch_id=batch.pk)
+
+    rows = Notification.objects.filter(campaign=campaign)
+    assert rows.filter(status="sent").count() == 5
+    events = NotificationEvent.objects.filter(notification__in=rows)
+    assert sorted(events.values_list("kind", flat=True)) == ["sent"] * 5
+    assert {e.data["provider_message_id"] for e in events} == {n.provider_message_id for n in rows}
+
+
 def test_the_timeline_is_served_by_the_api_and_shown_in_the_admin(api, admin_client, ledger, closed_breakers):
     response = api.post(
         "/api/v1/notifications",
