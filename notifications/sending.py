@@ -105,8 +105,11 @@ class Delivery:
     called: bool = False
     #: The provider that may have accepted it (timeout after sending); the walk stops there.
     unknown_at: str = ""
-    #: Longest Retry-After any provider gave it.
+    #: Longest Retry-After of a provider that was called and failed: the earliest the next attempt may come.
     retry_after: float = 0.0
+    #: Longest pace a provider asked for without being called (a 429, or "not called" after one): that provider
+    #: is paced for every worker (its breaker), so the next attempt goes to the others and need not wait for it.
+    paced_for: float = 0.0
     #: Sent or dead-lettered: nothing more to do.
     done: bool = False
     last_provider: str = ""
@@ -259,7 +262,7 @@ def _call(
         if isinstance(result, NotCalled):
             # Never sent: an earlier message of the call was told to wait.  No attempt; the next provider may take it.
             delivery.errors.append(str(result))
-            delivery.retry_after = max(delivery.retry_after, result.retry_after or DEFAULT_PACE_SECONDS)
+            delivery.paced_for = max(delivery.paced_for, result.retry_after or DEFAULT_PACE_SECONDS)
             continue
         if isinstance(result, SendResult):
             # What the vendor says is what we record: "OK" without its message id is no acceptance.
@@ -274,7 +277,7 @@ def _call(
         elif isinstance(result, TransientError) and result.status == 429:
             # "Slow down", not "down": pace the provider for every worker; this message tries the next one.
             paced = True
-            delivery.retry_after = max(delivery.retry_after, result.retry_after or DEFAULT_PACE_SECONDS)
+            delivery.paced_for = max(delivery.paced_for, result.retry_after or DEFAULT_PACE_SECONDS)
         else:
             delivery.called = True
             failure = failure or result
@@ -288,7 +291,7 @@ def _call(
                 logger.error("provider %s is misconfigured: %s", provider.name, result)
     pause = 0.0
     if paced:
-        pause = max(d.retry_after for d in chunk)
+        pause = max(d.paced_for for d in chunk)
         breaker.pace(pause)
         if limiter is not None:
             limiter.penalize(pause)

@@ -98,6 +98,24 @@ def test_security_mail_goes_to_the_fallback_at_once_while_the_primary_asks_us_to
     assert not DeadLetter.objects.exists()
 
 
+def test_a_paced_primary_does_not_push_a_failed_fallback_attempt_past_its_budget(ledger):
+    # The primary asks for 300 s (beyond security's 60-s budget in the test settings) and the fallback fails for
+    # a moment: the next attempt is the fallback's, soon, not the primary's in 300 s (which would be a dead letter
+    # at once, as drill 14 once found).
+    ledger.set_fault("postmark", retry_after=300)
+    ledger.set_fault("smtp", outage=True)
+
+    notification = deliver(submit(priority="security", to="reset@example.com"))
+
+    assert (notification.status, notification.attempts) == ("failed", 1), notification.last_error
+    assert notification.next_attempt_at < timezone.now() + timedelta(seconds=5)
+    assert not DeadLetter.objects.exists()
+    ledger.clear_faults("smtp")
+    make_due(notification)
+
+    assert (deliver(notification).status, notification.provider) == ("sent", "smtp")
+
+
 def test_marketing_waits_for_a_paced_primary_instead_of_spilling_onto_the_fallback(ledger):
     ledger.set_fault("postmark", retry_after=60)
     deliver(submit(priority="transactional", to="first@example.com"))  # meets the 429, paces postmark
