@@ -662,16 +662,49 @@ def jobs_relay(*, now: datetime | None = None, queue_heads=queue_head) -> int:
         rows = list(
             Job.objects.select_for_update(skip_locked=True)
             .filter(due)
-            .only("pk", "queue", "status")
+            .only("pk", "queue", "status", "breaker")
             .order_by("id")[: settings.RELAY_BATCH_SIZE]
         )
         if not rows:
             return 0
+        rows, held = _breaker_gate(rows)
+        if held:
+            # Their breaker is open: one job per breaker goes (to be its probe once the cool-down is over), the
+            # others wait one to two cool-downs more in PostgreSQL instead of being claimed only to be turned
+            # away (thousands of webhooks to a receiver that is down would otherwise churn the workers).
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE jobs_job SET next_attempt_at = statement_timestamp() "
+                    "+ make_interval(secs => %s * (1 + random())) WHERE id = ANY(%s)",
+                    [breaker_config().cooldown_seconds, [r.pk for r in held]],
+                )
         # A running row's worker died (lease expired): the attempt it used was counted at its claim.
         Job.objects.filter(pk__in=[r.pk for r in rows]).update(
             status=JobStatus.QUEUED, queued_at=now, next_attempt_at=None, lease_expires_at=None
         )
         for row in rows:
             job_publish(row)
-    logger.info("relay: published %s job(s) again", len(rows))
+    logger.info("relay: published %s job(s) again; %s held by an open breaker", len(rows), len(held))
     return len(rows)
+
+
+def _breaker_gate(rows: list) -> tuple[list, list]:
+    """(the rows to publish, the rows held): of the rows whose breaker is open or half-open, only the first."""
+    from jobs.models import JobStatus
+
+    states: dict[str, bool] = {}
+    go, held = [], []
+    for row in rows:
+        if not row.breaker or row.status != JobStatus.RETRYING:
+            go.append(row)
+            continue
+        if row.breaker not in states:
+            try:
+                states[row.breaker] = _breaker(row.breaker, None).state()["state"] != "closed"
+            except Exception:  # Redis unreachable: the breaker lets calls through, and so does the relay
+                states[row.breaker] = False
+            if states[row.breaker]:
+                go.append(row)  # the one that may become the probe
+                continue
+        (held if states[row.breaker] else go).append(row)
+    return go, held

@@ -289,3 +289,34 @@ def test_a_message_of_many_runs_hands_back_what_it_cannot_finish_in_time(workers
     assert {row.attempts for row in rows.values()} == {1}, "a run handed back used no attempt"
     for row in rows.values():
         assert len(_calls(ledger, row)) == 1
+
+
+def test_the_relay_holds_the_jobs_of_an_open_breaker_but_one(broker, closed_breakers):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs.breaker import CircuitBreaker
+
+    past = timezone.now() - timedelta(seconds=1)
+    jobs = [
+        Job.objects.create(
+            name=chore_call_partner.name, queue="jobs.work", arguments={"chore_id": str(_chore().pk)}, max_attempts=4,
+            status=JobStatus.RETRYING, breaker=PARTNER, next_attempt_at=past, retry_from=past, queued_at=past,
+        )
+        for _ in range(5)
+    ]  # fmt: skip
+    breaker = CircuitBreaker(PARTNER)
+    for _ in range(3):  # BREAKER_FAILURE_THRESHOLD in the test settings
+        breaker.record_failure("partner down")
+    assert breaker.state()["state"] == "open"
+
+    assert jobs_relay() == 1, "one job goes, to be the probe"
+
+    held = Job.objects.filter(pk__in=[j.pk for j in jobs], status=JobStatus.RETRYING)
+    assert held.count() == 4
+    assert all(job.next_attempt_at > timezone.now() for job in held), "the others wait a cool-down more"
+    breaker.reset()
+    held.update(next_attempt_at=past)
+
+    assert jobs_relay() == 4, "a closed breaker lets them all go"
