@@ -854,11 +854,11 @@ PARTNER = "partner"
 
 def drill_jobs_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
     """Durable jobs of an app that is not the notifications (the chore job, calling a partner that answers in
-    200 ms and with a 500 to a quarter of its calls) while transactional workers are SIGKILLed mid-call: every
+    200 ms and with a 500 to a tenth of its calls) while transactional workers are SIGKILLed mid-call: every
     job ends succeeded, or dead with a dead letter; the partner got every succeeded job; a job reached it twice
     only where its worker was killed after the call."""
     count = plan.job_count
-    stack.sandbox.set_fault(PARTNER, latency_ms=200, error_rate=0.25, status=500)
+    stack.sandbox.set_fault(PARTNER, latency_ms=200, error_rate=0.1, status=500)
     output = stack.manage(
         "job_enqueue", "chores.call_partner", "--arguments", json.dumps({"chore_id": str(uuid.uuid4())}), "--count",
         str(count),
@@ -882,8 +882,8 @@ def drill_jobs_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dri
         recovered = time.time() - killed_at
     finally:
         stack.sandbox.clear_faults(PARTNER)
-    rows = stack.query("SELECT id, status, attempts FROM jobs_job WHERE id = ANY(%s)", (ids,))
-    statuses = Counter(status for _, status, _ in rows)
+    rows = stack.query("SELECT id, status, attempts, last_error FROM jobs_job WHERE id = ANY(%s)", (ids,))
+    statuses = Counter(status for _, status, _, _ in rows)
     letters = {
         int(subject)
         for (subject,) in stack.query(
@@ -892,12 +892,13 @@ def drill_jobs_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dri
         )
     }
     calls = Counter(entry["idempotency_key"] for entry in stack.sandbox.entries(provider=PARTNER, limit=1_000_000))
-    succeeded = {job_id for job_id, status, _ in rows if status == "succeeded"}
-    dead = {job_id for job_id, status, _ in rows if status == "dead"}
+    succeeded = {job_id for job_id, status, _, _ in rows if status == "succeeded"}
+    dead = {job_id for job_id, status, _, _ in rows if status == "dead"}
     twice = sum(1 for n in calls.values() if n > 1)
     # The table's duplicates column counts notifications; a job called twice is reported in the notes and checked
     # against the kills (a job is at least once: the partner deduplicates on its Idempotency-Key).
     outcome = Tally(submitted=count, sent=statuses["succeeded"], dead=statuses["dead"])
+    outcome.dead_reasons.update(error.split(":")[0][:60] for _, status, _, error in rows if status == "dead")
     return result_row(
         20,
         "Durable jobs, workers SIGKILLed",
@@ -908,7 +909,7 @@ def drill_jobs_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dri
             "every succeeded job reached the partner": all(calls[f"chore-{i}"] >= 1 for i in succeeded),
             "every dead job has a dead letter": dead <= letters,
             "a job reached the partner twice only where a worker was killed": twice <= len(killed),
-            "no attempts beyond the policy's 4": max((a for _, _, a in rows), default=0) <= 4,
+            "no attempts beyond the policy's 4": max((a for _, _, a, _ in rows), default=0) <= 4,
         },
         notes=[
             f"{dict(statuses)}; {len(killed)} worker(s) killed; {twice} job(s) called twice (the partner deduplicates "

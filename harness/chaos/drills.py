@@ -95,7 +95,7 @@ class Plan:
     webhook_down_seconds: float = 60.0
     webhook_timeout: float = 600.0
     #: Durable jobs of another app while its workers are SIGKILLed.
-    job_count: int = 500
+    job_count: int = 300
     job_kills: int = 4
 
 
