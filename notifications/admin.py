@@ -124,12 +124,18 @@ class NotificationAdmin(admin.ModelAdmin):
         "channel",
         "template",
         "to",
-        "status",
+        "status_short",
         "attempts",
         "provider",
         "sent_at",
     )
     list_filter = ("status", "priority", "channel", "provider", "template", "created_at")
+
+    @admin.display(description="status", ordering="status")
+    def status_short(self, obj: Notification) -> str:
+        """One word per row (the long description wrapped each row to several lines); the description on hover
+        and on the notification's page."""
+        return format_html('<span title="{}">{}</span>', obj.get_status_display(), obj.status)
     search_fields = ("=id", "to", "idempotency_key", "provider_message_id")
     date_hierarchy = "created_at"
     list_select_related = ()

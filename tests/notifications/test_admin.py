@@ -56,6 +56,20 @@ def test_notifications_cannot_be_edited_in_the_admin(admin_client):
     assert response.status_code in (200, 403)
 
 
+def test_the_notification_list_shows_one_word_per_status_and_the_description_on_hover(admin_client):
+    import re
+
+    admin_client.post(ADD_URL, form())
+    notification = Notification.objects.get()
+
+    page = admin_client.get("/admin/notifications/notification/").content.decode()
+
+    cell = re.search(r'<td class="field-status_short">(.*?)</td>', page).group(1)
+    assert cell == '<span title="queued (published to its queue)">queued</span>'
+    detail = admin_client.get(f"/admin/notifications/notification/{notification.pk}/change/").content.decode()
+    assert "queued (published to its queue)" in detail
+
+
 CAMPAIGN_ADD_URL = "/admin/notifications/campaign/add/"
 
 
