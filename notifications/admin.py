@@ -136,6 +136,7 @@ class NotificationAdmin(admin.ModelAdmin):
         """One word per row (the long description wrapped each row to several lines); the description on hover
         and on the notification's page."""
         return format_html('<span title="{}">{}</span>', obj.get_status_display(), obj.status)
+
     search_fields = ("=id", "to", "idempotency_key", "provider_message_id")
     date_hierarchy = "created_at"
     list_select_related = ()
