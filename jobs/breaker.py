@@ -268,3 +268,18 @@ class CircuitBreaker:
             )
         except Exception:  # the log line above is the record of last resort
             logger.warning("breaker %s: transition not stored", self.name, exc_info=True)
+
+
+_built: dict[tuple[str, int | None], CircuitBreaker] = {}
+
+
+def breaker_named(name: str, *, failure_threshold: int | None = None) -> CircuitBreaker:
+    """The breaker of `name`, built once per process (its scripts registered once); `failure_threshold` overrides
+    JOBS_CIRCUIT_BREAKER's for a dependency that needs its own (the state in Redis is shared either way)."""
+    breaker = _built.get((name, failure_threshold))
+    if breaker is None:
+        config = breaker_config()
+        if failure_threshold is not None:
+            config = BreakerConfig(failure_threshold, config.cooldown_seconds, config.probe_timeout_seconds)
+        breaker = _built[(name, failure_threshold)] = CircuitBreaker(name, config)
+    return breaker

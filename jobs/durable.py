@@ -54,7 +54,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.module_loading import autodiscover_modules
 
-from jobs.breaker import BreakerConfig, CircuitBreaker, breaker_config, register_breaker_names
+from jobs.breaker import breaker_config, breaker_named, register_breaker_names
 from jobs.errors import PermanentError, TransientError
 from jobs.metrics import JOB_RUNS, JOB_SECONDS, run_in_pipeline
 from jobs.publishing import publish_after_commit
@@ -211,17 +211,23 @@ def _static_breakers() -> list[str]:
     return [d.breaker for d in _definitions.values() if isinstance(d.breaker, str)]
 
 
-def job_definition(name: str) -> JobDefinition | None:
-    """The declared job named `name`; the `tasks` modules of the installed apps are imported first if needed."""
+def _discover() -> None:
+    """Import the `tasks` modules of the installed apps once, where jobs are declared."""
     global _discovered
-    if name not in _definitions and not _discovered:
+    if not _discovered:
         _discovered = True
         autodiscover_modules("tasks")
+
+
+def job_definition(name: str) -> JobDefinition | None:
+    """The declared job named `name`; the `tasks` modules of the installed apps are imported first if needed."""
+    if name not in _definitions:
+        _discover()
     return _definitions.get(name)
 
 
 def job_definitions() -> dict[str, JobDefinition]:
-    job_definition("")
+    _discover()
     return dict(_definitions)
 
 
@@ -392,7 +398,7 @@ def job_run_claimed(row) -> str:
     if definition is None:
         _dead(row, PermanentError(f"no job named {row.name!r} in this version of the code"), claimed=True)
         return _count(row, "dead", started)
-    breaker = _breaker(row.breaker, definition.breaker_failures) if row.breaker else None
+    breaker = breaker_named(row.breaker, failure_threshold=definition.breaker_failures) if row.breaker else None
     permit = breaker.allow() if breaker is not None else None
     if permit is not None and not permit.call:
         # Spread over up to twice the cool-down: the jobs an open breaker turned away do not all come back at once.
@@ -436,19 +442,6 @@ def job_run_claimed(row) -> str:
     if _still_claimed(row).update(status="succeeded", finished_at=Now(), lease_expires_at=None, last_error=""):
         _next_in_order(row)
     return _count(row, "succeeded", started)
-
-
-_breakers: dict[tuple[str, int | None], CircuitBreaker] = {}
-
-
-def _breaker(name: str, failures: int | None) -> CircuitBreaker:
-    breaker = _breakers.get((name, failures))
-    if breaker is None:
-        config = breaker_config()
-        if failures is not None:
-            config = BreakerConfig(failures, config.cooldown_seconds, config.probe_timeout_seconds)
-        breaker = _breakers[(name, failures)] = CircuitBreaker(name, config)
-    return breaker
 
 
 def _count(row, outcome: str, started: float) -> str:
@@ -700,7 +693,7 @@ def _breaker_gate(rows: list) -> tuple[list, list]:
             continue
         if row.breaker not in states:
             try:
-                states[row.breaker] = _breaker(row.breaker, None).state()["state"] != "closed"
+                states[row.breaker] = breaker_named(row.breaker).state()["state"] != "closed"
             except Exception:  # Redis unreachable: the breaker lets calls through, and so does the relay
                 states[row.breaker] = False
             if states[row.breaker]:

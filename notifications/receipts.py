@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -72,8 +73,6 @@ RETURNING provider, kind, notification_id IS NULL
 
 def receipts_record(receipts: Iterable[Receipt]) -> int:
     """Store the reports (those already stored are skipped); how many were new."""
-    import json
-
     receipts = [r for r in receipts if r.kind in EventKind.values and r.message_id]
     if not receipts:
         return 0

@@ -40,7 +40,7 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from jobs.breaker import OPEN, PACED, CircuitBreaker, Permit, breaker_config
+from jobs.breaker import OPEN, PACED, CircuitBreaker, Permit, breaker_config, breaker_named
 from jobs.deadletters import deadletter_record
 from jobs.errors import ConfigurationError, JobError, NotCalled, PermanentError, TransientError
 from jobs.ratelimit import RateLimiter, rate_limiter_for
@@ -68,14 +68,10 @@ URGENT_TOKEN_WAIT_SECONDS = 0.1
 #: Pause applied to a provider that answered 429 without a Retry-After.
 DEFAULT_PACE_SECONDS = 1.0
 
-_breakers: dict[str, CircuitBreaker] = {}
-
 
 def breaker_for(provider: BaseProvider) -> CircuitBreaker:
     """The provider's breaker, built once per process."""
-    if provider.name not in _breakers:
-        _breakers[provider.name] = CircuitBreaker(provider.name)
-    return _breakers[provider.name]
+    return breaker_named(provider.name)
 
 
 def build_message(row: Notification, content: RenderedMessage) -> OutboundMessage:

@@ -36,7 +36,7 @@ from jobs.durable import Enqueue, current_job, job
 from jobs.errors import PermanentError, TransientError
 from jobs.http import classify_request_exception, environment_once, parse_retry_after
 from jobs.ratelimit import RateLimiter
-from notifications.models import EventKind, Notification, NotificationEvent, WebhookEndpoint, WebhookOutbox
+from notifications.models import EventKind, Notification, NotificationEvent, WebhookEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ ENDPOINT_CACHE_SECONDS = 5.0
 TYPE_PREFIX = "notification."
 
 
+def _utc(moment: datetime) -> str:
+    """ISO 8601 in UTC with a Z, as the payloads give every time."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def webhook_message_id(event_id: int) -> str:
     """The webhook-id of an event: the same on every retry and for every endpoint (receivers deduplicate on it)."""
     return f"evt_{event_id}"
@@ -69,7 +74,7 @@ def webhook_payload(event: NotificationEvent, notification: Notification | None)
     data: dict[str, Any] = {
         "notification_id": str(event.notification_id),
         "kind": event.kind,
-        "at": event.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "at": _utc(event.at),
         "provider": event.provider,
         "details": event.data,
     }
@@ -82,7 +87,7 @@ def webhook_payload(event: NotificationEvent, notification: Notification | None)
         )
     return {
         "type": TYPE_PREFIX + event.kind,
-        "timestamp": event.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "timestamp": _utc(event.created_at),
         "data": data,
     }
 
@@ -179,11 +184,6 @@ def webhooks_dispatch_all(*, budget_seconds: float = 20.0) -> int:
         if done < DISPATCH_BATCH:
             break
     return total
-
-
-def webhooks_pending() -> int:
-    """Events waiting in the outbox."""
-    return WebhookOutbox.objects.count()
 
 
 # --- delivery --------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def webhook_send_test(*, endpoint: WebhookEndpoint) -> tuple[bool, str]:
     """POST a `test` event now, in the caller's thread, and say what the endpoint answered (admin and API)."""
     payload = {
         "type": "webhook.test",
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "timestamp": _utc(datetime.now(UTC)),
         "data": {"endpoint_id": endpoint.pk, "kinds": endpoint.event_kinds or list(EventKind.values)},
     }
     message_id = f"test_{int(time.time() * 1000)}"
