@@ -71,9 +71,11 @@ class NotificationStatus(models.TextChoices):
     SENT = "sent", "sent (accepted by a provider)"
     FAILED = "failed", "failed (waiting for its next attempt)"
     DEAD = "dead", "dead (in the dead-letter table)"
-    #: Campaign rows wait here, outside the relay's index, until their batch sends them.
-    SCHEDULED = "scheduled", "scheduled (in a campaign batch, not yet sent)"
+    #: Campaign rows wait here, outside the relay's index, until their batch sends them; a single
+    #: notification with a send_at waits here until then (release_scheduled publishes it).
+    SCHEDULED = "scheduled", "scheduled (waiting for its send_at, or for its campaign batch)"
     SKIPPED = "skipped", "skipped (consent withdrawn, address suppressed or campaign cancelled)"
+    CANCELLED = "cancelled", "cancelled (by its id or cancellation key, before a worker took it)"
 
 
 class Notification(models.Model):
@@ -89,6 +91,10 @@ class Notification(models.Model):
     idempotency_key = models.CharField(max_length=255, blank=True, default="")
     #: Hash of the request that created the row, so a key reused for a different request is refused.
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    #: The caller's label for cancelling it (and every other notification with the same label) before it goes.
+    cancellation_key = models.CharField(max_length=255, blank=True, default="")
+    #: Not before this moment: the row waits as scheduled in PostgreSQL until the release publishes it.
+    send_at = models.DateTimeField(null=True, blank=True)
     priority = models.CharField(max_length=16, choices=Priority.choices)
     channel = models.CharField(max_length=8, choices=Channel.choices)
     # Indexed by notif_recipient_idx (recipient, -created_at); a second index would slow every insert.
@@ -180,6 +186,14 @@ class Notification(models.Model):
             models.Index(
                 fields=["provider_message_id"], name="notif_provider_msg_idx", condition=~Q(provider_message_id="")
             ),
+            # The release of scheduled notifications takes the due ones in send_at order; campaign rows
+            # (scheduled too, without a send_at) stay out.
+            models.Index(
+                fields=["send_at"], name="notif_send_at_due_idx", condition=Q(status="scheduled", send_at__isnull=False)
+            ),
+            models.Index(
+                fields=["cancellation_key"], name="notif_cancellation_key_idx", condition=~Q(cancellation_key="")
+            ),
         ]
         constraints = [
             # A constraint, not unique=True: that would add a second (LIKE) index on the key.
@@ -205,6 +219,8 @@ class Notification(models.Model):
 
 class CampaignStatus(models.TextChoices):
     DRAFT = "draft"
+    #: Started with a send_at in the future: the release starts it then.
+    SCHEDULED = "scheduled"
     RUNNING = "running"
     PAUSED = "paused"
     CANCELLED = "cancelled"
@@ -238,6 +254,8 @@ class Campaign(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    #: While scheduled: when the release starts it.
+    send_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -447,7 +465,8 @@ class EventKind(models.TextChoices):
 
     SENT = "sent", "accepted by the provider"
     FAILED = "failed", "failed for good (dead letter)"
-    SKIPPED = "skipped", "not sent (consent, suppression, cancelled)"
+    SKIPPED = "skipped", "not sent (consent, suppression, campaign cancelled)"
+    CANCELLED = "cancelled", "cancelled before it was sent"
     DELIVERED = "delivered"
     BOUNCED = "bounced"
     DEFERRED = "deferred", "delivery delayed by the receiving side"
@@ -459,7 +478,12 @@ class EventKind(models.TextChoices):
 
 
 #: The statuses whose reaching writes an event, and the event's kind (a trigger does it: see migration 0011).
-STATUS_EVENTS = {"sent": EventKind.SENT, "dead": EventKind.FAILED, "skipped": EventKind.SKIPPED}
+STATUS_EVENTS = {
+    "sent": EventKind.SENT,
+    "dead": EventKind.FAILED,
+    "skipped": EventKind.SKIPPED,
+    "cancelled": EventKind.CANCELLED,
+}
 
 
 class NotificationEvent(models.Model):
