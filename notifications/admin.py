@@ -2,6 +2,7 @@
 API tokens; what is added here goes through the same services as the API."""
 
 import json
+from collections import Counter
 
 from django import forms
 from django.contrib import admin, messages
@@ -36,7 +37,7 @@ from notifications.models import (
 )
 from notifications.rendering import template_names
 from notifications.selectors import campaign_progress, notification_timeline
-from notifications.services import notification_send, notification_validate
+from notifications.services import NotCancellable, notification_cancel, notification_send, notification_validate
 from notifications.webhooks import webhook_endpoint_validate, webhook_send_test
 
 
@@ -90,6 +91,10 @@ class NotificationSendForm(ServiceValidatedForm):
     priority = forms.ChoiceField(choices=Priority.choices, initial=Priority.TRANSACTIONAL)
     channel = forms.ChoiceField(choices=Channel.choices)
     to = forms.CharField(help_text="E-mail address, E.164 phone number or push token.")
+    send_at = forms.DateTimeField(required=False, help_text="Not before this moment (empty: now).")
+    cancellation_key = forms.CharField(
+        required=False, max_length=200, help_text="A label to cancel it by, with any others that carry it."
+    )
     context_example = '{"code": "123456"}'
 
     class Meta:
@@ -108,6 +113,8 @@ class NotificationSendForm(ServiceValidatedForm):
             template=data["template"],
             context=data["context_json"],
             to=data["to"],
+            send_at=data.get("send_at"),
+            cancellation_key=data.get("cancellation_key") or "",
         )
 
     def _post_clean(self) -> None:
@@ -130,6 +137,7 @@ class NotificationAdmin(admin.ModelAdmin):
         "sent_at",
     )
     list_filter = ("status", "priority", "channel", "provider", "template", "created_at")
+    actions = ["cancel"]
 
     @admin.display(description="status", ordering="status")
     def status_short(self, obj: Notification) -> str:
@@ -171,15 +179,17 @@ class NotificationAdmin(admin.ModelAdmin):
     def get_form(self, request: HttpRequest, obj=None, change: bool = False, **kwargs):
         if obj is None:
             kwargs["form"] = type("NotificationSendForm", (NotificationSendForm,), {"user": request.user})
-            kwargs["fields"] = ["priority", "channel", "template", "to", "context_json"]
+            kwargs["fields"] = [*self.send_fields]
         return super().get_form(request, obj, change, **kwargs)
+
+    send_fields = ("priority", "channel", "template", "to", "context_json", "send_at", "cancellation_key")
 
     def get_readonly_fields(self, request: HttpRequest, obj=None) -> list[str]:
         return self.readonly_fields if obj is not None else []
 
     def get_fieldsets(self, request: HttpRequest, obj=None):
         if obj is None:
-            return [(None, {"fields": ["priority", "channel", "template", "to", "context_json"]})]
+            return [(None, {"fields": [*self.send_fields]})]
         return super().get_fieldsets(request, obj)
 
     def save_model(self, request: HttpRequest, obj: Notification, form: NotificationSendForm, change: bool) -> None:
@@ -191,6 +201,8 @@ class NotificationAdmin(admin.ModelAdmin):
             context=data["context_json"],
             to=data["to"],
             created_by=request.user,
+            send_at=data.get("send_at"),
+            cancellation_key=data.get("cancellation_key") or "",
         )
         # The admin redirects and logs using obj; point it at the row the service wrote.
         obj.pk = notification.pk
@@ -204,6 +216,27 @@ class NotificationAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         # Notifications are a record: they change only through the workers.
         return False
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("notifications.add_notification")
+
+    @admin.action(description="Cancel selected notifications (those no worker took yet)", permissions=["cancel"])
+    def cancel(self, request: HttpRequest, queryset) -> None:
+        cancelled, too_late = 0, []
+        for pk in queryset.values_list("pk", flat=True)[:10_000]:
+            try:
+                notification_cancel(notification_id=pk, reason=f"cancelled by {request.user} in the admin")
+                cancelled += 1
+            except NotCancellable as exc:
+                too_late.append(f"{pk} ({exc.notification.status})")
+        if cancelled:
+            self.message_user(request, f"Cancelled {cancelled} notification(s): nothing of them will be sent.")
+        if too_late:
+            self.message_user(
+                request,
+                f"{len(too_late)} could not be cancelled, a worker took them already: {', '.join(too_late[:20])}",
+                level=messages.WARNING,
+            )
 
 
 class PushDeviceInline(admin.TabularInline):
@@ -289,7 +322,7 @@ class CampaignForm(ServiceValidatedForm):
 
     class Meta:
         model = Campaign
-        fields = ["name", "template", "channel", "audience_locale", "audience_tag"]
+        fields = ["name", "template", "channel", "audience_locale", "audience_tag", "send_at"]
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -325,10 +358,10 @@ class CampaignAdmin(admin.ModelAdmin):
     progress_fields = ("progress", "rate", "eta", "materialized_count", "sent_count", "dead_count", "skipped_count")
 
     def get_fields(self, request: HttpRequest, obj=None) -> list[str]:
-        fields = ["name", "template", "channel", "context_json", "audience_locale", "audience_tag"]
+        fields = ["name", "template", "channel", "context_json", "audience_locale", "audience_tag", "send_at"]
         if obj is not None and obj.status != CampaignStatus.DRAFT:
             return ["name", "status", "last_error", *self.progress_fields, "template", "channel", "context",
-                    "audience_locale", "audience_tag", "started_at", "finished_at", "created_by"]  # fmt: skip
+                    "audience_locale", "audience_tag", "send_at", "started_at", "finished_at", "created_by"]  # fmt: skip
         return fields if obj is None else ["status", *fields]
 
     def get_readonly_fields(self, request: HttpRequest, obj=None) -> list[str]:
@@ -342,6 +375,7 @@ class CampaignAdmin(admin.ModelAdmin):
         data = form.cleaned_data
         if change:
             obj.context = data["context_json"]
+            obj.send_at = data.get("send_at")
             obj.save()
             return
         campaign = campaign_create(
@@ -353,6 +387,8 @@ class CampaignAdmin(admin.ModelAdmin):
             audience_tag=data.get("audience_tag") or "",
             created_by=request.user,
         )
+        if data.get("send_at"):
+            Campaign.objects.filter(pk=campaign.pk).update(send_at=data["send_at"])
         obj.pk = campaign.pk
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
@@ -398,9 +434,19 @@ class CampaignAdmin(admin.ModelAdmin):
         if done:
             self.message_user(request, f"{verb} {done} campaign(s).")
 
-    @admin.action(description="Start selected campaigns", permissions=["change"])
+    @admin.action(description="Start selected campaigns (at their send at, if set)", permissions=["change"])
     def start(self, request: HttpRequest, queryset) -> None:
-        self._act(request, queryset, campaign_start, "Started")
+        done: Counter = Counter()
+        for campaign in queryset:
+            try:
+                done[campaign_start(campaign_id=campaign.pk, send_at=campaign.send_at).status] += 1
+            except (CampaignStateError, ValidationError) as exc:
+                self.message_user(request, f"campaign {campaign.pk}: {exc}", level=messages.WARNING)
+        scheduled = done.pop(CampaignStatus.SCHEDULED, 0)
+        if done:
+            self.message_user(request, f"Started {done.total()} campaign(s).")
+        if scheduled:
+            self.message_user(request, f"Scheduled {scheduled} campaign(s) to start at their send at.")
 
     @admin.action(description="Pause selected campaigns", permissions=["change"])
     def pause(self, request: HttpRequest, queryset) -> None:

@@ -16,6 +16,7 @@ from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
 from ninja import Field, Header, NinjaAPI, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationErrorContext
 from ninja.errors import ValidationError as SchemaError
@@ -27,7 +28,14 @@ from pydantic import BaseModel, ConfigDict
 from notifications import campaigns, selectors, webhooks
 from notifications.inputs import MalformedJSON, parse_json_object
 from notifications.models import ApiToken, Campaign, Channel, EventKind, Notification, Priority, WebhookEndpoint
-from notifications.services import IdempotencyConflict, notification_send, request_fingerprint
+from notifications.services import (
+    IdempotencyConflict,
+    NotCancellable,
+    notification_cancel,
+    notification_send,
+    notifications_cancel_by_key,
+    request_fingerprint,
+)
 from notifications.throttles import api_quota_wait, api_request_wait
 
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,200}$"
@@ -265,6 +273,12 @@ class NotificationIn(Body):
     to: str | None = Field(None, description="an e-mail address, an E.164 number or a device token")
     recipient_id: int | None = Field(None, description="instead of `to`: a known recipient")
     context: dict[str, Any] = Field(default_factory=dict, description="exactly the variables the template declares")
+    send_at: str | None = Field(
+        None, description="not before this moment (ISO 8601 with a time zone); held in PostgreSQL until then"
+    )
+    cancellation_key: str | None = Field(
+        None, description="a label to cancel it by (POST /notifications/cancel), shared by as many as you like"
+    )
 
 
 class NotificationAccepted(Schema):
@@ -284,7 +298,27 @@ class NotificationOut(NotificationAccepted):
     created_at: str
     queued_at: str | None
     sent_at: str | None
+    send_at: str | None
+    cancellation_key: str | None
     last_error: str | None
+
+
+class CancelByKeyIn(Body):
+    cancellation_key: str
+
+
+class CancelledOut(Schema):
+    cancelled: list[str]
+    too_late: dict[str, str] = Field(description="notification id -> its status, for those a worker took already")
+
+
+class NotCancelledOut(Schema):
+    error: str
+    status: str
+
+
+class CampaignStartIn(Body):
+    send_at: str | None = Field(None, description="start then (ISO 8601 with a time zone) instead of now")
 
 
 class Audience(Body):
@@ -393,6 +427,8 @@ def notifications_create(
     _may_send(request, payload.priority)
     try:
         notification, _ = notification_send(
+            send_at=_moment(payload.send_at, "send_at"),
+            cancellation_key=payload.cancellation_key or "",
             priority=payload.priority,
             channel=payload.channel,
             template=payload.template,
@@ -409,6 +445,35 @@ def notifications_create(
     summary = _summary(request, notification)
     response["Location"] = summary["status_url"]
     return Status(202, summary)
+
+
+def _moment(value: str | None, field: str):
+    """An ISO 8601 date and time from a request (the service says what is wrong with one that parses)."""
+    if value is None:
+        return None
+    try:
+        moment = parse_datetime(value)
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise Refused(400, "invalid request", {field: "not an ISO 8601 date and time, e.g. 2027-01-31T09:00:00Z"})
+    return moment
+
+
+@api.post(
+    "/notifications/cancel",  # before /notifications/{notification_id}, which would take "cancel"
+    response={200: CancelledOut, **REFUSALS},
+    url_name="notifications-cancel",
+    summary="Cancel notifications by their cancellation key",
+)
+def notifications_cancel_key(request: HttpRequest, payload: CancelByKeyIn):
+    """Every notification with this cancellation key that no worker took yet is cancelled (nothing of it is
+    sent); those already taken are listed with their status. Staff cancel anyone's; other users their own."""
+    return notifications_cancel_by_key(
+        cancellation_key=payload.cancellation_key,
+        created_by=None if request.user.is_staff else request.user,
+        reason=f"cancelled by {request.user} (key {payload.cancellation_key})",
+    )
 
 
 def _visible(request: HttpRequest, notification_id: str) -> Notification:
@@ -440,8 +505,27 @@ def notifications_detail(request: HttpRequest, notification_id: str):
         "created_at": notification.created_at.isoformat(),
         "queued_at": notification.queued_at.isoformat() if notification.queued_at else None,
         "sent_at": notification.sent_at.isoformat() if notification.sent_at else None,
+        "send_at": notification.send_at.isoformat() if notification.send_at else None,
+        "cancellation_key": notification.cancellation_key or None,
         "last_error": notification.last_error or None,
     }
+
+
+@api.post(
+    "/notifications/{notification_id}/cancel",
+    response={200: NotificationAccepted, 409: NotCancelledOut, **REFUSALS},
+    url_name="notification-cancel",
+    summary="Cancel a notification",
+)
+def notifications_cancel(request: HttpRequest, notification_id: str):
+    """200 when it was cancelled before a worker took it (nothing of it is sent); 409 with its status when a
+    worker took it already or it is final."""
+    notification = _visible(request, notification_id)
+    try:
+        notification = notification_cancel(notification_id=notification.pk, reason=f"cancelled by {request.user}")
+    except NotCancellable as exc:
+        return Status(409, {"error": str(exc), "status": exc.notification.status})
+    return _summary(request, notification)
 
 
 class EventOut(Schema):
@@ -628,15 +712,21 @@ def campaigns_detail(request: HttpRequest, campaign_id: int):
     url_name="campaign-action",
     summary="Start, pause, resume or cancel a campaign",
 )
-def campaigns_action(request: HttpRequest, campaign_id: int, action: str):
+def campaigns_action(request: HttpRequest, campaign_id: int, action: str, payload: CampaignStartIn | None = None):
     """`action` is start, pause, resume or cancel; 202 at once (the work happens in the workers), 409 if the
-    campaign's state forbids it. Needs notifications.change_campaign."""
+    campaign's state forbids it. `start` may say `{"send_at": ...}` to start later. Needs
+    notifications.change_campaign."""
     if action not in CAMPAIGN_ACTIONS:
         raise Refused(404, f"unknown action {action!r}; use one of {', '.join(CAMPAIGN_ACTIONS)}")
     if not request.user.has_perm("notifications.change_campaign"):
         raise _forbidden("notifications.change_campaign")
+    options = {}
+    if payload is not None and payload.send_at is not None:
+        if action != "start":
+            raise Refused(400, "invalid request", {"send_at": "only `start` takes a send_at"})
+        options["send_at"] = _moment(payload.send_at, "send_at")
     try:
-        campaign = CAMPAIGN_ACTIONS[action](campaign_id=campaign_id)
+        campaign = CAMPAIGN_ACTIONS[action](campaign_id=campaign_id, **options)
     except Campaign.DoesNotExist:
         raise Refused(404, f"no campaign {campaign_id}") from None
     except campaigns.CampaignStateError as exc:

@@ -14,18 +14,25 @@ counting.py, below both this module and delivery; the relay of lost batches is i
 
 import logging
 import re
+import time
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from jobs.publishing import publish_after_commit
 from notifications import task_names
-from notifications.counting import campaign_finish_if_done, campaign_key_prefix
-from notifications.inputs import context_check, text_check
+from notifications.counting import (
+    batch_key_range,
+    campaign_batches_recount,
+    campaign_finish_if_done,
+    campaign_key_prefix,
+)
+from notifications.inputs import context_check, send_at_problem, text_check
 from notifications.models import (
     MARKETING_CONSENT_FIELDS,
     BatchStatus,
@@ -117,43 +124,76 @@ def _transition(campaign_id: int, allowed: tuple[str, ...], action: str) -> Camp
     return campaign
 
 
-def campaign_start(*, campaign_id: int) -> Campaign:
+def campaign_start(*, campaign_id: int, send_at=None) -> Campaign:
     """Draft -> running: split the recipient ids into segments and queue one fan-out task each.
 
     Answers in milliseconds whatever the audience size; the fan-out runs in the workers.
-    The audience is the recipients that exist now (ids up to the current maximum).
+    The audience is the recipients that exist when it starts (ids up to the current maximum).
+    With `send_at` in the future: draft -> scheduled, and `campaigns_start_due` starts it then.
     """
-    now = timezone.now()
+    if send_at is not None:
+        problem = send_at_problem(send_at)
+        if problem:
+            raise ValidationError({"send_at": problem})
     with transaction.atomic():
         campaign = _transition(campaign_id, (CampaignStatus.DRAFT,), "started")
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT min(id), max(id) FROM notifications_recipient")
-            low, high = cursor.fetchone()
-            segment_ids: list[int] = []
-            if low is not None:
-                cursor.execute(
-                    """
-                    INSERT INTO notifications_campaignsegment
-                        (campaign_id, first_recipient_id, last_recipient_id, queued_at, materialized_count)
-                    SELECT %s, s, LEAST(s + %s - 1, %s), %s, 0 FROM generate_series(%s::bigint, %s::bigint, %s) s
-                    RETURNING id
-                    """,
-                    [campaign.pk, settings.CAMPAIGN_SEGMENT_SIZE, high, now, low, high, settings.CAMPAIGN_SEGMENT_SIZE],
-                )
-                segment_ids = [row[0] for row in cursor.fetchall()]
-        segments = len(segment_ids)
-        campaign.status = CampaignStatus.RUNNING
-        campaign.started_at = now
-        campaign.segments_total = segments
-        if segments == 0:
-            campaign.fanout_completed_at = now
-            campaign.status = CampaignStatus.COMPLETED
-            campaign.finished_at = now
-        campaign.save()
-        for segment_id in segment_ids:
-            publish_after_commit(task_names.CAMPAIGN_FANOUT, args=[segment_id], queue=FANOUT_QUEUE, background=True)
-    logger.info("campaign %s started: %s fan-out segment(s)", campaign.pk, segments)
+        if send_at is not None and send_at > timezone.now():
+            campaign.status = CampaignStatus.SCHEDULED
+            campaign.send_at = send_at
+            campaign.save(update_fields=["status", "send_at", "updated_at"])
+            logger.info("campaign %s scheduled for %s", campaign.pk, send_at.isoformat())
+            return campaign
+        _start(campaign)
     return campaign
+
+
+def campaigns_start_due() -> int:
+    """Start the scheduled campaigns whose send_at has come; how many."""
+    started = 0
+    while True:
+        with transaction.atomic():
+            campaign = (
+                Campaign.objects.select_for_update(skip_locked=True)
+                .filter(status=CampaignStatus.SCHEDULED, send_at__lte=Now())
+                .order_by("send_at")
+                .first()
+            )
+            if campaign is None:
+                return started
+            _start(campaign)
+        started += 1
+
+
+def _start(campaign: Campaign) -> None:
+    """Write the segments of a campaign locked by the caller and queue their fan-out after commit."""
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT min(id), max(id) FROM notifications_recipient")
+        low, high = cursor.fetchone()
+        segment_ids: list[int] = []
+        if low is not None:
+            cursor.execute(
+                """
+                INSERT INTO notifications_campaignsegment
+                    (campaign_id, first_recipient_id, last_recipient_id, queued_at, materialized_count)
+                SELECT %s, s, LEAST(s + %s - 1, %s), %s, 0 FROM generate_series(%s::bigint, %s::bigint, %s) s
+                RETURNING id
+                """,
+                [campaign.pk, settings.CAMPAIGN_SEGMENT_SIZE, high, now, low, high, settings.CAMPAIGN_SEGMENT_SIZE],
+            )
+            segment_ids = [row[0] for row in cursor.fetchall()]
+    segments = len(segment_ids)
+    campaign.status = CampaignStatus.RUNNING
+    campaign.started_at = now
+    campaign.segments_total = segments
+    if segments == 0:
+        campaign.fanout_completed_at = now
+        campaign.status = CampaignStatus.COMPLETED
+        campaign.finished_at = now
+    campaign.save()
+    for segment_id in segment_ids:
+        publish_after_commit(task_names.CAMPAIGN_FANOUT, args=[segment_id], queue=FANOUT_QUEUE, background=True)
+    logger.info("campaign %s started: %s fan-out segment(s)", campaign.pk, segments)
 
 
 def campaign_pause(*, campaign_id: int) -> Campaign:
@@ -197,27 +237,71 @@ def campaign_resume(*, campaign_id: int) -> Campaign:
 
 
 def campaign_cancel(*, campaign_id: int) -> Campaign:
-    """Running or paused -> cancelled: nothing more is sent; the unsent rows become skipped."""
+    """Draft, scheduled, running or paused -> cancelled: nothing more is sent.
+
+    From the commit on, no row of it is sent: a batch claims rows only while its campaign is running (one
+    statement checks both), and a worker holding rows checks before every provider call.  The unsent rows
+    then become skipped by `campaign_cancel_sweep`, many batches per statement, not batch by batch.
+    """
     with transaction.atomic():
         campaign = _transition(
-            campaign_id, (CampaignStatus.DRAFT, CampaignStatus.RUNNING, CampaignStatus.PAUSED), "cancelled"
+            campaign_id,
+            (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED, CampaignStatus.RUNNING, CampaignStatus.PAUSED),
+            "cancelled",
         )
+        started = campaign.status in (CampaignStatus.RUNNING, CampaignStatus.PAUSED)
         campaign.status = CampaignStatus.CANCELLED
         campaign.finished_at = timezone.now()
         campaign.save(update_fields=["status", "finished_at", "updated_at"])
-        # Batches nobody will pick up (handed back while paused, or waiting out quiet
-        # hours) are queued once more; their task marks the rows skipped.
-        batch_ids = list(
-            CampaignBatch.objects.filter(
-                campaign=campaign, status__in=[BatchStatus.PAUSED, BatchStatus.DEFERRED]
-            ).values_list("pk", flat=True)
-        )
-        CampaignBatch.objects.filter(pk__in=batch_ids).update(
-            status=BatchStatus.QUEUED, queued_at=timezone.now(), next_attempt_at=None, updated_at=timezone.now()
-        )
-        campaign_batches_publish(campaign, batch_ids, background=True)
+        if started:
+            publish_after_commit(task_names.CAMPAIGN_SWEEP, args=[campaign.pk], queue=FANOUT_QUEUE, background=True)
     logger.info("campaign %s cancelled", campaign.pk)
     return campaign
+
+
+#: The unsent rows of a cancelled campaign (waiting in a batch, or for a retry as a single send).
+_SWEEP_SQL = """
+UPDATE notifications_notification n SET status = 'skipped', last_error = %(reason)s, updated_at = statement_timestamp()
+FROM unnest(%(low)s::uuid[], %(high)s::uuid[]) AS r(low, high)
+WHERE n.id BETWEEN r.low AND r.high AND n.status IN ('scheduled', 'pending', 'queued', 'failed')
+"""
+
+
+def campaign_cancel_sweep(*, campaign_id: int) -> bool:
+    """Skip the unsent rows of a cancelled campaign, CAMPAIGN_SWEEP_BATCHES batches per transaction, for at most
+    CAMPAIGN_SWEEP_SECONDS (then it hands back: True when nothing is left).
+
+    Batches a worker holds are left to it (it finds the campaign cancelled and skips the rest itself);
+    the rest are locked, their rows skipped and the batches recounted and closed in one transaction.
+    """
+    deadline = time.monotonic() + settings.CAMPAIGN_SWEEP_SECONDS
+    reason = "not sent: campaign cancelled"
+    while time.monotonic() < deadline:
+        with transaction.atomic():
+            if not Campaign.objects.filter(pk=campaign_id, status=CampaignStatus.CANCELLED).exists():
+                return True
+            batches = list(
+                CampaignBatch.objects.select_for_update(skip_locked=True)
+                .filter(
+                    campaign_id=campaign_id, status__in=[BatchStatus.QUEUED, BatchStatus.DEFERRED, BatchStatus.PAUSED]
+                )
+                .order_by("first_recipient_id")[: settings.CAMPAIGN_SWEEP_BATCHES]
+            )
+            if not batches:
+                return True
+            ranges = [batch_key_range(batch) for batch in batches]
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _SWEEP_SQL, {"reason": reason, "low": [lo for lo, _ in ranges], "high": [hi for _, hi in ranges]}
+                )
+                skipped = cursor.rowcount
+            CampaignBatch.objects.filter(pk__in=[batch.pk for batch in batches]).update(
+                status=BatchStatus.DONE, next_attempt_at=None, lease_expires_at=None, updated_at=Now()
+            )
+            campaign_batches_recount(batches)
+        logger.info("campaign %s cancelled: %s row(s) of %s batch(es) skipped", campaign_id, skipped, len(batches))
+    publish_after_commit(task_names.CAMPAIGN_SWEEP, args=[campaign_id], queue=FANOUT_QUEUE)
+    return False
 
 
 def campaign_batches_publish(campaign: Campaign, batch_ids: list[int], *, background: bool = False) -> None:

@@ -52,11 +52,59 @@ def campaign_finish_if_done(*, campaign_id: int) -> bool:
     )
 
 
+#: Each batch's rows by outcome (its key range), its counters set to them, and the differences returned; the
+#: caller holds the batches' locks.
 _RECOUNT_SQL = """
-SELECT count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE status = 'dead'),
-       count(*) FILTER (WHERE status = 'skipped')
-FROM notifications_notification WHERE id BETWEEN %s AND %s
+WITH counted AS (
+    SELECT r.batch_id, x.sent, x.dead, x.skipped
+    FROM unnest(%(ids)s::bigint[], %(low)s::uuid[], %(high)s::uuid[]) AS r(batch_id, low, high)
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE n.status = 'sent') AS sent, count(*) FILTER (WHERE n.status = 'dead') AS dead,
+               count(*) FILTER (WHERE n.status IN ('skipped', 'cancelled')) AS skipped
+        FROM notifications_notification n WHERE n.id BETWEEN r.low AND r.high
+    ) x
+),
+before AS (
+    SELECT b.id, b.campaign_id, b.sent_count, b.dead_count, b.skipped_count
+    FROM notifications_campaignbatch b JOIN counted c ON c.batch_id = b.id
+),
+changed AS (
+    UPDATE notifications_campaignbatch b SET sent_count = c.sent, dead_count = c.dead, skipped_count = c.skipped
+    FROM counted c
+    WHERE b.id = c.batch_id AND (b.sent_count, b.dead_count, b.skipped_count) IS DISTINCT FROM (c.sent, c.dead, c.skipped)
+    RETURNING b.id
+)
+SELECT bf.campaign_id, sum(c.sent - bf.sent_count), sum(c.dead - bf.dead_count), sum(c.skipped - bf.skipped_count)
+FROM before bf JOIN counted c ON c.batch_id = bf.id
+WHERE bf.id IN (SELECT id FROM changed)
+GROUP BY bf.campaign_id
 """
+
+
+def campaign_batches_recount(batches: list[CampaignBatch]) -> None:
+    """Recount the batches' rows by outcome and add the differences to their campaigns' counters, in one
+    statement per call however many batches; the caller holds the batches' locks (SELECT ... FOR UPDATE)."""
+    if not batches:
+        return
+    ranges = [batch_key_range(batch) for batch in batches]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _RECOUNT_SQL,
+            {
+                "ids": [batch.pk for batch in batches],
+                "low": [low for low, _ in ranges],
+                "high": [high for _, high in ranges],
+            },
+        )
+        deltas = cursor.fetchall()
+    for campaign_id, sent, dead, skipped in deltas:
+        Campaign.objects.filter(pk=campaign_id).update(
+            sent_count=F("sent_count") + sent,
+            dead_count=F("dead_count") + dead,
+            skipped_count=F("skipped_count") + skipped,
+        )
+    for campaign_id in {batch.campaign_id for batch in batches}:
+        campaign_finish_if_done(campaign_id=campaign_id)
 
 
 def campaign_batch_recount(*, batch_id: int) -> None:
@@ -70,20 +118,8 @@ def campaign_batch_recount(*, batch_id: int) -> None:
     """
     with transaction.atomic():
         batch = CampaignBatch.objects.select_for_update().filter(pk=batch_id).first()
-        if batch is None:
-            return
-        with connection.cursor() as cursor:
-            cursor.execute(_RECOUNT_SQL, batch_key_range(batch))
-            sent, dead, skipped = cursor.fetchone()
-        delta = (sent - batch.sent_count, dead - batch.dead_count, skipped - batch.skipped_count)
-        if any(delta):
-            CampaignBatch.objects.filter(pk=batch.pk).update(sent_count=sent, dead_count=dead, skipped_count=skipped)
-            Campaign.objects.filter(pk=batch.campaign_id).update(
-                sent_count=F("sent_count") + delta[0],
-                dead_count=F("dead_count") + delta[1],
-                skipped_count=F("skipped_count") + delta[2],
-            )
-        campaign_finish_if_done(campaign_id=batch.campaign_id)
+        if batch is not None:
+            campaign_batches_recount([batch])
 
 
 def campaign_recount_for(notification: Notification) -> None:

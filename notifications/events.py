@@ -84,7 +84,10 @@ def notifications_events(events: Iterable[tuple[Notification, str, str, str, dic
             **fields,
         }
         if outcome == "sent":
-            latency = (now - notification.created_at).total_seconds()
+            # From the moment it was due: a scheduled notification's wait for its send_at is not latency.
+            latency = (
+                now - max(notification.created_at, notification.send_at or notification.created_at)
+            ).total_seconds()
             event["latency_seconds"] = round(latency, 3)
             latencies.setdefault((notification.channel, notification.priority), []).append(latency)
             counters = [provider_rate(provider)]

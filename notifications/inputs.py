@@ -10,7 +10,10 @@ import re
 from functools import cache
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db.models.expressions import RawSQL
+from django.utils import timezone
 
 from notifications.rendering import TEMPLATE_DIR, template_names
 
@@ -104,6 +107,14 @@ def wipe_secrets_sql(alias: str = "") -> str:
     return f"CASE {alias}template {' '.join(cases)} ELSE {alias}context END"
 
 
+def wiped_context() -> RawSQL:
+    """The row's context without its template's secrets, as the value of an update (a final row keeps none).
+
+    Bandit B611 (RawSQL): built from template and variable names checked against ^[a-z][a-z0-9_]*$.
+    """
+    return RawSQL(wipe_secrets_sql(), ())  # nosec B611
+
+
 def without_secrets(template: str, context: dict[str, Any]) -> dict[str, Any]:
     """`context` with its secret values hidden, for showing it."""
     secret = secret_variables(template)
@@ -136,3 +147,14 @@ def context_check(template: str, context: Any) -> None:
             errors[field] = declaration.get("description") or f"must match {declaration['pattern']}"
     if errors:
         raise ValidationError(errors)
+
+
+def send_at_problem(send_at) -> str | None:
+    """Why `send_at` (a notification's or a campaign's) cannot be used, or None."""
+    if not hasattr(send_at, "tzinfo") or not hasattr(send_at, "date"):
+        return "must be a date and time (ISO 8601 with a time zone, e.g. 2027-01-31T09:00:00Z)"
+    if timezone.is_naive(send_at):
+        return "needs a time zone (e.g. Z or +01:00): a time without one means different moments to different people"
+    if send_at - timezone.now() > settings.NOTIFICATIONS_MAX_SCHEDULE_AHEAD:
+        return f"at most {settings.NOTIFICATIONS_MAX_SCHEDULE_AHEAD.days} days ahead"
+    return None

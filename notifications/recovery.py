@@ -154,8 +154,21 @@ def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
             CampaignSegment.objects.filter(pk=segment.pk).update(queued_at=moment)
             publish_after_commit(task_names.CAMPAIGN_FANOUT, args=[segment.pk], queue=FANOUT_QUEUE)
         published += len(segments)
+        # A cancelled campaign whose sweep was lost (Redis restarted, its worker died) still has open batches.
+        swept = list(
+            Campaign.objects.filter(
+                status=CampaignStatus.CANCELLED,
+                batches__status__in=[BatchStatus.QUEUED, BatchStatus.DEFERRED, BatchStatus.PAUSED],
+                batches__updated_at__lt=ExpressionWrapper(moment - timedelta(seconds=grace), DateTimeField()),
+            )
+            .values_list("pk", flat=True)
+            .distinct()[:10]
+        )
+        for campaign_id in swept:
+            publish_after_commit(task_names.CAMPAIGN_SWEEP, args=[campaign_id], queue=FANOUT_QUEUE)
+        published += len(swept)
     if published:
-        logger.info("campaign relay: published %s batch(es) or segment(s) again", published)
+        logger.info("campaign relay: published %s batch(es), segment(s) or sweep(s) again", published)
     return published
 
 

@@ -36,7 +36,6 @@ from functools import cache
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F
-from django.db.models.expressions import RawSQL
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -49,7 +48,7 @@ from notifications import task_names
 from notifications.consent import address_suppress
 from notifications.counting import campaign_recount_for
 from notifications.events import notification_event, notifications_events
-from notifications.inputs import wipe_secrets_sql
+from notifications.inputs import wipe_secrets_sql, wiped_context
 from notifications.models import Channel, Notification, NotificationStatus, Priority
 from notifications.providers.base import BaseProvider, OutboundMessage, SendResult
 from notifications.providers.registry import providers_for
@@ -397,8 +396,10 @@ def record_retry(
     policy = retry_policy(row.priority)
     attempts = row.attempts if called else row.attempts - 1
     # A campaign row may wait hours for its turn (rate limit, quiet hours): its budget runs from its
-    # first failure; a replayed row's from the replay.
-    budget_from = row.retry_budget_from or (now if row.campaign_id else row.created_at)
+    # first failure; a replayed row's from the replay; a scheduled notification's from its send_at.
+    budget_from = row.retry_budget_from or (
+        now if row.campaign_id else max(row.created_at, row.send_at or row.created_at)
+    )
     moment = policy.next_attempt_at(attempt=attempts, created_at=budget_from, now=now, retry_after=retry_after)
     if moment is None:
         record_dead(row, TransientError(f"retries exhausted: {error}"), provider=provider, recount=recount)
@@ -449,7 +450,7 @@ def record_skipped(row: Notification, reason: str) -> None:
         updated = _still_claimed(row).update(
             status=NotificationStatus.SKIPPED,
             last_error=reason,
-            context=_wiped_context(),
+            context=wiped_context(),
             lease_expires_at=None,
             updated_at=timezone.now(),
         )
@@ -473,7 +474,7 @@ def record_dead(
             provider=provider or row.provider,
             last_error=str(error)[:4000],
             # A reset code is of no use any more and must not lie around: a replay asks for a new one.
-            context=_wiped_context(),
+            context=wiped_context(),
             lease_expires_at=None,
             next_attempt_at=None,
             first_failed_at=row.first_failed_at or now,
@@ -494,14 +495,6 @@ def record_dead(
             first_failed_at=row.first_failed_at or now,
         )
     notification_event(row, "dead", provider=provider, detail=str(error))
-
-
-def _wiped_context() -> RawSQL:
-    """The row's context without its template's secrets, for an update.
-
-    Bandit B611 (RawSQL): built from template and variable names checked against ^[a-z][a-z0-9_]*$.
-    """
-    return RawSQL(wipe_secrets_sql(), ())  # nosec B611
 
 
 def _recount(rows: Iterable[Notification]) -> None:

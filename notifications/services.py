@@ -13,11 +13,14 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from jobs.publishing import publish_after_commit
 from notifications import task_names
-from notifications.inputs import context_check, text_check
+from notifications.counting import campaign_recount_for
+from notifications.inputs import context_check, send_at_problem, text_check, wiped_context
 from notifications.models import (
     MARKETING_CONSENT_FIELDS,
     Channel,
@@ -37,6 +40,29 @@ E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 
 class IdempotencyConflict(Exception):
     """The idempotency key was already used for a different request."""
+
+
+class NotCancellable(Exception):
+    """A worker took the notification already (or it is final): too late to cancel it."""
+
+    def __init__(self, notification: Notification) -> None:
+        self.notification = notification
+        super().__init__(
+            f"notification {notification.pk} is {notification.status}: "
+            + ("already cancelled" if notification.status == NotificationStatus.CANCELLED else "too late to cancel")
+        )
+
+
+#: A caller's cancellation key, like an idempotency key: printable ASCII without spaces.
+CANCELLATION_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+#: Statuses a cancel may still take a notification from: nothing holds it (a worker's claim moves it to
+#: sending under a row lock, so a cancel and a claim cannot both win).
+CANCELLABLE = (
+    NotificationStatus.SCHEDULED,
+    NotificationStatus.PENDING,
+    NotificationStatus.QUEUED,
+    NotificationStatus.FAILED,
+)
 
 
 #: RFC 5321: a local part (before @) of at most 64 octets, a path of at most 254.
@@ -125,11 +151,19 @@ def notification_validate(
     context: dict[str, Any],
     to: str | None = None,
     recipient_id: int | None = None,
+    send_at=None,
+    cancellation_key: str = "",
 ) -> str | None:
     """Raise ValidationError (field -> reason) unless a notification with these values can be sent; the address
     `to` as it is stored (normalised), None without one."""
     errors: dict[str, str] = {}
     address = None
+    if send_at is not None:
+        reason = send_at_problem(send_at)
+        if reason:
+            errors["send_at"] = reason
+    if cancellation_key and not CANCELLATION_KEY.match(cancellation_key):
+        errors["cancellation_key"] = "1 to 200 printable ASCII characters, no spaces"
     if priority not in Priority.values:
         errors["priority"] = f"unknown priority {priority!r}; expected one of {', '.join(Priority.values)}"
     if channel not in Channel.values:
@@ -161,6 +195,8 @@ def notification_send(
     idempotency_key: str | None = None,
     created_by=None,
     fingerprint: str = "",
+    send_at=None,
+    cancellation_key: str = "",
 ) -> tuple[Notification, bool]:
     """Validate, write the notification in the caller's transaction, publish it after commit.
 
@@ -168,23 +204,37 @@ def notification_send(
     request, returns the existing notification and created=False; for a different
     request, raises IdempotencyConflict.  Invalid input raises ValidationError (a dict
     of field -> reason) and writes nothing.
+
+    With `send_at` in the future the row waits as scheduled in PostgreSQL (nothing is published, so
+    nothing waits in the broker) until `notifications_release_due` publishes it; a `send_at` that has
+    passed sends at once.  `cancellation_key` labels it for `notifications_cancel_by_key`.
     """
     address = notification_validate(
-        priority=priority, channel=channel, template=template, context=context, to=to, recipient_id=recipient_id
+        priority=priority,
+        channel=channel,
+        template=template,
+        context=context,
+        to=to,
+        recipient_id=recipient_id,
+        send_at=send_at,
+        cancellation_key=cancellation_key,
     )
     key = idempotency_key or str(uuid.uuid4())
+    later = send_at is not None and send_at > timezone.now()
     notification = Notification(
         idempotency_key=key,
         request_fingerprint=fingerprint,
+        cancellation_key=cancellation_key,
         priority=priority,
         channel=channel,
         template=template,
         context=context,
         created_by=created_by,
+        send_at=send_at,
         # Written as queued: the publish follows the commit, and one that fails puts it back to pending
         # (notification_publish); a process that dies in between leaves it to the relay's lost-queued rule.
-        status=NotificationStatus.QUEUED,
-        queued_at=timezone.now(),
+        status=NotificationStatus.SCHEDULED if later else NotificationStatus.QUEUED,
+        queued_at=None if later else timezone.now(),
     )
     try:
         if to is not None and channel != Channel.PUSH:
@@ -205,7 +255,8 @@ def notification_send(
         if existing is None:
             raise
         return existing, False
-    notification_publish(notification, background=True)
+    if not later:
+        notification_publish(notification, background=True)
     logger.debug("notification %s created %s/%s template=%s", notification.pk, priority, channel, template)
     return notification, True
 
@@ -327,3 +378,95 @@ def notification_publish(notification: Notification, *, background: bool = False
         # A security alert never waits for company; the others may, a few milliseconds, in a burst.
         coalesce_within=0.0 if notification.priority == Priority.SECURITY else settings.NOTIFICATIONS_COALESCE_SECONDS,
     )
+
+
+# --- scheduled notifications: release and cancel ------------------------------------
+
+#: Due scheduled notifications, oldest send_at first, claimed for publishing in one statement (the partial
+#: index notif_send_at_due_idx holds only scheduled rows with a send_at, so the scan is as small as the backlog).
+_RELEASE_SQL = """
+UPDATE notifications_notification n SET status = 'queued', queued_at = statement_timestamp(),
+    updated_at = statement_timestamp()
+FROM (
+    SELECT id FROM notifications_notification
+    WHERE status = 'scheduled' AND send_at IS NOT NULL AND send_at <= statement_timestamp()
+    ORDER BY send_at LIMIT %s FOR UPDATE SKIP LOCKED
+) due
+WHERE n.id = due.id AND n.status = 'scheduled'
+RETURNING n.id, n.priority, n.channel
+"""
+
+
+def notifications_release_due(*, limit: int | None = None) -> int:
+    """Publish the scheduled notifications whose send_at has come (security first within a run); how many.
+
+    They become queued in the same statement that finds them, so a concurrent run or a cancel cannot take
+    them twice; a publish that fails leaves them pending for the relay, as for any submit.
+    """
+    limit = limit or settings.NOTIFICATIONS_RELEASE_BATCH
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_RELEASE_SQL, [limit])
+        rows = cursor.fetchall()
+        order = {p: i for i, p in enumerate(Priority.values)}
+        for pk, priority, channel in sorted(rows, key=lambda row: order.get(row[1], 99)):
+            notification_publish(Notification(pk=pk, priority=priority, channel=channel))
+    if rows:
+        logger.info("released %s scheduled notification(s)", len(rows))
+    return len(rows)
+
+
+def notification_cancel(*, notification_id, reason: str = "cancelled") -> Notification:
+    """Cancel one notification before a worker takes it: nothing of it is sent, ever.
+
+    One conditional UPDATE decides it against the worker's claim (also one conditional UPDATE, on the same
+    row): either the cancel comes first and the claim finds nothing, or the claim does and this raises
+    NotCancellable with the status it has.  Notification.DoesNotExist for an unknown id.
+    """
+    with transaction.atomic():
+        cancelled = _cancel(Q(pk=notification_id), reason)
+        if not cancelled:
+            notification = Notification.objects.get(pk=notification_id)
+            raise NotCancellable(notification)
+    return cancelled[0]
+
+
+def notifications_cancel_by_key(*, cancellation_key: str, created_by=None, reason: str = "cancelled") -> dict:
+    """Cancel every notification labelled `cancellation_key` (of `created_by`, when given) that no worker
+    holds yet; {"cancelled": [ids], "too_late": {id: status}}."""
+    if not CANCELLATION_KEY.match(cancellation_key or ""):
+        raise ValidationError({"cancellation_key": "1 to 200 printable ASCII characters, no spaces"})
+    scope = Q(cancellation_key=cancellation_key)
+    if created_by is not None:
+        scope &= Q(created_by=created_by)
+    with transaction.atomic():
+        cancelled = _cancel(scope, reason)
+        done = {n.pk for n in cancelled}
+        too_late = {
+            str(pk): status
+            for pk, status in Notification.objects.filter(scope).exclude(pk__in=done).values_list("pk", "status")
+        }
+    return {"cancelled": [str(n.pk) for n in cancelled], "too_late": too_late}
+
+
+def _cancel(scope: Q, reason: str) -> list[Notification]:
+    """The rows of `scope` that nothing holds yet, cancelled in one statement (their events written by the
+    status trigger); a campaign row's batch is recounted, so its campaign can still complete."""
+    rows = list(
+        Notification.objects.select_for_update()
+        .filter(scope, status__in=CANCELLABLE)
+        .only("pk", "status", "campaign_id", "recipient_id")
+    )
+    if not rows:
+        return []
+    Notification.objects.filter(pk__in=[r.pk for r in rows], status__in=CANCELLABLE).update(
+        status=NotificationStatus.CANCELLED,
+        last_error=reason[:4000],
+        context=wiped_context(),
+        next_attempt_at=None,
+        updated_at=Now(),
+    )
+    for row in rows:
+        row.status = NotificationStatus.CANCELLED
+        if row.campaign_id:
+            campaign_recount_for(row)
+    return rows

@@ -11,3 +11,8 @@ CAMPAIGN_FANOUT = "notifications.campaign_fanout"
 CAMPAIGN_BATCH = "notifications.campaign_batch"
 #: Turn new notification events into webhook deliveries (beat, every WEBHOOKS_DISPATCH_SECONDS).
 WEBHOOKS_DISPATCH = "notifications.webhooks_dispatch"
+#: Publish scheduled notifications and start scheduled campaigns whose send_at has come (beat, every
+#: SCHEDULED_RELEASE_SECONDS).
+RELEASE_SCHEDULED = "notifications.release_scheduled"
+#: Skip the unsent rows of a cancelled campaign (published by the cancel; it hands back after CAMPAIGN_SWEEP_SECONDS).
+CAMPAIGN_SWEEP = "notifications.campaign_sweep"

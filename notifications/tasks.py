@@ -4,7 +4,7 @@ from celery import shared_task
 
 from jobs.clock import database_now
 from jobs.task import JobTask
-from notifications import campaign_delivery, campaigns, delivery, receipts, recovery, task_names, webhooks
+from notifications import campaign_delivery, campaigns, delivery, receipts, recovery, services, task_names, webhooks
 
 
 @shared_task(base=JobTask, name=task_names.DELIVER)
@@ -23,6 +23,18 @@ def notification_relay_task() -> None:
 @shared_task(base=JobTask, name=task_names.CAMPAIGN_FANOUT)
 def campaign_fanout_task(segment_id: int) -> None:
     campaigns.campaign_fanout_segment(segment_id=segment_id)
+
+
+@shared_task(base=JobTask, name=task_names.CAMPAIGN_SWEEP)
+def campaign_sweep_task(campaign_id: int) -> None:
+    campaigns.campaign_cancel_sweep(campaign_id=campaign_id)
+
+
+@shared_task(base=JobTask, name=task_names.RELEASE_SCHEDULED)
+def release_scheduled_task() -> None:
+    """Scheduled notifications and campaigns whose send_at has come."""
+    services.notifications_release_due()
+    campaigns.campaigns_start_due()
 
 
 @shared_task(base=JobTask, name=task_names.CAMPAIGN_BATCH)

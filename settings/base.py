@@ -1,6 +1,7 @@
 """Settings shared by every environment; each value comes from the environment with a safe local default."""
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -244,6 +245,13 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 2
 #: never published, rows whose worker died); seconds.
 RELAY_INTERVAL_SECONDS = float(env_str("RELAY_INTERVAL_SECONDS", "2"))
 RELAY_EXPIRES_SECONDS = 120.0
+#: How often scheduled notifications and campaigns whose send_at has come are published; seconds.  Half a
+#: second keeps a scheduled notification within a second or two of its send_at (publish and claim included).
+SCHEDULED_RELEASE_SECONDS = env_float("SCHEDULED_RELEASE_SECONDS", 0.5)
+#: How many due scheduled notifications one release run publishes (the next run takes the rest).
+NOTIFICATIONS_RELEASE_BATCH = 2000
+#: How far ahead a notification or a campaign may be scheduled.
+NOTIFICATIONS_MAX_SCHEDULE_AHEAD = timedelta(days=env_int("NOTIFICATIONS_MAX_SCHEDULE_DAYS", 365))
 #: How often the dispatcher turns new events into webhook deliveries; seconds.
 WEBHOOKS_DISPATCH_SECONDS = env_float("WEBHOOKS_DISPATCH_SECONDS", 1.0)
 CELERY_BEAT_SCHEDULE: dict = {
@@ -259,6 +267,12 @@ CELERY_BEAT_SCHEDULE: dict = {
     "notifications-webhooks-dispatch": {
         "task": task_names.WEBHOOKS_DISPATCH,
         "schedule": WEBHOOKS_DISPATCH_SECONDS,
+        "options": {"queue": "jobs.default", "expires": RELAY_EXPIRES_SECONDS},
+    },
+    # Scheduled notifications and campaigns whose send_at has come (notifications.services, campaigns).
+    "notifications-release-scheduled": {
+        "task": task_names.RELEASE_SCHEDULED,
+        "schedule": SCHEDULED_RELEASE_SECONDS,
         "options": {"queue": "jobs.default", "expires": RELAY_EXPIRES_SECONDS},
     },
     # The same for durable jobs (jobs/durable.py).
@@ -352,6 +366,10 @@ NOTIFICATIONS_COALESCE_SECONDS = env_float("NOTIFICATIONS_COALESCE_SECONDS", 0.0
 #: Runs in a row a campaign batch may die (its worker killed, its task failing) before it is
 #: dead-lettered with its unsent rows instead of running for ever; a run that ends resets the count.
 CAMPAIGN_BATCH_MAX_RUNS = env_int("CAMPAIGN_BATCH_MAX_RUNS", 5)
+#: A cancelled campaign's unsent rows are skipped this many batches per transaction (about a second each), for
+#: this many seconds per task (below the soft time limit; the task then hands the rest to its next run).
+CAMPAIGN_SWEEP_BATCHES = 100
+CAMPAIGN_SWEEP_SECONDS = 10.0
 #: "user:password" Prometheus must send to /metrics (basic auth); production refuses the default.
 METRICS_BASIC_AUTH = env_str("METRICS_BASIC_AUTH", "prometheus:prometheus")
 #: django-anymail: the tracking webhook (hard bounces -> suppression) requires basic auth

@@ -35,6 +35,8 @@ DRILLS: dict[int, Callable[[ChaosStack, Plan, random.Random], DrillRow]] = {
     # Status webhooks out (durable jobs) under a receiver's outage.
     19: composed.drill_webhooks_down,
     20: composed.drill_jobs_sigkill,
+    # Send later and cancel before it goes, with workers killed.
+    21: composed.drill_scheduled_cancel,
 }
 
 

@@ -17,9 +17,11 @@ import threading
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
+from django.conf import settings
 from standardwebhooks import Webhook
 
 from harness.chaos.drills import (
@@ -33,7 +35,9 @@ from harness.chaos.drills import (
     api_session,
     burst_bodies,
     in_background,
+    message_body,
     percentile,
+    post_notification,
     result_row,
     submit,
     tally,
@@ -50,6 +54,8 @@ NO_CONSENT_EVERY = 10
 CAMPAIGN_LATENCY_MS = 25
 #: After a cancel is answered, calls claimed before it may still land for this long (at most one claim's calls).
 CANCEL_IN_FLIGHT_SECONDS = 2.0
+#: The issue's promise for a scheduled notification: sent within this many seconds after its send_at.
+SCHEDULED_ON_TIME_SECONDS = 2.0
 FINAL_CAMPAIGN = ("completed", "cancelled")
 ROW_FINAL = ("sent", "dead", "skipped")
 
@@ -914,5 +920,147 @@ def drill_jobs_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dri
         notes=[
             f"{dict(statuses)}; {len(killed)} worker(s) killed; {twice} job(s) called twice (the partner deduplicates "
             "on the job's Idempotency-Key)",
+        ],
+    )
+
+
+# --- send later, cancel before it goes ---------------------------------------------------
+
+
+def _schedule(
+    stack: ChaosStack, tag: str, count: int, ahead: tuple[float, float], rng: random.Random
+) -> dict[str, dict[str, Any]]:
+    """POST `count` notifications, each with a send_at drawn from `ahead` seconds after its own request (a 5xx is
+    retried with the same key and body); key -> {id, send_at (epoch), accepted (epoch)}."""
+    mix = [(Priority.TRANSACTIONAL, "email"), (Priority.TRANSACTIONAL, "sms"), (Priority.SECURITY, "email")]
+    pending = [(f"{tag}-{i}", i) for i in range(count)]
+    offsets = {key: rng.uniform(*ahead) for key, _ in pending}
+    accepted: dict[str, dict[str, Any]] = {}
+    lock = threading.Lock()
+
+    def client() -> None:
+        session = api_session(stack)
+        while True:
+            with lock:
+                if not pending:
+                    return
+                key, index = pending.pop()
+            send_at = time.time() + offsets[key]
+            body = {
+                **message_body(tag, index, *mix[index % len(mix)]),
+                "send_at": datetime.fromtimestamp(send_at, tz=UTC).isoformat(),
+                "cancellation_key": f"{tag}-group-{index % 10}",
+            }
+            for _ in range(20):
+                try:
+                    response = post_notification(session, stack, key, body)
+                except requests.RequestException:
+                    time.sleep(0.5)
+                    continue
+                if response.status_code == 202:
+                    with lock:
+                        accepted[key] = {"id": response.json()["id"], "send_at": send_at, "accepted": time.time()}
+                    break
+                if response.status_code < 500:
+                    break
+                time.sleep(0.5)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return accepted
+
+
+def drill_scheduled_cancel(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """Notifications scheduled a few seconds to a minute ahead through the API, a fifth of them cancelled by id at
+    random moments before they are due, transactional workers SIGKILLed meanwhile: every cancel that was answered
+    200 sent nothing, every other notification was sent exactly once, none before its send_at, and within
+    SCHEDULED_ON_TIME_SECONDS after it (but those a killed worker held, which wait for their lease)."""
+    tag = _tag("sched")
+    count, cancels = plan.scheduled_count, plan.scheduled_cancels
+    started = time.time()
+    scheduled = _schedule(stack, tag, count, plan.scheduled_ahead, rng)
+    ids = [entry["id"] for entry in scheduled.values()]
+    chosen = rng.sample(sorted(scheduled), min(cancels, len(scheduled)))
+    # A moment for each cancel, at random between now and just before its send_at.
+    moments = sorted(
+        (rng.uniform(time.time(), max(time.time(), scheduled[key]["send_at"] - 0.5)), key) for key in chosen
+    )
+    answers: dict[str, int] = {}
+    killed: list[int] = []
+
+    def cancel_all() -> None:
+        session = api_session(stack)
+        for moment, key in moments:
+            time.sleep(max(0.0, moment - time.time()))
+            notification_id = scheduled[key]["id"]
+            for _ in range(20):
+                try:
+                    response = session.post(
+                        f"{stack.api_url}/api/v1/notifications/{notification_id}/cancel",
+                        timeout=REQUEST_TIMEOUT_SECONDS,
+                    )
+                except requests.RequestException:
+                    time.sleep(0.2)
+                    continue
+                if response.status_code < 500:
+                    answers[notification_id] = response.status_code
+                    break
+
+    canceller = threading.Thread(target=cancel_all, daemon=True)
+    canceller.start()
+    last_due = max((entry["send_at"] for entry in scheduled.values()), default=time.time())
+    for _ in range(plan.scheduled_kills):
+        time.sleep(max(0.0, rng.uniform(0.2, 0.6) * (last_due - time.time())))
+        killed += stack.kill_pool(Priority.TRANSACTIONAL, child_only=True, rng=rng)
+    canceller.join()
+    cancelled = {i for i, code in answers.items() if code == 200}
+    to_send = [i for i in ids if i not in cancelled]
+    wait_final(stack, to_send, timeout=plan.final_timeout)
+    outcome = tally(stack, to_send, refused=[f"{tag}-{i}" for i in range(count) if f"{tag}-{i}" not in scheduled])
+    statuses = dict(
+        stack.query("SELECT id::text, status FROM notifications_notification WHERE id = ANY(%s::uuid[])", (ids,))
+    )
+    keys = dict(
+        stack.query(
+            "SELECT id::text, idempotency_key FROM notifications_notification WHERE id = ANY(%s::uuid[])", (ids,)
+        )
+    )
+    ledger = Counter(entry["idempotency_key"] for entry in stack.sandbox.entries(limit=1_000_000))
+    by_id = {entry["id"]: entry for entry in scheduled.values()}
+    accepted_at: dict[str, float] = {}
+    for entry in stack.sandbox.entries(limit=1_000_000):
+        accepted_at.setdefault(entry["idempotency_key"], entry["accepted_ts"])
+    lateness = {i: accepted_at[keys[i]] - by_id[i]["send_at"] for i in to_send if keys[i] in accepted_at}
+    late = sorted(i for i, seconds in lateness.items() if seconds > SCHEDULED_ON_TIME_SECONDS)
+    early = [i for i, seconds in lateness.items() if seconds < 0]
+    # A killed worker's claim (up to a call's worth of rows) waits for its lease to run out.
+    held_at_most = len(killed) * settings.NOTIFICATIONS_SINGLE_BATCH
+    return result_row(
+        21,
+        "Scheduled sends, cancels at random moments, workers SIGKILLed",
+        outcome,
+        recovery=None,
+        checks={
+            "every notification accepted": len(scheduled) == count,
+            "every planned cancel answered (200, or 409 once a worker took it)": len(answers) == len(chosen),
+            "a cancel answered 200 sent nothing": all(
+                statuses[i] == "cancelled" and ledger[keys[i]] == 0 for i in cancelled
+            ),
+            "every other notification sent exactly once": outcome.sent == len(to_send) and outcome.duplicates == 0,
+            "none sent before its send_at": not early,
+            f"each within {SCHEDULED_ON_TIME_SECONDS:.0f} s of its send_at but those a killed worker held": len(late)
+            <= held_at_most,
+        },
+        notes=[
+            f"{len(scheduled)} scheduled {plan.scheduled_ahead[0]:.0f}-{plan.scheduled_ahead[1]:.0f} s ahead; "
+            f"{len(cancelled)} cancelled, {sum(1 for c in answers.values() if c == 409)} too late (409); "
+            f"{len(killed)} worker(s) killed",
+            f"sent after send_at: p50 {percentile(list(lateness.values()), 0.5):.2f} s, "
+            f"p99 {percentile(list(lateness.values()), 0.99):.2f} s, max {max(lateness.values(), default=0):.2f} s; "
+            f"{len(late)} later than {SCHEDULED_ON_TIME_SECONDS:.0f} s (at most {held_at_most} allowed)",
+            f"submitted in {max((e['accepted'] for e in scheduled.values()), default=started) - started:.1f} s",
         ],
     )

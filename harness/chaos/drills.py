@@ -97,6 +97,11 @@ class Plan:
     #: Durable jobs of another app while its workers are SIGKILLed.
     job_count: int = 300
     job_kills: int = 4
+    #: Notifications scheduled this many seconds ahead (at random), a share cancelled, workers killed meanwhile.
+    scheduled_count: int = 10_000
+    scheduled_cancels: int = 2_000
+    scheduled_ahead: tuple[float, float] = (5.0, 60.0)
+    scheduled_kills: int = 2
 
 
 FULL = Plan()
@@ -124,6 +129,10 @@ QUICK = Plan(
     webhook_timeout=240.0,
     job_count=40,
     job_kills=2,
+    scheduled_count=200,
+    scheduled_cancels=40,
+    scheduled_ahead=(3.0, 15.0),
+    scheduled_kills=1,
 )
 
 

@@ -101,5 +101,5 @@ def test_an_unknown_field_names_the_fields_the_schema_allows(api):
 
     assert response.status_code == 400
     assert response.json()["errors"]["colour"] == (
-        "unknown field; allowed: priority, channel, template, to, recipient_id, context"
+        "unknown field; allowed: priority, channel, template, to, recipient_id, context, send_at, cancellation_key"
     )
