@@ -9,9 +9,12 @@ import asyncio
 import bisect
 import os
 import statistics
+import subprocess  # nosec B404 - the bench starts our own manage.py
+import sys
 import threading
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.db import connection
+from django.utils.timezone import now as timezone_now
 
 from harness.processes import WebProcess, WorkerProcess
 from harness.sandbox.process import SandboxProcess, free_port
@@ -563,3 +567,66 @@ def _alert_stream(
 
     wait_until(arrived, timeout=60 if wait else 30, interval=0.5)
     return [accepted[to] - submitted[to] for to in accepted]
+
+
+# --- retention -----------------------------------------------------------------------------
+
+#: How old the seeded rows are: past every keeping time but the dead letters'.
+EXPIRED_DAYS = 200
+
+_SEED_EXPIRED_SQL = """
+WITH written AS (
+    INSERT INTO notifications_notification
+        (id, idempotency_key, request_fingerprint, priority, channel, recipient_id, "to", template, context, status,
+         attempts, provider, provider_message_id, last_error, outcome_unknown, campaign_id, created_at, updated_at,
+         sent_at)
+    SELECT (%(prefix)s || '8' || lpad(to_hex(g), 15, '0'))::uuid, '', '', 'marketing', 'email', g,
+           'expired-' || g || '@example.com', 'newsletter', '{}', 'sent', 1, 'postmark', 'pm-' || g, '', false,
+           %(campaign)s, %(at)s, %(at)s, %(at)s
+    FROM generate_series(%(first)s::bigint, %(last)s::bigint) g
+    RETURNING id, created_at
+)
+INSERT INTO notifications_notificationevent (notification_id, kind, at, provider, data, provider_message_id, created_at)
+SELECT id, 'sent', created_at, 'postmark', '{}', '', created_at FROM written
+"""
+
+
+def seed_expired(count: int) -> float | None:
+    """At least `count` sent campaign notifications (each with its event) older than any keeping time but the dead
+    letters', in a finished campaign; seconds spent seeding (None if none were needed)."""
+    from notifications.counting import campaign_key_prefix
+
+    cutoff = timezone_now() - timedelta(days=EXPIRED_DAYS - 1)
+    have = Notification.objects.filter(created_at__lt=cutoff).count()
+    if have >= count:
+        return None
+    started = time.monotonic()
+    at = timezone_now() - timedelta(days=EXPIRED_DAYS)
+    campaign = Campaign.objects.create(
+        name="expired (bench)", template="newsletter", channel="email", status="completed",
+        materialized_count=count - have, sent_count=count - have, started_at=at, finished_at=at,
+    )  # fmt: skip
+    chunk = 500_000
+    for first in range(1, count - have + 1, chunk):
+        last = min(first + chunk - 1, count - have)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _SEED_EXPIRED_SQL,
+                {"prefix": campaign_key_prefix(campaign.pk), "campaign": campaign.pk, "at": at, "first": first,
+                 "last": last},
+            )  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE notifications_notification")
+        cursor.execute("VACUUM ANALYZE notifications_notificationevent")
+    return time.monotonic() - started
+
+
+def prune_process(log_dir: Path) -> "subprocess.Popen":
+    """`manage.py prune` as operators run it, on the bench's database."""
+    log = open(log_dir / "prune.log", "w")  # noqa: SIM115 - closed with the process by the caller
+    return subprocess.Popen(  # nosec B603 - our own interpreter and manage.py, no shell
+        [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "prune"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+    )

@@ -72,3 +72,28 @@ def check_rate_limits(app_configs, **kwargs) -> list[Error]:
         except (ImproperlyConfigured, TypeError, ValueError) as exc:
             errors.append(Error(f"JOBS_RATE_LIMITS[{name!r}]: {exc}", id="jobs.E005"))
     return errors
+
+
+@register()
+def check_retention_settings(app_configs, **kwargs) -> list[Error]:
+    """Keeping times are whole days of at least one, for every kind the pruners know; a typo is refused at start-up
+    rather than deleting too much (or nothing) at the first prune."""
+    errors: list[Error] = []
+    days = getattr(settings, "RETENTION_DAYS", {})
+    for kind in ("notifications", "marketing", "events", "dead_letters", "jobs"):
+        value = days.get(kind)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            errors.append(
+                Error(
+                    f"RETENTION_DAYS[{kind!r}] must be a whole number of days, at least 1, not {value!r}.",
+                    hint=f"Set RETENTION_{kind.upper()}_DAYS.",
+                    id="jobs.E006",
+                )
+            )
+    if getattr(settings, "RETENTION_PAUSE_RATIO", 1.0) < 0 or getattr(settings, "RETENTION_BATCH_SIZE", 1) < 1:
+        errors.append(
+            Error("RETENTION_PAUSE_RATIO must be at least 0 and RETENTION_BATCH_SIZE at least 1.", id="jobs.E007")
+        )
+    if getattr(settings, "RETENTION_TASK_SECONDS", 0) >= getattr(settings, "CELERY_TASK_SOFT_TIME_LIMIT", 1e9):
+        errors.append(Error("RETENTION_TASK_SECONDS must be below CELERY_TASK_SOFT_TIME_LIMIT.", id="jobs.E008"))
+    return errors

@@ -16,3 +16,5 @@ WEBHOOKS_DISPATCH = "notifications.webhooks_dispatch"
 RELEASE_SCHEDULED = "notifications.release_scheduled"
 #: Skip the unsent rows of a cancelled campaign (published by the cancel; it hands back after CAMPAIGN_SWEEP_SECONDS).
 CAMPAIGN_SWEEP = "notifications.campaign_sweep"
+#: Delete what is past its keeping time (beat, every RETENTION_INTERVAL_SECONDS; continues itself until done).
+PRUNE = "notifications.prune"

@@ -1,10 +1,22 @@
 """Celery tasks of the notification domain: thin shells around services, published by name (task_names)."""
 
 from celery import shared_task
+from django.conf import settings
 
 from jobs.clock import database_now
+from jobs.publishing import publish
 from jobs.task import JobTask
-from notifications import campaign_delivery, campaigns, delivery, receipts, recovery, services, task_names, webhooks
+from notifications import (
+    campaign_delivery,
+    campaigns,
+    delivery,
+    receipts,
+    recovery,
+    retention,
+    services,
+    task_names,
+    webhooks,
+)
 
 
 @shared_task(base=JobTask, name=task_names.DELIVER)
@@ -35,6 +47,14 @@ def release_scheduled_task() -> None:
     """Scheduled notifications and campaigns whose send_at has come."""
     services.notifications_release_due()
     campaigns.campaigns_start_due()
+
+
+@shared_task(base=JobTask, name=task_names.PRUNE)
+def prune_task() -> None:
+    """A slice of pruning; the rest in a new task (one pruner at a time: a second finds the lock taken)."""
+    results = retention.retention_prune(max_seconds=settings.RETENTION_TASK_SECONDS)
+    if results is not None and not all(r.done for r in results):
+        publish(task_names.PRUNE, args=[], queue=settings.CELERY_TASK_DEFAULT_QUEUE)
 
 
 @shared_task(base=JobTask, name=task_names.CAMPAIGN_BATCH)

@@ -275,6 +275,12 @@ CELERY_BEAT_SCHEDULE: dict = {
         "schedule": SCHEDULED_RELEASE_SECONDS,
         "options": {"queue": "jobs.default", "expires": RELAY_EXPIRES_SECONDS},
     },
+    # Rows past their keeping time (RETENTION_DAYS); a run that could not finish hands the rest to the next.
+    "retention-prune": {
+        "task": task_names.PRUNE,
+        "schedule": env_float("RETENTION_INTERVAL_SECONDS", 600.0),
+        "options": {"queue": "jobs.default", "expires": RELAY_EXPIRES_SECONDS},
+    },
     # The same for durable jobs (jobs/durable.py).
     "jobs-relay": {
         "task": "jobs.relay",
@@ -284,6 +290,24 @@ CELERY_BEAT_SCHEDULE: dict = {
 }
 
 # --- Job runtime --------------------------------------------------------------
+
+#: Days each kind of row is kept (jobs/retention.py, notifications/retention.py): finished notifications and
+#: their events, marketing ones (campaign rows: millions a week) sooner, dead letters (and their dead
+#: notifications) a year, finished durable jobs (webhook deliveries among them) a month.
+RETENTION_DAYS = {
+    "notifications": env_int("RETENTION_NOTIFICATIONS_DAYS", 90),
+    "marketing": env_int("RETENTION_MARKETING_DAYS", 30),
+    "events": env_int("RETENTION_EVENTS_DAYS", 90),
+    "dead_letters": env_int("RETENTION_DEAD_LETTERS_DAYS", 365),
+    "jobs": env_int("RETENTION_JOBS_DAYS", 30),
+}
+#: Rows one delete takes: a short transaction (a fraction of a second) that never holds many locks.
+RETENTION_BATCH_SIZE = env_int("RETENTION_BATCH_SIZE", 5000)
+#: After each batch the pruner rests this many times as long as the batch took, leaving the database to live
+#: sends (measured in `make bench --scenarios retention`).
+RETENTION_PAUSE_RATIO = env_float("RETENTION_PAUSE_RATIO", 1.0)
+#: Seconds one beat-started prune runs before it hands the rest to a new task (well below the soft time limit).
+RETENTION_TASK_SECONDS = CELERY_TASK_SOFT_TIME_LIMIT * 0.6
 
 #: Retry budget per priority class and for webhooks (jobs/retry.py): attempts in all, exponential
 #: backoff with full jitter between base and cap, and the time after creation past

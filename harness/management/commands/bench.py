@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import platform as platform_module
+import statistics
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +32,7 @@ from notifications.services import notification_send
 from settings.topology import Priority
 
 RESULTS = Path(settings.BASE_DIR) / "bench-results"
-SCENARIOS = ("throughput", "api", "webhooks", "fanout", "limiter", "blast", "unlimited")
+SCENARIOS = ("throughput", "api", "webhooks", "retention", "fanout", "limiter", "blast", "unlimited")
 QUEUE = "transactional.email"
 
 
@@ -56,6 +57,9 @@ class Command(BaseCommand):
         parser.add_argument("--api-requests", type=int, default=3000, help="requests per API run (default 3000)")
         parser.add_argument("--api-connections", type=int, default=16, help="concurrent API connections (default 16)")
         parser.add_argument("--receipts", type=int, default=10_000, help="status callbacks posted (default 10,000)")
+        parser.add_argument(
+            "--expired-rows", type=int, default=5_000_000, help="expired notifications pruned (default 5,000,000)"
+        )
         parser.add_argument(
             "--keep-campaign",
             action="store_true",
@@ -88,7 +92,9 @@ class Command(BaseCommand):
                 self._api(sandbox, log_dir, concurrency, options)
             if "webhooks" in scenarios:
                 self._webhooks(sandbox, log_dir, options)
-            campaign = [s for s in scenarios if s not in ("throughput", "api", "webhooks")]
+            if "retention" in scenarios:
+                self._retention(sandbox, log_dir, count, concurrency, options)
+            campaign = [s for s in scenarios if s not in ("throughput", "api", "webhooks", "retention")]
             if campaign:
                 self._campaigns(sandbox, log_dir, campaign, options)
         except WaitTimeout as exc:
@@ -165,6 +171,42 @@ class Command(BaseCommand):
         finally:
             platform.stop()
         self._write(result, "webhooks.json")
+
+    def _retention(self, sandbox: SandboxProcess, log_dir: Path, count: int, concurrency: int, options: dict) -> None:
+        """Single sends/s (submit -> sandbox) before and while `manage.py prune` deletes the expired rows."""
+        seeded = benchmarks.seed_expired(options["expired_rows"])
+        worker = WorkerProcess("bench", queues=[QUEUE], log_path=log_dir / "worker.log", concurrency=concurrency)
+        try:
+            worker.start()
+            self._notifications(min(count, 200), sandbox)  # warm up
+            before = [self._notifications(count, sandbox)["rate"] for _ in range(3)]
+            started = time.monotonic()
+            pruner = benchmarks.prune_process(log_dir)
+            during = []
+            while pruner.poll() is None:
+                during.append(self._notifications(count, sandbox)["rate"])
+            pruned_in = time.monotonic() - started
+            after = [self._notifications(count, sandbox)["rate"] for _ in range(2)]
+        finally:
+            worker.stop()
+        if pruner.returncode != 0:
+            raise CommandError(f"prune failed; see {log_dir / 'prune.log'}")
+        mean_before = statistics.mean(before)
+        result = {
+            "scenario": "retention: single sends while manage.py prune deletes expired rows",
+            "expired_rows": options["expired_rows"],
+            "seeding_seconds": round(seeded, 1) if seeded is not None else None,
+            "prune_seconds": round(pruned_in, 1),
+            "pruned_per_second": round(options["expired_rows"] / pruned_in),
+            "prune_output": (log_dir / "prune.log").read_text().strip().splitlines(),
+            "sends_per_second_before": [round(r, 1) for r in before],
+            "sends_per_second_during": [round(r, 1) for r in during],
+            "sends_per_second_after": [round(r, 1) for r in after],
+            "during_over_before": round(statistics.mean(during) / mean_before, 3) if during else None,
+            "worker_processes": concurrency,
+            "count_per_run": count,
+        }
+        self._write(result, "retention.json")
 
     def _write(self, result: dict, name: str) -> None:
         """Print one scenario's result and write it, with the machine and the time, to bench-results/<name>."""

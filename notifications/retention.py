@@ -1,0 +1,100 @@
+"""How long the notification domain keeps its rows (settings.RETENTION_DAYS), as rules for the runtime's pruner
+(jobs/retention.py): finished notifications with their events, marketing sooner, dead ones as long as their
+dead letters; events by themselves; the batches and segments of campaigns finished long ago."""
+
+from datetime import datetime
+
+from django.db import connection
+
+from jobs.retention import Pruned, Rule, prune, retention_days, runtime_rules, walk_by_id
+
+#: Final statuses a notification is pruned from (dead ones follow the dead letters' keeping time); a campaign's
+#: rows only once it has finished, so that no recount of a batch of a running campaign ever sees its rows vanish.
+DONE = (
+    "n.status IN ('sent', 'skipped', 'cancelled') AND (n.campaign_id IS NULL OR n.campaign_id IN "
+    "(SELECT id FROM notifications_campaign WHERE finished_at IS NOT NULL))"
+)
+
+# A batch of old notifications, found through notif_created_idx, deleted with their events (event_timeline_idx) in
+# one statement.  Bandit B608 (SQL built from strings): the conditions are constants of this module.
+_DELETE_NOTIFICATIONS = """
+WITH gone AS (
+    DELETE FROM notifications_notification WHERE id IN (
+        SELECT id FROM notifications_notification n WHERE n.created_at < %(cutoff)s AND {condition} LIMIT %(size)s
+    )
+    RETURNING id
+),
+events AS (
+    DELETE FROM notifications_notificationevent e USING gone WHERE e.notification_id = gone.id RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM events)
+"""  # nosec B608
+_COUNT_NOTIFICATIONS = "SELECT count(*) FROM notifications_notification n WHERE n.created_at < %s AND {condition}"  # nosec B608
+
+
+def _notifications(name: str, kind: str, condition: str) -> Rule:
+    def delete_batch(cutoff: datetime, size: int) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(_DELETE_NOTIFICATIONS.format(condition=condition), {"cutoff": cutoff, "size": size})
+            notifications, _events = cursor.fetchone()
+        return notifications
+
+    def count(cutoff: datetime) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(_COUNT_NOTIFICATIONS.format(condition=condition), [cutoff])
+            return cursor.fetchone()[0]
+
+    return Rule(name, retention_days(kind), delete_batch, count)
+
+
+def _campaign_parts() -> Rule:
+    """Batches and segments of campaigns that finished before the cutoff (their rows are gone by then; the
+    campaign row keeps its counters as the record)."""
+    finished = "SELECT id FROM notifications_campaign WHERE finished_at < %(cutoff)s"
+
+    def delete_batch(cutoff: datetime, size: int) -> int:
+        deleted = 0
+        with connection.cursor() as cursor:
+            for table in ("notifications_campaignbatch", "notifications_campaignsegment"):
+                # Bandit B608: the table names are the two constants above.
+                cursor.execute(
+                    f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE campaign_id IN ({finished}) "  # nosec B608
+                    "LIMIT %(size)s)",
+                    {"cutoff": cutoff, "size": size},
+                )
+                deleted += cursor.rowcount
+        return deleted
+
+    def count(cutoff: datetime) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT (SELECT count(*) FROM notifications_campaignbatch WHERE campaign_id IN "
+                f"({finished})) + (SELECT count(*) FROM notifications_campaignsegment WHERE campaign_id IN ({finished}))",  # nosec B608
+                {"cutoff": cutoff},
+            )
+            return cursor.fetchone()[0]
+
+    return Rule("batches of finished campaigns", retention_days("marketing"), delete_batch, count)
+
+
+def retention_rules() -> list[Rule]:
+    """Every rule of the platform, the runtime's included, in the order they run."""
+    events_delete, events_count = walk_by_id(
+        "notifications_notificationevent", time_column="created_at", condition="true"
+    )
+    return [
+        _notifications("marketing notifications", "marketing", f"n.priority = 'marketing' AND {DONE}"),
+        _notifications("notifications", "notifications", DONE),
+        _notifications("dead notifications", "dead_letters", "n.status = 'dead'"),
+        Rule("events", retention_days("events"), events_delete, events_count),
+        _campaign_parts(),
+        *runtime_rules(),
+    ]
+
+
+def retention_prune(*, dry_run: bool = False, max_seconds: float | None = None, batch: int | None = None):
+    """Apply every rule (see jobs.retention.prune)."""
+    return prune(retention_rules(), dry_run=dry_run, max_seconds=max_seconds, batch=batch)
+
+
+__all__ = ["Pruned", "retention_prune", "retention_rules"]
