@@ -37,6 +37,8 @@ DRILLS: dict[int, Callable[[ChaosStack, Plan, random.Random], DrillRow]] = {
     20: composed.drill_jobs_sigkill,
     # Send later and cancel before it goes, with workers killed.
     21: composed.drill_scheduled_cancel,
+    # Retention: the pruner killed mid-batch and PostgreSQL restarted while sends flow.
+    22: composed.drill_prune_killed,
 }
 
 

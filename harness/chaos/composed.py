@@ -13,6 +13,8 @@ import glob
 import json
 import random
 import re
+import subprocess  # nosec B404 - drills start our own manage.py
+import sys
 import threading
 import time
 import uuid
@@ -39,11 +41,12 @@ from harness.chaos.drills import (
     percentile,
     post_notification,
     result_row,
+    start_burst,
     submit,
     tally,
     wait_final,
 )
-from harness.chaos.stack import ChaosStack, StackError
+from harness.chaos.stack import REPO, ChaosStack, StackError
 from harness.waiting import wait_until
 from settings.topology import Priority
 
@@ -1062,5 +1065,97 @@ def drill_scheduled_cancel(stack: ChaosStack, plan: Plan, rng: random.Random) ->
             f"p99 {percentile(list(lateness.values()), 0.99):.2f} s, max {max(lateness.values(), default=0):.2f} s; "
             f"{len(late)} later than {SCHEDULED_ON_TIME_SECONDS:.0f} s (at most {held_at_most} allowed)",
             f"submitted in {max((e['accepted'] for e in scheduled.values()), default=started) - started:.1f} s",
+        ],
+    )
+
+
+# --- retention under faults -----------------------------------------------------------------
+
+_EXPIRED_ROWS_SQL = """
+WITH campaign AS (
+    INSERT INTO notifications_campaign (name, template, channel, context, audience_locale, audience_tag, status,
+        materialized_count, sent_count, dead_count, skipped_count, segments_total, segments_done, last_error,
+        created_at, started_at, finished_at, updated_at)
+    VALUES (%(name)s, 'newsletter', 'email', '{}', '', '', 'completed', %(count)s, %(count)s, 0, 0, 0, 0, '',
+        now() - %(age)s::interval, now() - %(age)s::interval, now() - %(age)s::interval, now())
+    RETURNING id
+),
+written AS (
+    INSERT INTO notifications_notification (id, idempotency_key, request_fingerprint, priority, channel,
+        recipient_id, "to", template, context, status, attempts, provider, provider_message_id, last_error,
+        outcome_unknown, campaign_id, created_at, updated_at, sent_at)
+    SELECT (lpad(to_hex(c.id), 12, '0') || '80008' || lpad(to_hex(g), 15, '0'))::uuid, '', '', 'marketing',
+        'email', g, 'old-' || g || '@example.com', 'newsletter', '{}', %(status)s, 1, 'postmark', '', '', false, c.id,
+        now() - %(age)s::interval, now() - %(age)s::interval, now() - %(age)s::interval
+    FROM campaign c, generate_series(1, %(count)s) g
+    RETURNING id, created_at
+)
+INSERT INTO notifications_notificationevent (notification_id, kind, at, provider, data, provider_message_id, created_at)
+SELECT id, 'sent', created_at, 'postmark', '{}', '', created_at FROM written
+"""
+
+
+def _old_campaign_rows(stack: ChaosStack, name: str, count: int, *, age: str, status: str = "sent") -> None:
+    stack.execute(_EXPIRED_ROWS_SQL, {"name": name, "count": count, "age": age, "status": status})
+
+
+def _campaign_rows(stack: ChaosStack, name: str) -> int:
+    return stack.query(
+        "SELECT count(*) FROM notifications_notification n JOIN notifications_campaign c ON c.id = n.campaign_id "
+        "WHERE c.name = %s",
+        (name,),
+    )[0][0]
+
+
+def drill_prune_killed(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """`manage.py prune` deletes expired campaign rows while single sends flow; the pruner is SIGKILLed mid-batch and
+    PostgreSQL restarted, then prune runs again: every expired row and its event gone, every row still within its
+    keeping time (or not final) kept, every send of the burst sent exactly once."""
+    tag = _tag("prune")
+    expired, kept, unfinished = f"{tag}-expired", f"{tag}-kept", f"{tag}-unfinished"
+    _old_campaign_rows(stack, expired, plan.prune_rows, age="200 days")
+    _old_campaign_rows(stack, kept, plan.prune_rows // 10, age="10 days")
+    _old_campaign_rows(stack, unfinished, plan.prune_rows // 10, age="200 days", status="failed")
+    burst, live = start_burst(stack, tag, plan.burst, retry_seconds=120)
+    log = open(stack.run_dir / "prune.log", "a")  # noqa: SIM115 - closed below
+    pruner = subprocess.Popen(  # nosec B603 - our own interpreter and manage.py, no shell
+        [sys.executable, "manage.py", "prune", "--batch", "2000"], cwd=REPO, env=stack.env, stdout=log, stderr=log
+    )
+    wait_until(lambda: _campaign_rows(stack, expired) < plan.prune_rows, timeout=120, interval=0.2)
+    time.sleep(rng.uniform(0.2, 1.0))
+    pruner.kill()
+    pruner.wait(10)
+    left_after_kill = _campaign_rows(stack, expired)
+    stack.stop_postgres()
+    time.sleep(2.0)
+    stack.start_postgres()
+    up_at = time.time()
+    try:
+        output = stack.manage("prune", timeout=600)
+    finally:
+        log.close()
+    submission = burst.result()
+    wait_final(stack, submission.ids, plan.final_timeout)
+    outcome = tally(stack, submission.ids, fault_end=up_at, refused=submission.refused)
+    orphans = stack.query(
+        "SELECT count(*) FROM notifications_notificationevent e WHERE e.notification_id IS NOT NULL AND NOT EXISTS "
+        "(SELECT 1 FROM notifications_notification n WHERE n.id = e.notification_id)"
+    )[0][0]
+    left = {name: _campaign_rows(stack, name) for name in (expired, kept, unfinished)}
+    return result_row(
+        22,
+        "Prune SIGKILLed mid-batch, PostgreSQL restarted, sends flowing",
+        outcome,
+        checks={
+            "the pruner was killed mid-way": 0 < left_after_kill < plan.prune_rows,
+            "every expired row deleted by the second run": left[expired] == 0,
+            "rows within their keeping time kept": left[kept] == plan.prune_rows // 10,
+            "rows not final kept, however old": left[unfinished] == plan.prune_rows // 10,
+            "no event left of a deleted notification": orphans == 0,
+            "every send of the burst sent exactly once": outcome.sent == len(submission.ids) and not outcome.duplicates,
+        },
+        notes=[
+            f"{plan.prune_rows} expired rows; {plan.prune_rows - left_after_kill} deleted before the SIGKILL; "
+            f"second run: {' | '.join(line.strip() for line in output.splitlines()[:2])}",
         ],
     )

@@ -102,6 +102,8 @@ class Plan:
     scheduled_cancels: int = 2_000
     scheduled_ahead: tuple[float, float] = (5.0, 60.0)
     scheduled_kills: int = 2
+    #: Expired campaign rows pruned while the pruner is killed and PostgreSQL restarted.
+    prune_rows: int = 1_000_000
 
 
 FULL = Plan()
@@ -133,6 +135,7 @@ QUICK = Plan(
     scheduled_cancels=40,
     scheduled_ahead=(3.0, 15.0),
     scheduled_kills=1,
+    prune_rows=40_000,
 )
 
 
