@@ -240,10 +240,10 @@ WITH chosen AS MATERIALIZED (
 ),
 written AS (
     INSERT INTO notifications_notification
-        (id, idempotency_key, request_fingerprint, priority, channel, recipient_id, "to", template, context,
-         status, attempts, provider, provider_message_id, last_error, outcome_unknown, campaign_id,
+        (id, idempotency_key, request_fingerprint, cancellation_key, priority, channel, recipient_id, "to", template,
+         context, status, attempts, provider, provider_message_id, last_error, outcome_unknown, campaign_id,
          created_at, updated_at)
-    SELECT (%(prefix)s || '8' || lpad(to_hex(c.id), 15, '0'))::uuid, '', '', %(priority)s, %(channel)s, c.id,
+    SELECT (%(prefix)s || '8' || lpad(to_hex(c.id), 15, '0'))::uuid, '', '', '', %(priority)s, %(channel)s, c.id,
            c.address, %(template)s, '{{}}'::jsonb, 'scheduled', 0, '', '', '', false, %(campaign)s, %(now)s, %(now)s
     FROM chosen c
     {on_conflict}
