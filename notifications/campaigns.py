@@ -320,7 +320,10 @@ def _materialise(campaign: Campaign, segment: CampaignSegment, now) -> tuple[int
         audience += " AND r.locale = %(locale)s"
         params["locale"] = campaign.audience_locale
     if campaign.audience_tag:
-        audience += " AND r.tags @> ARRAY[%(tag)s]::varchar(50)[]"
+        # Muted topics are left out here only to write fewer rows; the send-time check decides (consent.py).
+        audience += (
+            " AND r.tags @> ARRAY[%(tag)s]::varchar(50)[] AND NOT r.muted_topics @> ARRAY[%(tag)s]::varchar(50)[]"
+        )
         params["tag"] = campaign.audience_tag
     parts = {"address": address, "consent": MARKETING_CONSENT_FIELDS[campaign.channel], "audience": audience}
     params.update(
