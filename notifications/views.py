@@ -140,9 +140,10 @@ def _preferences_initial(recipient: Recipient) -> dict:
 
 def _preferences_page(request: HttpRequest, context: dict, status: int = 200) -> HttpResponse:
     response = render(request, "notifications/preferences.html", context, status=status)
-    # The link is the key to the page: no referrer carries it away, no frame shows the page (X-Frame-Options
-    # too), and the page neither loads nor posts anywhere else.
-    response["Referrer-Policy"] = "no-referrer"
+    # The link is the key to the page: no referrer carries it to another site, no frame shows the page
+    # (X-Frame-Options too), and the page neither loads nor posts anywhere else.  Not "no-referrer": browsers
+    # then post the form with "Origin: null", which the CSRF check refuses.
+    response["Referrer-Policy"] = "same-origin"
     response["Content-Security-Policy"] = (
         "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     )

@@ -172,7 +172,7 @@ def test_the_page_cannot_be_framed_cached_or_leak_its_link(client):
     assert response["X-Frame-Options"] == "DENY"
     assert "frame-ancestors 'none'" in response["Content-Security-Policy"]
     assert "no-store" in response["Cache-Control"]
-    assert response["Referrer-Policy"] == "no-referrer"
+    assert response["Referrer-Policy"] == "same-origin"
 
 
 def test_the_page_shows_only_its_own_recipients_data(client):
