@@ -257,7 +257,8 @@ def _row(campaign: Campaign, pk, status, to, recipient_id, attempts, created_at,
 
 def _claim_rows(campaign: Campaign, ids: list[uuid.UUID]) -> list[Notification] | None:
     """Claim rows to send now; rows whose recipient withdrew consent, muted the campaign's topic, or whose
-    address is suppressed become skipped in the same statement (marketing_hold's skip rules, in SQL).  None if the campaign is no longer running."""
+    address is suppressed become skipped in the same statement (marketing_hold's skip rules, in SQL).
+    None if the campaign is no longer running."""
     token = uuid.uuid4()
     with transaction.atomic(), connection.cursor() as cursor:
         # A claim lost in a PostgreSQL crash only sends the rows back to `scheduled`; not
