@@ -1,12 +1,13 @@
-"""Send one campaign batch: claim rows a call's worth at a time (consent, suppression and the campaign's status
-checked in the claim itself) and send each call through the one provider-call path (sending.py).
+"""Send one campaign batch: claim rows a call's worth at a time (consent, muted topics, suppression and the
+campaign's status checked in the claim itself) and send each call through the one provider-call path (sending.py).
 
 | situation                                   | what happens to the batch                          |
 |---------------------------------------------|----------------------------------------------------|
 | campaign paused                             | unsent rows stay scheduled; batch paused (resume   |
 |                                             | queues it again)                                    |
 | campaign cancelled                          | unsent rows skipped; batch done                     |
-| recipient in quiet hours                    | row stays scheduled; batch deferred to quiet end   |
+| recipient in quiet hours (own or platform's)| row stays scheduled; batch deferred to quiet end   |
+| consent withdrawn or topic muted            | row skipped, at its claim                          |
 | every provider busy or open (no call)       | claimed rows back to scheduled; batch deferred by   |
 |                                             | the wait (slot freed)                               |
 | task ran for its time budget                | batch queued again (a fresh task continues)        |
@@ -34,7 +35,7 @@ from django.utils import timezone
 from jobs.deadletters import deadletter_record
 from notifications import task_names
 from notifications.campaigns import campaign_batches_publish, campaign_pause_with_error
-from notifications.consent import quiet_until
+from notifications.consent import HOLD_FIELDS, marketing_hold, muted_reason, withdrawn_reason
 from notifications.counting import batch_key_range, campaign_batch_recount
 from notifications.events import notifications_events
 from notifications.models import (
@@ -46,6 +47,7 @@ from notifications.models import (
     Notification,
     NotificationStatus,
     Priority,
+    Recipient,
 )
 from notifications.rendering import RenderedMessage, render
 from notifications.sending import Delivery, build_message, claim_lease, group_size, send
@@ -140,19 +142,23 @@ def _run(batch: CampaignBatch) -> None:
         return
     low, high = batch_key_range(batch)
     now = timezone.now()
-    rows = list(
+    fields = (*HOLD_FIELDS, MARKETING_CONSENT_FIELDS[campaign.channel])
+    rows = (
         Notification.objects.filter(pk__gte=low, pk__lte=high, status=NotificationStatus.SCHEDULED)
         .order_by("pk")
-        .values_list("pk", "recipient__timezone")
+        .values_list("pk", *(f"recipient__{field}" for field in fields))
     )
     ready: list[uuid.UUID] = []
     wake_at: datetime | None = None
-    for pk, zone in rows:
-        until = quiet_until(zone, now)
-        if until is None:
+    for pk, *values in rows:
+        recipient = Recipient(**dict(zip(fields, values, strict=True)))
+        hold = marketing_hold(recipient, channel=campaign.channel, topic=campaign.audience_tag, now=now)
+        if hold is None or hold.until is None:
+            # A row to skip is claimed all the same: the claim skips it, in the statement that reads
+            # the recipient's consent and muted topics again.
             ready.append(pk)
         else:
-            wake_at = until if wake_at is None else min(wake_at, until)
+            wake_at = hold.until if wake_at is None else min(wake_at, hold.until)
     try:
         content = render(template=campaign.template, channel=campaign.channel, context=campaign.context)
     except ValidationError as exc:
@@ -206,25 +212,27 @@ def _send_rows(batch: CampaignBatch, campaign: Campaign, ready: list[uuid.UUID],
 _CLAIM_SQL = """
 WITH candidates AS MATERIALIZED (
     SELECT n.id, r.{consent} AS consent,
+           (%(topic)s <> '' AND r.muted_topics @> ARRAY[%(topic)s]::varchar(50)[]) AS muted,
            (SELECT s.reason FROM notifications_suppression s
              WHERE s.channel = n.channel AND s.address = n."to") AS suppressed
     FROM notifications_notification n
     JOIN notifications_recipient r ON r.id = n.recipient_id
     WHERE n.id = ANY(%(ids)s) AND n.status = 'scheduled'
       AND EXISTS (SELECT 1 FROM notifications_campaign c WHERE c.id = %(campaign)s AND c.status = 'running')
-)
+),
+decided AS (SELECT *, consent AND NOT muted AND suppressed IS NULL AS go FROM candidates)
 UPDATE notifications_notification n SET
-    status = CASE WHEN c.consent AND c.suppressed IS NULL THEN 'sending' ELSE 'skipped' END,
-    attempts = n.attempts + CASE WHEN c.consent AND c.suppressed IS NULL THEN 1 ELSE 0 END,
-    lease_expires_at = CASE WHEN c.consent AND c.suppressed IS NULL
-                            THEN statement_timestamp() + make_interval(secs => %(lease)s) END,
+    status = CASE WHEN c.go THEN 'sending' ELSE 'skipped' END,
+    attempts = n.attempts + CASE WHEN c.go THEN 1 ELSE 0 END,
+    lease_expires_at = CASE WHEN c.go THEN statement_timestamp() + make_interval(secs => %(lease)s) END,
     claim_token = %(token)s,
     last_error = CASE
         WHEN NOT c.consent THEN %(no_consent)s
+        WHEN c.muted THEN %(muted)s
         WHEN c.suppressed IS NOT NULL THEN 'not sent: address suppressed (' || c.suppressed || ')'
         ELSE '' END,
     updated_at = statement_timestamp()
-FROM candidates c
+FROM decided c
 WHERE n.id = c.id AND n.status = 'scheduled'
 RETURNING n.id, n.status, n."to", n.recipient_id, n.attempts, n.created_at, n.last_error
 """
@@ -248,8 +256,9 @@ def _row(campaign: Campaign, pk, status, to, recipient_id, attempts, created_at,
 
 
 def _claim_rows(campaign: Campaign, ids: list[uuid.UUID]) -> list[Notification] | None:
-    """Claim rows to send now; rows whose recipient withdrew consent or whose address is suppressed
-    become skipped in the same statement.  None if the campaign is no longer running."""
+    """Claim rows to send now; rows whose recipient withdrew consent, muted the campaign's topic, or whose
+    address is suppressed become skipped in the same statement (marketing_hold's skip rules, in SQL).
+    None if the campaign is no longer running."""
     token = uuid.uuid4()
     with transaction.atomic(), connection.cursor() as cursor:
         # A claim lost in a PostgreSQL crash only sends the rows back to `scheduled`; not
@@ -262,7 +271,10 @@ def _claim_rows(campaign: Campaign, ids: list[uuid.UUID]) -> list[Notification] 
                 "campaign": campaign.pk,
                 "lease": claim_lease().total_seconds(),
                 "token": token,
-                "no_consent": f"not sent: the recipient withdrew marketing consent for {campaign.channel}",
+                "topic": campaign.audience_tag,
+                # The reasons marketing_hold gives on the single-send path, word for word.
+                "no_consent": withdrawn_reason(campaign.channel),
+                "muted": muted_reason(campaign.audience_tag),
             },
         )
         rows = cursor.fetchall()

@@ -324,10 +324,10 @@ WITH chosen AS MATERIALIZED (
 ),
 written AS (
     INSERT INTO notifications_notification
-        (id, idempotency_key, request_fingerprint, priority, channel, recipient_id, "to", template, context,
-         status, attempts, provider, provider_message_id, last_error, outcome_unknown, campaign_id,
+        (id, idempotency_key, request_fingerprint, cancellation_key, priority, channel, recipient_id, "to", template,
+         context, status, attempts, provider, provider_message_id, last_error, outcome_unknown, campaign_id,
          created_at, updated_at)
-    SELECT (%(prefix)s || '8' || lpad(to_hex(c.id), 15, '0'))::uuid, '', '', %(priority)s, %(channel)s, c.id,
+    SELECT (%(prefix)s || '8' || lpad(to_hex(c.id), 15, '0'))::uuid, '', '', '', %(priority)s, %(channel)s, c.id,
            c.address, %(template)s, '{{}}'::jsonb, 'scheduled', 0, '', '', '', false, %(campaign)s, %(now)s, %(now)s
     FROM chosen c
     {on_conflict}
@@ -404,7 +404,10 @@ def _materialise(campaign: Campaign, segment: CampaignSegment, now) -> tuple[int
         audience += " AND r.locale = %(locale)s"
         params["locale"] = campaign.audience_locale
     if campaign.audience_tag:
-        audience += " AND r.tags @> ARRAY[%(tag)s]::varchar(50)[]"
+        # Muted topics are left out here only to write fewer rows; the send-time check decides (consent.py).
+        audience += (
+            " AND r.tags @> ARRAY[%(tag)s]::varchar(50)[] AND NOT r.muted_topics @> ARRAY[%(tag)s]::varchar(50)[]"
+        )
         params["tag"] = campaign.audience_tag
     parts = {"address": address, "consent": MARKETING_CONSENT_FIELDS[campaign.channel], "audience": audience}
     params.update(

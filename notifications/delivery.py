@@ -5,9 +5,10 @@ path (sending.py).  The outbox relay and the dead-letter replay that put rows ba
                        token; a row whose lease expired (its worker died mid-call) is marked
                        outcome-unknown, so the vendors that can tell are asked before it is sent again;
                        a second UPDATE takes the oldest others queued in the same queue, for the same call
-    held? ............ marketing is checked again at every attempt: a withdrawn consent, a suppressed
-                       address or a cancelled campaign skip it; quiet hours or a paused campaign make
-                       it wait (no attempt counted); a suppressed address gets no transactional mail
+    held? ............ marketing is checked again at every attempt: a withdrawn consent, a muted topic
+                       (a campaign row's), a suppressed address or a cancelled campaign skip it; quiet
+                       hours (the recipient's own, else the platform's) or a paused campaign make it
+                       wait (no attempt counted); a suppressed address gets no transactional mail
                        either; security alerts are always tried
     content .......... the notification's template and context, or its campaign's for a campaign row
     send ............. sending.send: providers, breakers, limits, outcomes (see there)
@@ -26,7 +27,7 @@ from django.utils import timezone
 
 from jobs.errors import PermanentError
 from jobs.retry import retry_policy
-from notifications.consent import marketing_consent, quiet_until, suppression_reasons
+from notifications.consent import marketing_hold, suppression_reasons
 from notifications.events import notifications_events
 from notifications.models import Campaign, CampaignStatus, Notification, Priority, Recipient
 from notifications.rendering import render
@@ -166,7 +167,9 @@ def _deliver_group(rows: list[Notification]) -> None:
     rest sent in one call."""
     first = rows[0]
     campaign = (
-        Campaign.objects.only("template", "context", "status").get(pk=first.campaign_id) if first.campaign_id else None
+        Campaign.objects.only("template", "context", "status", "audience_tag").get(pk=first.campaign_id)
+        if first.campaign_id
+        else None
     )
     deliveries = []
     for row in _not_held(rows, campaign):
@@ -218,11 +221,12 @@ def _held(notification: Notification, campaign: Campaign | None, reason: str | N
         if campaign.status == CampaignStatus.CANCELLED:
             record_skipped(notification, "not sent: campaign cancelled")
             return True
-    if not marketing_consent(notification.recipient, notification.channel):
-        record_skipped(notification, f"not sent: the recipient withdrew marketing consent for {notification.channel}")
-        return True
-    until = quiet_until(notification.recipient.timezone, now)
-    if until is not None:
-        record_wait(notification, until, f"quiet hours in {notification.recipient.timezone}")
-        return True
-    return False
+    topic = campaign.audience_tag if campaign is not None else ""
+    hold = marketing_hold(notification.recipient, channel=notification.channel, topic=topic, now=now)
+    if hold is None:
+        return False
+    if hold.until is None:
+        record_skipped(notification, hold.reason)
+    else:
+        record_wait(notification, hold.until, hold.reason)
+    return True

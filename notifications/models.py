@@ -34,6 +34,11 @@ class Recipient(models.Model):
     push_marketing_consent = models.BooleanField(default=False)
     #: Free-form labels that campaign audiences select on (`tags__contains=["vip"]`).
     tags = ArrayField(models.CharField(max_length=50), default=list, blank=True)
+    #: Topics (campaign audience tags) the recipient asked not to hear about, on any channel (preference centre).
+    # Database defaults too: COPY seeding and the harness insert recipients without naming these columns.
+    muted_topics = ArrayField(models.CharField(max_length=50), default=list, db_default=[], blank=True)
+    #: Their own marketing quiet hours: "" = the platform's MARKETING_QUIET_HOURS, "none", or "21-8" (local time).
+    quiet_hours = models.CharField(max_length=5, blank=True, default="", db_default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -53,7 +53,7 @@ from notifications.models import Channel, Notification, NotificationStatus, Prio
 from notifications.providers.base import BaseProvider, OutboundMessage, SendResult
 from notifications.providers.registry import providers_for
 from notifications.rendering import RenderedMessage
-from notifications.unsubscribe import unsubscribe_headers
+from notifications.unsubscribe import marketing_email
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +74,11 @@ def breaker_for(provider: BaseProvider) -> CircuitBreaker:
 
 
 def build_message(row: Notification, content: RenderedMessage) -> OutboundMessage:
-    """What a provider gets for a notification: its content, its idempotency key, the unsubscribe headers."""
+    """What a provider gets for a notification: its content (a marketing e-mail's with the recipient's preference
+    and unsubscribe links), its idempotency key, the unsubscribe headers."""
     headers = {}
     if row.priority == Priority.MARKETING and row.channel == Channel.EMAIL:
-        headers = unsubscribe_headers(recipient_id=row.recipient_id, channel=row.channel)
+        content, headers = marketing_email(content, recipient_id=row.recipient_id)
     return OutboundMessage(
         notification_id=str(row.pk),
         idempotency_key=row.delivery_key,

@@ -12,5 +12,6 @@ urlpatterns = [
     path("receipts/twilio", views.twilio_status, name="receipts-twilio"),
     path("receipts/vonage", views.vonage_receipt, name="receipts-vonage"),
     path("unsubscribe/<str:token>", views.unsubscribe, name="unsubscribe"),
+    path("preferences/<str:token>", views.preferences, name="preferences"),
     path("", views.index, name="index"),
 ]
