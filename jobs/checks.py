@@ -76,17 +76,17 @@ def check_rate_limits(app_configs, **kwargs) -> list[Error]:
 
 @register()
 def check_retention_settings(app_configs, **kwargs) -> list[Error]:
-    """Keeping times are whole days of at least one, for every kind the pruners know; a typo is refused at start-up
-    rather than deleting too much (or nothing) at the first prune."""
+    """Keeping times are whole days of at least one, and the runtime's own kinds are there; a typo is refused at
+    start-up rather than deleting too much (or nothing) at the first prune.  A domain adds its own kinds."""
     errors: list[Error] = []
     days = getattr(settings, "RETENTION_DAYS", {})
-    for kind in ("notifications", "marketing", "events", "dead_letters", "jobs"):
+    for kind in sorted({"dead_letters", "jobs", *days}):
         value = days.get(kind)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             errors.append(
                 Error(
                     f"RETENTION_DAYS[{kind!r}] must be a whole number of days, at least 1, not {value!r}.",
-                    hint=f"Set RETENTION_{kind.upper()}_DAYS.",
+                    hint="Each kind is read from its RETENTION_<KIND>_DAYS variable (settings/base.py).",
                     id="jobs.E006",
                 )
             )

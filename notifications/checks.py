@@ -83,3 +83,13 @@ def check_campaign_settings(app_configs, **kwargs) -> list[Error]:
         if getattr(settings, name) < 1:
             errors.append(Error(f"{name} must be at least 1, not {getattr(settings, name)}.", id="notifications.E009"))
     return errors
+
+
+@register()
+def check_retention_kinds(app_configs, **kwargs) -> list[Error]:
+    """The domain's keeping times (notifications/retention.py) are all set; their values are checked by jobs.E006."""
+    missing = {"notifications", "marketing_notifications", "events"} - set(getattr(settings, "RETENTION_DAYS", {}))
+    return [
+        Error(f"RETENTION_DAYS has no {kind!r} (days to keep them).", id="notifications.E010")
+        for kind in sorted(missing)
+    ]

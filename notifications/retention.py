@@ -74,7 +74,7 @@ def _campaign_parts() -> Rule:
             )
             return cursor.fetchone()[0]
 
-    return Rule("batches of finished campaigns", retention_days("marketing"), delete_batch, count)
+    return Rule("batches of finished campaigns", retention_days("marketing_notifications"), delete_batch, count)
 
 
 def retention_rules() -> list[Rule]:
@@ -83,7 +83,7 @@ def retention_rules() -> list[Rule]:
         "notifications_notificationevent", time_column="created_at", condition="true"
     )
     return [
-        _notifications("marketing notifications", "marketing", f"n.priority = 'marketing' AND {DONE}"),
+        _notifications("marketing notifications", "marketing_notifications", f"n.priority = 'marketing' AND {DONE}"),
         _notifications("notifications", "notifications", DONE),
         _notifications("dead notifications", "dead_letters", "n.status = 'dead'"),
         Rule("events", retention_days("events"), events_delete, events_count),

@@ -296,7 +296,7 @@ CELERY_BEAT_SCHEDULE: dict = {
 #: notifications) a year, finished durable jobs (webhook deliveries among them) a month.
 RETENTION_DAYS = {
     "notifications": env_int("RETENTION_NOTIFICATIONS_DAYS", 90),
-    "marketing": env_int("RETENTION_MARKETING_DAYS", 30),
+    "marketing_notifications": env_int("RETENTION_MARKETING_DAYS", 30),
     "events": env_int("RETENTION_EVENTS_DAYS", 90),
     "dead_letters": env_int("RETENTION_DEAD_LETTERS_DAYS", 365),
     "jobs": env_int("RETENTION_JOBS_DAYS", 30),

@@ -63,7 +63,12 @@ def test_a_hard_bounce_is_an_event_and_suppresses_the_address(ledger, live_serve
     _wait_kinds(notification, ["sent", "bounced"])
     bounce = NotificationEvent.objects.get(notification=notification, kind="bounced")
     assert bounce.data["hard"] is True and bounce.data["bounce_type"] == "HardBounce"
-    assert Suppression.objects.filter(channel="email", address="gone@example.com").exists()
+    # The report's view stores the event, then suppresses (two receivers of anymail's signal, each committing).
+    wait_until(
+        lambda: Suppression.objects.filter(channel="email", address="gone@example.com").exists(),
+        timeout=10,
+        what="the address suppressed",
+    )
 
 
 def test_twilio_status_callbacks_are_verified_and_stored(ledger, live_server, closed_breakers):
