@@ -57,10 +57,7 @@ def notification_relay(*, now=None, queue_heads=queue_head) -> int:
     """
     moment = now if now is not None else Now()
     wall = (now or database_now()).timestamp()
-    pending_after = timedelta(seconds=settings.RELAY_PENDING_AFTER_SECONDS)
-    pending_before = (
-        now - pending_after if now is not None else ExpressionWrapper(Now() - pending_after, DateTimeField())
-    )
+    pending_before = _ago(now, settings.RELAY_PENDING_AFTER_SECONDS)
     due = (
         Q(status=NotificationStatus.FAILED, next_attempt_at__lte=moment)
         | Q(status=NotificationStatus.PENDING, created_at__lt=pending_before)
@@ -104,6 +101,13 @@ def _lost_queued(priority: str, now: float, queue_heads) -> Q:
         )
         lost |= Q(channel=channel, status=NotificationStatus.QUEUED, queued_at__lt=before)
     return lost
+
+
+def _ago(now, seconds: float):
+    """`seconds` before `now` (PostgreSQL's clock when `now` is None)."""
+    if now is not None:
+        return now - timedelta(seconds=seconds)
+    return ExpressionWrapper(Now() - timedelta(seconds=seconds), DateTimeField())
 
 
 def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
@@ -159,7 +163,7 @@ def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
             Campaign.objects.filter(
                 status=CampaignStatus.CANCELLED,
                 batches__status__in=[BatchStatus.QUEUED, BatchStatus.DEFERRED, BatchStatus.PAUSED],
-                batches__updated_at__lt=ExpressionWrapper(moment - timedelta(seconds=grace), DateTimeField()),
+                batches__updated_at__lt=_ago(now, grace),
             )
             .values_list("pk", flat=True)
             .distinct()[:10]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import glob
+import heapq
 import json
 import random
 import re
@@ -19,6 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -931,10 +933,16 @@ def drill_jobs_sigkill(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dri
 
 
 def _schedule(
-    stack: ChaosStack, tag: str, count: int, ahead: tuple[float, float], rng: random.Random
+    stack: ChaosStack,
+    tag: str,
+    count: int,
+    ahead: tuple[float, float],
+    rng: random.Random,
+    on_accepted: Callable[[str, dict[str, Any]], None],
 ) -> dict[str, dict[str, Any]]:
     """POST `count` notifications, each with a send_at drawn from `ahead` seconds after its own request (a 5xx is
-    retried with the same key and body); key -> {id, send_at (epoch), accepted (epoch)}."""
+    retried with the same key and body); key -> {id, send_at (epoch), accepted (epoch)}, each also handed to
+    `on_accepted(key, entry)` as it is accepted."""
     mix = [(Priority.TRANSACTIONAL, "email"), (Priority.TRANSACTIONAL, "sms"), (Priority.SECURITY, "email")]
     pending = [(f"{tag}-{i}", i) for i in range(count)]
     offsets = {key: rng.uniform(*ahead) for key, _ in pending}
@@ -961,8 +969,10 @@ def _schedule(
                     time.sleep(0.5)
                     continue
                 if response.status_code == 202:
+                    entry = {"id": response.json()["id"], "send_at": send_at, "accepted": time.time()}
                     with lock:
-                        accepted[key] = {"id": response.json()["id"], "send_at": send_at, "accepted": time.time()}
+                        accepted[key] = entry
+                    on_accepted(key, entry)
                     break
                 if response.status_code < 500:
                     break
@@ -976,71 +986,117 @@ def _schedule(
     return accepted
 
 
-def drill_scheduled_cancel(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
-    """Notifications scheduled a few seconds to a minute ahead through the API, a fifth of them cancelled by id at
-    random moments before they are due, transactional workers SIGKILLed meanwhile: every cancel that was answered
-    200 sent nothing, every other notification was sent exactly once, none before its send_at, and within
-    SCHEDULED_ON_TIME_SECONDS after it (but those a killed worker held, which wait for their lease)."""
-    tag = _tag("sched")
-    count, cancels = plan.scheduled_count, plan.scheduled_cancels
-    started = time.time()
-    scheduled = _schedule(stack, tag, count, plan.scheduled_ahead, rng)
-    ids = [entry["id"] for entry in scheduled.values()]
-    chosen = rng.sample(sorted(scheduled), min(cancels, len(scheduled)))
-    # A moment for each cancel, at random between now and just before its send_at.
-    moments = sorted(
-        (rng.uniform(time.time(), max(time.time(), scheduled[key]["send_at"] - 0.5)), key) for key in chosen
-    )
-    answers: dict[str, int] = {}
-    killed: list[int] = []
+class _Canceller:
+    """Cancels by id at chosen moments, from four threads, as the notifications are accepted; the answers by id."""
 
-    def cancel_all() -> None:
-        session = api_session(stack)
-        for moment, key in moments:
-            time.sleep(max(0.0, moment - time.time()))
-            notification_id = scheduled[key]["id"]
+    def __init__(self, stack: ChaosStack) -> None:
+        self.stack = stack
+        self.heap: list[tuple[float, str]] = []
+        self.answers: dict[str, int] = {}
+        self.late: list[float] = []
+        self.lock = threading.Condition()
+        self.closed = False
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(4)]
+        for thread in self.threads:
+            thread.start()
+
+    def add(self, moment: float, notification_id: str) -> None:
+        with self.lock:
+            heapq.heappush(self.heap, (moment, notification_id))
+            self.lock.notify()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.lock.notify_all()
+        for thread in self.threads:
+            thread.join()
+
+    def _run(self) -> None:
+        session = api_session(self.stack)
+        while True:
+            with self.lock:
+                while not self.heap or self.heap[0][0] > time.time():
+                    if self.closed and not self.heap:
+                        return
+                    self.lock.wait(timeout=min(0.05, max(0.0, self.heap[0][0] - time.time())) if self.heap else 0.05)
+                moment, notification_id = heapq.heappop(self.heap)
+            self.late.append(time.time() - moment)
             for _ in range(20):
                 try:
                     response = session.post(
-                        f"{stack.api_url}/api/v1/notifications/{notification_id}/cancel",
+                        f"{self.stack.api_url}/api/v1/notifications/{notification_id}/cancel",
                         timeout=REQUEST_TIMEOUT_SECONDS,
                     )
                 except requests.RequestException:
                     time.sleep(0.2)
                     continue
                 if response.status_code < 500:
-                    answers[notification_id] = response.status_code
+                    with self.lock:
+                        self.answers[notification_id] = response.status_code
                     break
 
-    canceller = threading.Thread(target=cancel_all, daemon=True)
-    canceller.start()
-    last_due = max((entry["send_at"] for entry in scheduled.values()), default=time.time())
-    for _ in range(plan.scheduled_kills):
-        time.sleep(max(0.0, rng.uniform(0.2, 0.6) * (last_due - time.time())))
-        killed += stack.kill_pool(Priority.TRANSACTIONAL, child_only=True, rng=rng)
-    canceller.join()
+
+def drill_scheduled_cancel(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
+    """Notifications scheduled a few seconds to a minute ahead through the API, a fifth of them cancelled by id at
+    random moments before they are due (as soon as each is accepted, a moment is drawn between then and half a
+    second before its send_at), transactional workers SIGKILLed meanwhile: every cancel answered 200 sent nothing,
+    every other notification was sent exactly once, none before its send_at, and within SCHEDULED_ON_TIME_SECONDS
+    after it (but those a killed worker held, which wait for their lease)."""
+    tag = _tag("sched")
+    count = plan.scheduled_count
+    chosen = set(rng.sample([f"{tag}-{i}" for i in range(count)], min(plan.scheduled_cancels, count)))
+    canceller = _Canceller(stack)
+    moments = random.Random(rng.random())
+    lock = threading.Lock()
+
+    def accepted(key: str, entry: dict[str, Any]) -> None:
+        if key in chosen:
+            with lock:
+                moment = moments.uniform(entry["accepted"], max(entry["accepted"], entry["send_at"] - 0.5))
+            canceller.add(moment, entry["id"])
+
+    killed: list[int] = []
+
+    def kill_meanwhile() -> None:
+        for _ in range(plan.scheduled_kills):
+            time.sleep(rng.uniform(plan.scheduled_ahead[0], plan.scheduled_ahead[1]))
+            killed.extend(stack.kill_pool(Priority.TRANSACTIONAL, child_only=True, rng=rng))
+
+    started = time.time()
+    killer = in_background(kill_meanwhile)
+    scheduled = _schedule(stack, tag, count, plan.scheduled_ahead, rng, accepted)
+    killer.result()
+    canceller.close()
+    ids = [entry["id"] for entry in scheduled.values()]
+    answers = canceller.answers
     cancelled = {i for i, code in answers.items() if code == 200}
     to_send = [i for i in ids if i not in cancelled]
     wait_final(stack, to_send, timeout=plan.final_timeout)
     outcome = tally(stack, to_send, refused=[f"{tag}-{i}" for i in range(count) if f"{tag}-{i}" not in scheduled])
-    statuses = dict(
-        stack.query("SELECT id::text, status FROM notifications_notification WHERE id = ANY(%s::uuid[])", (ids,))
-    )
-    keys = dict(
-        stack.query(
-            "SELECT id::text, idempotency_key FROM notifications_notification WHERE id = ANY(%s::uuid[])", (ids,)
+    rows = {
+        notification_id: (status, key, queued_at.timestamp() if queued_at else None, f"{priority}.{channel}")
+        for notification_id, status, key, queued_at, priority, channel in stack.query(
+            "SELECT id::text, status, idempotency_key, queued_at, priority, channel FROM notifications_notification "
+            "WHERE id = ANY(%s::uuid[])",
+            (ids,),
         )
-    )
-    ledger = Counter(entry["idempotency_key"] for entry in stack.sandbox.entries(limit=1_000_000))
-    by_id = {entry["id"]: entry for entry in scheduled.values()}
+    }
     accepted_at: dict[str, float] = {}
     for entry in stack.sandbox.entries(limit=1_000_000):
         accepted_at.setdefault(entry["idempotency_key"], entry["accepted_ts"])
-    lateness = {i: accepted_at[keys[i]] - by_id[i]["send_at"] for i in to_send if keys[i] in accepted_at}
+    ledger = Counter(entry["idempotency_key"] for entry in stack.sandbox.entries(limit=1_000_000))
+    by_id = {entry["id"]: entry for entry in scheduled.values()}
+    lateness = {i: accepted_at[rows[i][1]] - by_id[i]["send_at"] for i in to_send if rows[i][1] in accepted_at}
+    released = [rows[i][2] - by_id[i]["send_at"] for i in to_send if rows[i][2]]
     late = sorted(i for i, seconds in lateness.items() if seconds > SCHEDULED_ON_TIME_SECONDS)
     early = [i for i, seconds in lateness.items() if seconds < 0]
     # A killed worker's claim (up to a call's worth of rows) waits for its lease to run out.
     held_at_most = len(killed) * settings.NOTIFICATIONS_SINGLE_BATCH
+    values = list(lateness.values())
+    by_queue: dict[str, list[float]] = {}
+    for notification_id, seconds in lateness.items():
+        by_queue.setdefault(rows[notification_id][3], []).append(seconds)
     return result_row(
         21,
         "Scheduled sends, cancels at random moments, workers SIGKILLed",
@@ -1050,7 +1106,7 @@ def drill_scheduled_cancel(stack: ChaosStack, plan: Plan, rng: random.Random) ->
             "every notification accepted": len(scheduled) == count,
             "every planned cancel answered (200, or 409 once a worker took it)": len(answers) == len(chosen),
             "a cancel answered 200 sent nothing": all(
-                statuses[i] == "cancelled" and ledger[keys[i]] == 0 for i in cancelled
+                rows[i][0] == "cancelled" and ledger[rows[i][1]] == 0 for i in cancelled
             ),
             "every other notification sent exactly once": outcome.sent == len(to_send) and outcome.duplicates == 0,
             "none sent before its send_at": not early,
@@ -1058,13 +1114,17 @@ def drill_scheduled_cancel(stack: ChaosStack, plan: Plan, rng: random.Random) ->
             <= held_at_most,
         },
         notes=[
-            f"{len(scheduled)} scheduled {plan.scheduled_ahead[0]:.0f}-{plan.scheduled_ahead[1]:.0f} s ahead; "
-            f"{len(cancelled)} cancelled, {sum(1 for c in answers.values() if c == 409)} too late (409); "
-            f"{len(killed)} worker(s) killed",
-            f"sent after send_at: p50 {percentile(list(lateness.values()), 0.5):.2f} s, "
-            f"p99 {percentile(list(lateness.values()), 0.99):.2f} s, max {max(lateness.values(), default=0):.2f} s; "
-            f"{len(late)} later than {SCHEDULED_ON_TIME_SECONDS:.0f} s (at most {held_at_most} allowed)",
-            f"submitted in {max((e['accepted'] for e in scheduled.values()), default=started) - started:.1f} s",
+            f"{len(scheduled)} scheduled {plan.scheduled_ahead[0]:.0f}-{plan.scheduled_ahead[1]:.0f} s ahead, "
+            f"submitted in {max((e['accepted'] for e in scheduled.values()), default=started) - started:.1f} s; "
+            f"{len(cancelled)} cancelled, {sum(1 for c in answers.values() if c == 409)} too late (409), cancels "
+            f"p99 {percentile(canceller.late, 0.99):.2f} s after their moment; {len(killed)} worker(s) killed",
+            f"released after send_at: p50 {percentile(released, 0.5):.2f} s, p99 {percentile(released, 0.99):.2f} s",
+            f"sent after send_at: p50 {percentile(values, 0.5):.2f} s, p99 {percentile(values, 0.99):.2f} s, "
+            f"max {max(values, default=0):.2f} s; {len(late)} later than {SCHEDULED_ON_TIME_SECONDS:.0f} s "
+            f"(at most {held_at_most} allowed); p50/p99 by queue: "
+            + ", ".join(
+                f"{queue} {percentile(v, 0.5):.2f}/{percentile(v, 0.99):.2f} s" for queue, v in sorted(by_queue.items())
+            ),
         ],
     )
 

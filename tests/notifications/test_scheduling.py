@@ -10,6 +10,7 @@ import pytest
 from django.db.models import Count
 from django.utils import timezone
 
+from jobs.clock import database_now
 from jobs.redis import QueueHead
 from notifications.campaigns import (
     campaign_cancel,
@@ -268,7 +269,9 @@ def test_the_relay_publishes_a_lost_sweep_again(broker, django_capture_on_commit
 
     CampaignBatch.objects.filter(campaign=campaign).update(updated_at=timezone.now() - timedelta(minutes=5))
     with django_capture_on_commit_callbacks(execute=True):
-        assert campaign_relay(queue_heads=lambda name: QueueHead(depth=0, published_at=None)) == 1
+        # As the relay task calls it: with one reading of PostgreSQL's clock.
+        relayed = campaign_relay(now=database_now(), queue_heads=lambda name: QueueHead(depth=0, published_at=None))
+        assert relayed == 1
     (message,) = [json.loads(m) for m in broker.lrange(FANOUT_QUEUE, 0, -1)]
     assert message["headers"]["task"] == "notifications.campaign_sweep"
     assert json.loads(base64.b64decode(message["body"]))[0] == [campaign.pk]
@@ -280,3 +283,13 @@ def test_a_campaign_row_cancelled_by_id_counts_as_skipped():
     notification_cancel(notification_id=row.pk)
     campaign.refresh_from_db()
     assert campaign.skipped_count == 1
+
+
+def test_the_beat_tasks_run_as_beat_calls_them():
+    """Thin shells, but each reads PostgreSQL's clock once and hands it on: run them as a worker would."""
+    from notifications import tasks
+
+    scheduled(-1)
+    tasks.notification_relay_task()
+    tasks.release_scheduled_task()
+    tasks.prune_task()
