@@ -408,11 +408,29 @@ def notifications_release_due(*, limit: int | None = None) -> int:
         cursor.execute(_RELEASE_SQL, [limit])
         rows = cursor.fetchall()
         order = {p: i for i, p in enumerate(Priority.values)}
+        queues: dict[str, list[str]] = {}
         for pk, priority, channel in sorted(rows, key=lambda row: order.get(row[1], 99)):
-            notification_publish(Notification(pk=pk, priority=priority, channel=channel))
+            queues.setdefault(Notification(priority=priority, channel=channel).queue, []).append(str(pk))
+        # A message names a call's worth of rows (as a burst of submits is coalesced): one per row would cost the
+        # workers more in messages than in sends when thousands fall due in the same second.
+        size = settings.NOTIFICATIONS_SINGLE_BATCH
+        for queue, ids in queues.items():
+            for start in range(0, len(ids), size):
+                _publish_ids(ids[start : start + size], queue=queue)
     if rows:
         logger.info("released %s scheduled notification(s)", len(rows))
     return len(rows)
+
+
+def _publish_ids(ids: list[str], *, queue: str) -> None:
+    """One delivery message for `ids` after commit; if it cannot be published they go back to pending (relay)."""
+
+    def back_to_pending() -> None:
+        Notification.objects.filter(pk__in=ids, status=NotificationStatus.QUEUED).update(
+            status=NotificationStatus.PENDING, updated_at=timezone.now()
+        )
+
+    publish_after_commit(task_names.DELIVER, args=ids, queue=queue, on_failed=back_to_pending)
 
 
 def notification_cancel(*, notification_id, reason: str = "cancelled") -> Notification:

@@ -1063,6 +1063,17 @@ def drill_scheduled_cancel(stack: ChaosStack, plan: Plan, rng: random.Random) ->
             time.sleep(rng.uniform(plan.scheduled_ahead[0], plan.scheduled_ahead[1]))
             killed.extend(stack.kill_pool(Priority.TRANSACTIONAL, child_only=True, rng=rng))
 
+    depths: Counter = Counter()
+    sampling = threading.Event()
+
+    def sample_queues() -> None:
+        client = stack.redis_client()
+        while not sampling.is_set():
+            for queue in ("transactional.email", "transactional.sms", "security.email", "jobs.default"):
+                depths[queue] = max(depths[queue], client.llen(queue))
+            time.sleep(0.5)
+
+    sampler = in_background(sample_queues)
     started = time.time()
     killer = in_background(kill_meanwhile)
     scheduled = _schedule(stack, tag, count, plan.scheduled_ahead, rng, accepted)
@@ -1073,6 +1084,8 @@ def drill_scheduled_cancel(stack: ChaosStack, plan: Plan, rng: random.Random) ->
     cancelled = {i for i, code in answers.items() if code == 200}
     to_send = [i for i in ids if i not in cancelled]
     wait_final(stack, to_send, timeout=plan.final_timeout)
+    sampling.set()
+    sampler.result()
     outcome = tally(stack, to_send, refused=[f"{tag}-{i}" for i in range(count) if f"{tag}-{i}" not in scheduled])
     rows = {
         notification_id: (status, key, queued_at.timestamp() if queued_at else None, f"{priority}.{channel}")
@@ -1118,7 +1131,8 @@ def drill_scheduled_cancel(stack: ChaosStack, plan: Plan, rng: random.Random) ->
             f"submitted in {max((e['accepted'] for e in scheduled.values()), default=started) - started:.1f} s; "
             f"{len(cancelled)} cancelled, {sum(1 for c in answers.values() if c == 409)} too late (409), cancels "
             f"p99 {percentile(canceller.late, 0.99):.2f} s after their moment; {len(killed)} worker(s) killed",
-            f"released after send_at: p50 {percentile(released, 0.5):.2f} s, p99 {percentile(released, 0.99):.2f} s",
+            f"released after send_at: p50 {percentile(released, 0.5):.2f} s, p99 {percentile(released, 0.99):.2f} s; "
+            f"deepest queues: {dict(depths)}",
             f"sent after send_at: p50 {percentile(values, 0.5):.2f} s, p99 {percentile(values, 0.99):.2f} s, "
             f"max {max(values, default=0):.2f} s; {len(late)} later than {SCHEDULED_ON_TIME_SECONDS:.0f} s "
             f"(at most {held_at_most} allowed); p50/p99 by queue: "
