@@ -580,7 +580,7 @@ WITH written AS (
         (id, idempotency_key, request_fingerprint, priority, channel, recipient_id, "to", template, context, status,
          attempts, provider, provider_message_id, last_error, outcome_unknown, campaign_id, created_at, updated_at,
          sent_at)
-    SELECT (%(prefix)s || '8' || lpad(to_hex(g), 15, '0'))::uuid, '', '', 'marketing', 'email', g,
+    SELECT (%(prefix)s || '8' || lpad(to_hex(g), 15, '0'))::uuid, '', '', 'marketing', 'email', -g,
            'expired-' || g || '@example.com', 'newsletter', '{}', 'sent', 1, 'postmark', 'pm-' || g, '', false,
            %(campaign)s, %(at)s, %(at)s, %(at)s
     FROM generate_series(%(first)s::bigint, %(last)s::bigint) g
@@ -593,7 +593,8 @@ SELECT id, 'sent', created_at, 'postmark', '{}', '', created_at FROM written
 
 def seed_expired(count: int) -> float | None:
     """At least `count` sent campaign notifications (each with its event) older than any keeping time but the dead
-    letters', in a finished campaign; seconds spent seeding (None if none were needed)."""
+    letters', in a finished campaign; seconds spent seeding (None if none were needed).  Their recipient ids are
+    negative: no recipient has them, so no other scenario's clean-up finds its recipients protected by them."""
     from notifications.counting import campaign_key_prefix
 
     cutoff = timezone_now() - timedelta(days=EXPIRED_DAYS - 1)

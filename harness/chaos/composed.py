@@ -1159,7 +1159,7 @@ written AS (
         recipient_id, "to", template, context, status, attempts, provider, provider_message_id, last_error,
         outcome_unknown, campaign_id, created_at, updated_at, sent_at)
     SELECT (lpad(to_hex(c.id), 12, '0') || '80008' || lpad(to_hex(g), 15, '0'))::uuid, '', '', 'marketing',
-        'email', g, 'old-' || g || '@example.com', 'newsletter', '{}', %(status)s, 1, 'postmark', '', '', false, c.id,
+        'email', -g, 'old-' || g || '@example.com', 'newsletter', '{}', %(status)s, 1, 'postmark', '', '', false, c.id,
         now() - %(age)s::interval, now() - %(age)s::interval, now() - %(age)s::interval
     FROM campaign c, generate_series(1, %(count)s) g
     RETURNING id, created_at
