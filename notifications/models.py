@@ -92,7 +92,7 @@ class Notification(models.Model):
     #: Hash of the request that created the row, so a key reused for a different request is refused.
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
     #: The caller's label for cancelling it (and every other notification with the same label) before it goes.
-    cancellation_key = models.CharField(max_length=255, blank=True, default="")
+    cancellation_key = models.CharField(max_length=255, blank=True, default="", db_default="")
     #: Not before this moment: the row waits as scheduled in PostgreSQL until the release publishes it.
     send_at = models.DateTimeField(null=True, blank=True)
     priority = models.CharField(max_length=16, choices=Priority.choices)
