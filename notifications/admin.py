@@ -42,6 +42,7 @@ from notifications.models import (
 )
 from notifications.rendering import template_names
 from notifications.selectors import (
+    EXACT_COUNT_LIMIT,
     NotificationSearch,
     campaign_progress,
     campaign_waiting,
@@ -199,7 +200,7 @@ class NotificationAdmin(admin.ModelAdmin):
     search_fields = ("=id",)
     search_help_text = (
         "Exact match: an e-mail address or E.164 phone, an id, an idempotency key, a provider message id, "
-        "or campaign:<id>. Counts above 10,000 are estimates."
+        f"or campaign:<id>. Counts above {EXACT_COUNT_LIMIT:,} are estimates."
     )
     list_select_related = ()
     show_full_result_count = False
@@ -515,7 +516,7 @@ class CampaignAdmin(admin.ModelAdmin):
 
     @admin.display(description="not sending because")
     def waiting(self, obj: Campaign) -> str:
-        return campaign_waiting(obj) or "–"
+        return format_html('<span style="white-space: nowrap">{}</span>', campaign_waiting(obj) or "–")
 
     @admin.display(description="send rate")
     def rate(self, obj: Campaign) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from django.core.exceptions import EmptyResultSet, ValidationError
 from django.db import OperationalError, connection, transaction
-from django.db.models import Count, Min, Q, QuerySet
+from django.db.models import Min, Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -115,9 +115,10 @@ def count_estimate(rows: QuerySet) -> int:
         with connection.cursor() as cursor:
             cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [table])
             (estimate,) = cursor.fetchone()
+        # -1: never analysed.  A small figure may be stale (a bulk load before autovacuum's analyse): capped too.
         if estimate > EXACT_COUNT_LIMIT:
             return int(estimate)
-        return rows.count() if estimate >= 0 else _capped_count(rows, estimate=0)
+        return _capped_count(rows, estimate=max(0, estimate))
     try:
         rows.query.get_compiler(using=rows.db).as_sql()
     except EmptyResultSet:  # e.g. the rows to an address nobody has
@@ -166,7 +167,7 @@ def campaign_waiting(campaign: Campaign, *, now: datetime | None = None) -> str 
     Scheduled: its send_at.  Paused: by whom (a worker's last_error).  Running: what holds its deferred batches
     (campaign_delivery stores each one's reason): quiet hours (until the first zone wakes, how many zones), an open
     circuit breaker, or a busy provider (no rate-limit tokens, or it asked us to wait), each until the earliest
-    batch is due again.
+    batch is due again.  One short line: the campaign list shows one line per campaign.
     """
     now = now or timezone.now()
     if campaign.status == CampaignStatus.SCHEDULED:
@@ -178,7 +179,7 @@ def campaign_waiting(campaign: Campaign, *, now: datetime | None = None) -> str 
     deferred = (
         CampaignBatch.objects.filter(campaign=campaign, status=BatchStatus.DEFERRED)
         .values("reason")
-        .annotate(until=Min("next_attempt_at"), batches=Count("pk"))
+        .annotate(until=Min("next_attempt_at"))
     )
     kinds: dict[str, dict[str, Any]] = {}
     zones: set[str] = set()
@@ -191,22 +192,22 @@ def campaign_waiting(campaign: Campaign, *, now: datetime | None = None) -> str 
             kind = "breaker"
         else:
             kind = "busy"
-        held = kinds.setdefault(kind, {"until": row["until"], "batches": 0, "reasons": set()})
-        held["batches"] += row["batches"]
-        held["reasons"].add(reason)
+        held = kinds.setdefault(kind, {"until": row["until"], "reasons": set()})
+        if kind != "quiet":
+            held["reasons"].add(reason)
         if row["until"] is not None and (held["until"] is None or row["until"] < held["until"]):
             held["until"] = row["until"]
     parts = []
     for kind, held in sorted(kinds.items(), key=lambda item: item[1]["until"] or now):
         until = _moment(held["until"], now) if held["until"] else "its next run"
-        batches = f"{held['batches']:,} batch{'es' if held['batches'] != 1 else ''}"
+        # A provider's answer starts with its name ("postmark: circuit open").
+        providers = ", ".join(sorted({reason.partition(":")[0] for reason in held["reasons"]})) or "provider"
         if kind == "quiet":
             parts.append(f"quiet hours until {until} in {len(zones)} time zone{'s' if len(zones) != 1 else ''}")
         elif kind == "breaker":
-            parts.append(f"provider circuit open until {until} ({batches})")
+            parts.append(f"{providers} circuit open until {until}")
         else:
-            detail = "; ".join(sorted(held["reasons"]))[:200]
-            parts.append(f"waiting for rate-limit tokens / provider busy until {until} ({batches}: {detail})")
+            parts.append(f"waiting for rate-limit tokens / {providers} busy until {until}")
     return "; ".join(parts) or None
 
 

@@ -101,7 +101,6 @@ def test_a_campaign_held_by_a_busy_provider_or_an_open_circuit_says_until_when()
     busy_until = (now + timedelta(seconds=3)).astimezone(UTC).strftime("%H:%M:%S")
     open_until = (now + timedelta(seconds=30)).astimezone(UTC).strftime("%H:%M:%S")
     assert why == (
-        f"waiting for rate-limit tokens / provider busy until {busy_until} UTC "
-        "(2 batches: postmark: global rate limit, next token in 0.40s); "
-        f"provider circuit open until {open_until} UTC (1 batch)"
+        f"waiting for rate-limit tokens / postmark busy until {busy_until} UTC; "
+        f"postmark circuit open until {open_until} UTC"
     )
