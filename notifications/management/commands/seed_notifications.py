@@ -13,6 +13,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
@@ -36,8 +37,6 @@ LOCK_KEY = 0x5EED_0002
 CHUNK_ROWS = 40_000
 #: A campaign reaches this share of the consenting recipients it could (audiences are tags, locales).
 AUDIENCE_SHARE = 0.6
-#: Rows the fan-out writes with one `now()` (one segment), so they share a created_at as in production.
-SEGMENT_ROWS = 10_000
 #: Recipients whose addresses the rows use, at most: enough for a realistic spread, small enough to hold in memory.
 POOL_LIMIT = 1_000_000
 #: Rows younger than this may still be on their way (pending, queued, sending, failed, scheduled).
@@ -283,15 +282,21 @@ class Seeder:
         message_prefix = f"pm-{campaign.pk:08x}-"
         counts = dict.fromkeys((STATUS.SENT, STATUS.DEAD, STATUS.SKIPPED), 0)
         tail = f"\tf\t{campaign.pk}"
-        for first in range(0, len(positions), SEGMENT_ROWS):
-            segment = positions[first : first + SEGMENT_ROWS]
-            created = started_at + timedelta(seconds=first / 100_000)
-            created_text = created.isoformat()
-            sent_text = (created + timedelta(minutes=5)).isoformat()
-            statuses = weighted(rng, CAMPAIGN_STATUSES, len(segment))
+        segment_size = settings.CAMPAIGN_SEGMENT_SIZE
+        lowest = pool.ids[0]
+        times: dict[int, tuple[str, str]] = {}
+        for first in range(0, len(positions), CHUNK_ROWS):
+            chunk = positions[first : first + CHUNK_ROWS]
+            statuses = weighted(rng, CAMPAIGN_STATUSES, len(chunk))
             lines = []
-            for position, status in zip(segment, statuses, strict=True):
+            for position, status in zip(chunk, statuses, strict=True):
                 rid = pool.ids[position]
+                segment = (rid - lowest) // segment_size
+                if segment not in times:
+                    # A segment's rows are written by one INSERT: they share its transaction's now().
+                    created = started_at + timedelta(seconds=2 * segment)
+                    times[segment] = (created.isoformat(), (created + timedelta(minutes=5)).isoformat())
+                created_text, sent_text = times[segment]
                 counts[status] += 1
                 if status == STATUS.SENT:
                     outcome = f"sent\t1\tpostmark\t{message_prefix}{rid:012x}\t\t{sent_text}"
@@ -302,13 +307,14 @@ class Seeder:
                     f"{prefix}8{rid:015x}\t\t\t\t{NULL}\tmarketing\temail\t{rid}\t{pool.emails[position]}\tnewsletter"
                     f"\t{{}}\t{outcome}{tail}\t{created_text}\t{sent_text}\n"
                 )
-            self._emit_chunks(lines)
+            self._emit(lines)
+        counts["segments"] = len(times)
         return counts
 
     @staticmethod
     def _record(campaign: Campaign, started_at: datetime, counts: dict[str, int]) -> None:
+        segments = counts.pop("segments")
         size = sum(counts.values())
-        segments = math.ceil(size / SEGMENT_ROWS)
         Campaign.objects.filter(pk=campaign.pk).update(
             created_at=started_at - timedelta(hours=1),
             started_at=started_at,
@@ -321,10 +327,6 @@ class Seeder:
             dead_count=counts[STATUS.DEAD],
             skipped_count=counts[STATUS.SKIPPED],
         )
-
-    def _emit_chunks(self, lines: list[str]) -> None:
-        for start in range(0, len(lines), CHUNK_ROWS):
-            self._emit(lines[start : start + CHUNK_ROWS])
 
     # --- single sends --------------------------------------------------------------------
 
