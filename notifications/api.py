@@ -354,6 +354,9 @@ class CampaignOut(Schema):
     rate_per_second: float
     eta_seconds: int | None
     last_error: str | None
+    #: Why it is not sending and until when (scheduled, paused, quiet hours, a busy or open provider), else null.
+    waiting: str | None
+    send_at: str | None
     started_at: str | None
     finished_at: str | None
     url: str

@@ -40,6 +40,7 @@ from notifications.counting import batch_key_range, campaign_batch_recount
 from notifications.events import notifications_events
 from notifications.models import (
     MARKETING_CONSENT_FIELDS,
+    QUIET_HOURS_REASON,
     BatchStatus,
     Campaign,
     CampaignBatch,
@@ -90,6 +91,7 @@ def _claim_batch(batch_id: int) -> CampaignBatch | None:
         lease_expires_at=_lease(),
         claim_token=token,
         next_attempt_at=None,
+        reason="",
         updated_at=Now(),
     )
     if claimed:
@@ -102,8 +104,8 @@ def _claim_batch(batch_id: int) -> CampaignBatch | None:
     return None
 
 
-def _set_batch(batch: CampaignBatch, status: str, *, wait: float | None = None) -> bool:
-    """End this run: the batch goes to `status` (deferred: for `wait` seconds) and its rows are counted,
+def _set_batch(batch: CampaignBatch, status: str, *, wait: float | None = None, reason: str = "") -> bool:
+    """End this run: the batch goes to `status` (deferred: for `wait` seconds, and why) and its rows are counted,
     in one transaction.  False if the claim was lost."""
     due = None if wait is None else ExpressionWrapper(Now() + timedelta(seconds=wait), DateTimeField())
     with transaction.atomic():
@@ -113,6 +115,7 @@ def _set_batch(batch: CampaignBatch, status: str, *, wait: float | None = None) 
             status=status,
             unfinished_runs=0,
             next_attempt_at=due,
+            reason=reason,
             lease_expires_at=None,
             queued_at=Now() if status == BatchStatus.QUEUED else F("queued_at"),
             updated_at=Now(),
@@ -150,6 +153,7 @@ def _run(batch: CampaignBatch) -> None:
     )
     ready: list[uuid.UUID] = []
     wake_at: datetime | None = None
+    quiet_zones: set[str] = set()
     for pk, *values in rows:
         recipient = Recipient(**dict(zip(fields, values, strict=True)))
         hold = marketing_hold(recipient, channel=campaign.channel, topic=campaign.audience_tag, now=now)
@@ -159,6 +163,7 @@ def _run(batch: CampaignBatch) -> None:
             ready.append(pk)
         else:
             wake_at = hold.until if wake_at is None else min(wake_at, hold.until)
+            quiet_zones.add(recipient.timezone)
     try:
         content = render(template=campaign.template, channel=campaign.channel, context=campaign.context)
     except ValidationError as exc:
@@ -170,7 +175,12 @@ def _run(batch: CampaignBatch) -> None:
     if _send_rows(batch, campaign, ready, content):
         return
     if wake_at is not None:
-        _set_batch(batch, BatchStatus.DEFERRED, wait=max(0.0, (wake_at - now).total_seconds()))
+        _set_batch(
+            batch,
+            BatchStatus.DEFERRED,
+            wait=max(0.0, (wake_at - now).total_seconds()),
+            reason=f"{QUIET_HOURS_REASON}: {' '.join(sorted(quiet_zones))}",
+        )
         logger.info("campaign batch %s: recipients in quiet hours; deferred until %s", batch.pk, wake_at.isoformat())
     else:
         _set_batch(batch, BatchStatus.DONE)
@@ -203,7 +213,7 @@ def _send_rows(batch: CampaignBatch, campaign: Campaign, ready: list[uuid.UUID],
                 # Nobody could be called (every provider open, or the primary busy past the inline
                 # wait): the rows go back to the batch, the slot is freed, the relay brings it back.
                 _release_rows([d.row for d in unsent.deliveries] + claimed[start + size :])
-                _set_batch(batch, BatchStatus.DEFERRED, wait=unsent.wait)
+                _set_batch(batch, BatchStatus.DEFERRED, wait=unsent.wait, reason=unsent.reason)
                 logger.info("campaign batch %s deferred %.1fs: %s", batch.pk, unsent.wait, unsent.reason)
                 return True
     return False

@@ -1,12 +1,20 @@
 """Reads of the notification domain, shaped for who asks (HackSoft's selectors beside services.py): a notification
-as an API client may see it, a campaign's progress, the operations page's snapshot and the campaign gauges."""
+as an API client may see it, the admin's searches and counts at a year of traffic, a campaign's progress and why it
+is not sending, the operations page's snapshot and the campaign gauges."""
 
+import json
+import re
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from django.core.exceptions import ValidationError
+from django.core.exceptions import EmptyResultSet, ValidationError
+from django.db import OperationalError, connection, transaction
+from django.db.models import Min, Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -16,7 +24,16 @@ from jobs.models import DeadLetter, DeadLetterStatus
 from jobs.redis import queue_head, redis_client
 from jobs.selectors import breaker_states, queue_facets
 from notifications.events import RATE_WINDOW_SECONDS, campaign_rate, provider_rate
-from notifications.models import Campaign, CampaignStatus, Notification, Priority
+from notifications.models import (
+    QUIET_HOURS_REASON,
+    BatchStatus,
+    Campaign,
+    CampaignBatch,
+    CampaignStatus,
+    Notification,
+    Priority,
+    Recipient,
+)
 from settings.topology import all_queue_names
 
 
@@ -36,6 +53,105 @@ def notification_timeline(notification: Notification) -> list:
     return list(notification.events.order_by("id"))
 
 
+# --- the notification list at a year of traffic -----------------------------------------
+
+#: Up to this many rows a filtered list is counted exactly; beyond it the planner's estimate stands in (counting
+#: millions of rows per page view took seconds at 50 M rows, and nobody pages that far).
+EXACT_COUNT_LIMIT = 10_000
+#: The most an exact count of a filtered list may take before the estimate is shown instead.
+COUNT_TIMEOUT_MS = 150
+E164_SEARCH = re.compile(r"^\+[1-9]\d{1,14}$")
+CAMPAIGN_SEARCH = re.compile(r"^(?:campaign[:# ]\s*)?(\d{1,12})$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class NotificationSearch:
+    """What a search term means, as exact lookups each served by an index (never a scan of the table)."""
+
+    #: "address", "campaign", "key" (id, idempotency key or provider message id) or "" for no term.
+    kind: str
+    condition: Q
+    #: For "campaign": its id; its rows are a primary-key range (counting.campaign_notifications), read in key order.
+    campaign_id: int | None = None
+
+
+def notification_search(term: str) -> NotificationSearch:
+    """The rows a search term names, exactly:
+
+    - an e-mail address or an E.164 phone: the rows to it, through the recipient's unique address index and
+      notif_recipient_idx (a term that is nobody's address finds nothing);
+    - ``campaign:12`` (or a bare number that is a campaign's id): that campaign's rows;
+    - anything else: the row with that id, idempotency key (notif_idempotency_key_unique) or provider message id
+      (notif_provider_msg_idx; both partial indexes, so the condition repeats their ``<> ''``).
+    """
+    term = term.strip()
+    if not term:
+        return NotificationSearch("", Q())
+    if "@" in term or E164_SEARCH.match(term):
+        field = "email" if "@" in term else "phone"
+        addresses = {term, term.lower()}
+        recipient_ids = list(Recipient.objects.filter(**{f"{field}__in": addresses}).values_list("pk", flat=True))
+        if not recipient_ids:
+            return NotificationSearch("address", Q(pk__in=[]))
+        return NotificationSearch("address", Q(recipient_id__in=recipient_ids, to__in=addresses))
+    campaign = CAMPAIGN_SEARCH.match(term)
+    if campaign and (term[0].isalpha() or Campaign.objects.filter(pk=int(campaign.group(1))).exists()):
+        return NotificationSearch("campaign", Q(), campaign_id=int(campaign.group(1)))
+    condition = (Q(idempotency_key=term) & ~Q(idempotency_key="")) | (
+        Q(provider_message_id=term) & ~Q(provider_message_id="")
+    )
+    try:
+        condition |= Q(pk=uuid.UUID(term))
+    except ValueError:
+        pass
+    return NotificationSearch("key", condition)
+
+
+def count_estimate(rows: QuerySet) -> int:
+    """How many rows `rows` holds: exact up to EXACT_COUNT_LIMIT, else PostgreSQL's estimate (pg_class.reltuples for
+    a whole table, EXPLAIN's row estimate for a filter), so a list page never counts millions of rows."""
+    table = rows.model._meta.db_table
+    if not rows.query.where:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [table])
+            (estimate,) = cursor.fetchone()
+        # -1: never analysed.  A small figure may be stale (a bulk load before autovacuum's analyse): capped too.
+        if estimate > EXACT_COUNT_LIMIT:
+            return int(estimate)
+        return _capped_count(rows, estimate=max(0, estimate))
+    try:
+        rows.query.get_compiler(using=rows.db).as_sql()
+    except EmptyResultSet:  # e.g. the rows to an address nobody has
+        return 0
+    plan = json.loads(rows.order_by().explain(format="json"))
+    estimate = int(plan[0]["Plan"]["Plan Rows"])
+    if estimate > 10 * EXACT_COUNT_LIMIT:
+        return estimate
+    return _capped_count(rows, estimate=estimate)
+
+
+def _capped_count(rows: QuerySet, *, estimate: int) -> int:
+    """COUNT over a LIMITed subquery: it stops at the cap however many rows match.  Few matches of a column with
+    no index (a provider nobody uses) would still read the whole table to prove there are no more, so the count
+    gets COUNT_TIMEOUT_MS and the estimate stands in when it runs out."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('statement_timeout')")
+        (previous,) = cursor.fetchone()
+        try:
+            with transaction.atomic():
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(COUNT_TIMEOUT_MS)])
+                capped = rows.order_by().values("pk")[: EXACT_COUNT_LIMIT + 1].count()
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
+        except OperationalError:  # the timeout: rolled back to the savepoint, the setting with it
+            return max(estimate, 1)
+    return capped if capped <= EXACT_COUNT_LIMIT else max(estimate, capped)
+
+
+def recipient_notifications(recipient_id: int) -> QuerySet:
+    """A recipient's notifications newest first (notif_recipient_idx: recipient, created_at descending)."""
+    return Notification.objects.filter(recipient_id=recipient_id).order_by("-created_at", "-pk")
+
+
 def campaign_find(campaign_id: int) -> Campaign | None:
     return Campaign.objects.filter(pk=campaign_id).first()
 
@@ -43,6 +159,64 @@ def campaign_find(campaign_id: int) -> Campaign | None:
 def campaigns_active():
     """The running and paused campaigns, the ones an operator watches."""
     return Campaign.objects.filter(status__in=[CampaignStatus.RUNNING, CampaignStatus.PAUSED])
+
+
+def campaign_waiting(campaign: Campaign, *, now: datetime | None = None) -> str | None:
+    """Why a campaign is not sending, and until when; None when nothing holds it (or it is over).
+
+    Scheduled: its send_at.  Paused: by whom (a worker's last_error).  Running: what holds its deferred batches
+    (campaign_delivery stores each one's reason): quiet hours (until the first zone wakes, how many zones), an open
+    circuit breaker, or a busy provider (no rate-limit tokens, or it asked us to wait), each until the earliest
+    batch is due again.  One short line: the campaign list shows one line per campaign.
+    """
+    now = now or timezone.now()
+    if campaign.status == CampaignStatus.SCHEDULED:
+        return f"scheduled for {_moment(campaign.send_at, now)}" if campaign.send_at else "scheduled"
+    if campaign.status == CampaignStatus.PAUSED:
+        return f"paused by a worker: {campaign.last_error}" if campaign.last_error else "paused"
+    if campaign.status != CampaignStatus.RUNNING:
+        return None
+    deferred = (
+        CampaignBatch.objects.filter(campaign=campaign, status=BatchStatus.DEFERRED)
+        .values("reason")
+        .annotate(until=Min("next_attempt_at"))
+    )
+    kinds: dict[str, dict[str, Any]] = {}
+    zones: set[str] = set()
+    for row in deferred:
+        reason = row["reason"]
+        if reason.startswith(QUIET_HOURS_REASON):
+            kind = "quiet"
+            zones.update(reason.partition(":")[2].split())
+        elif "circuit open" in reason:
+            kind = "breaker"
+        else:
+            kind = "busy"
+        held = kinds.setdefault(kind, {"until": row["until"], "reasons": set()})
+        if kind != "quiet":
+            held["reasons"].add(reason)
+        if row["until"] is not None and (held["until"] is None or row["until"] < held["until"]):
+            held["until"] = row["until"]
+    parts = []
+    for kind, held in sorted(kinds.items(), key=lambda item: item[1]["until"] or now):
+        until = _moment(held["until"], now) if held["until"] else "its next run"
+        # A provider's answer starts with its name ("postmark: circuit open").
+        providers = ", ".join(sorted({reason.partition(":")[0] for reason in held["reasons"]})) or "provider"
+        if kind == "quiet":
+            parts.append(f"quiet hours until {until} in {len(zones)} time zone{'s' if len(zones) != 1 else ''}")
+        elif kind == "breaker":
+            parts.append(f"{providers} circuit open until {until}")
+        else:
+            parts.append(f"waiting for rate-limit tokens / {providers} busy until {until}")
+    return "; ".join(parts) or None
+
+
+def _moment(at: datetime, now: datetime) -> str:
+    """A time in UTC, with its date when it is not within the next day."""
+    at = at.astimezone(UTC)
+    if timedelta(0) <= at - now < timedelta(hours=20) or abs(at - now) < timedelta(minutes=1):
+        return at.strftime("%H:%M:%S UTC") if at - now < timedelta(minutes=10) else at.strftime("%H:%M UTC")
+    return at.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def campaign_progress(campaign: Campaign) -> dict[str, Any]:
@@ -65,6 +239,8 @@ def campaign_progress(campaign: Campaign) -> dict[str, Any]:
         "rate_per_second": round(rate, 1),
         "eta_seconds": round(remaining / rate) if rate > 0 and remaining else None,
         "last_error": campaign.last_error or None,
+        "waiting": campaign_waiting(campaign),
+        "send_at": campaign.send_at.isoformat() if campaign.send_at else None,
         "started_at": campaign.started_at.isoformat() if campaign.started_at else None,
         "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
     }

@@ -32,7 +32,10 @@ from notifications.services import notification_send
 from settings.topology import Priority
 
 RESULTS = Path(settings.BASE_DIR) / "bench-results"
-SCENARIOS = ("throughput", "api", "webhooks", "retention", "fanout", "limiter", "blast", "unlimited")
+SCENARIOS = ("throughput", "api", "webhooks", "fanout", "limiter", "blast", "unlimited", "retention", "admin")
+#: Run only when named: `admin` keeps tens of millions of rows in the bench database (the campaign scenarios empty
+#: the notifications table, so run it on its own); `retention` seeds and prunes 5 M rows (about 15 minutes).
+ONLY_WHEN_NAMED = ("retention", "admin")
 QUEUE = "transactional.email"
 
 
@@ -48,8 +51,8 @@ class Command(BaseCommand):
         parser.add_argument("--output", default=str(RESULTS / "throughput.json"))
         parser.add_argument(
             "--scenarios",
-            default=",".join(SCENARIOS),
-            help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all)",
+            default=",".join(s for s in SCENARIOS if s not in ONLY_WHEN_NAMED),
+            help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all but {', '.join(ONLY_WHEN_NAMED)})",
         )
         parser.add_argument("--recipients", type=int, default=5_000_000, help="fan-out audience (default 5,000,000)")
         parser.add_argument("--duration", type=float, default=60.0, help="seconds of the limiter and blast runs")
@@ -59,6 +62,12 @@ class Command(BaseCommand):
         parser.add_argument("--receipts", type=int, default=10_000, help="status callbacks posted (default 10,000)")
         parser.add_argument(
             "--expired-rows", type=int, default=5_000_000, help="expired notifications pruned (default 5,000,000)"
+        )
+        parser.add_argument(
+            "--admin-rows",
+            type=int,
+            default=50_000_000,
+            help="notifications the admin scenario needs; missing ones are seeded and kept (default 50,000,000)",
         )
         parser.add_argument(
             "--keep-campaign",
@@ -75,6 +84,8 @@ class Command(BaseCommand):
             raise CommandError(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
         if options["recipients"] < 1 or options["duration"] <= 0 or options["marketing_workers"] < 1:
             raise CommandError("--recipients, --duration and --marketing-workers must be positive")
+        if options["admin_rows"] < 1:
+            raise CommandError("--admin-rows must be at least 1, e.g. 50000000")
         self.submitters = submitters
         self.baseline_rate: float | None = None
         redis_client().ping()
@@ -94,7 +105,9 @@ class Command(BaseCommand):
                 self._webhooks(sandbox, log_dir, options)
             if "retention" in scenarios:
                 self._retention(sandbox, log_dir, count, concurrency, options)
-            campaign = [s for s in scenarios if s not in ("throughput", "api", "webhooks", "retention")]
+            if "admin" in scenarios:
+                self._write(benchmarks.admin(rows=options["admin_rows"]), "admin.json")
+            campaign = [s for s in scenarios if s not in ("throughput", "api", "webhooks", "retention", "admin")]
             if campaign:
                 self._campaigns(sandbox, log_dir, campaign, options)
         except WaitTimeout as exc:
@@ -220,7 +233,10 @@ class Command(BaseCommand):
     def _print(self, result: dict) -> None:
         self.stdout.write(f"\n== {result['scenario']}")
         for key, value in result.items():
-            if key not in ("scenario", "per_second"):
+            if key == "pages":  # the admin scenario: one line per page
+                for page, figures in value.items():
+                    self.stdout.write(f"  {page:<40}{figures}")
+            elif key not in ("scenario", "per_second"):
                 self.stdout.write(f"  {key:<40}{value}")
 
     def _throughput(self, sandbox: SandboxProcess, log_dir: Path, count: int, concurrency: int, output: str) -> None:

@@ -55,13 +55,13 @@ COLUMNS = (
 )
 
 
-def positive_int(value: str) -> int:
+def positive_int(value: str, *, what: str = "recipients", example: str = "5000000") -> int:
     try:
         number = int(value.replace("_", "").replace(",", ""))
     except ValueError:
         number = 0
     if number < 1:
-        raise CommandError(f"N must be a whole number of recipients, at least 1 (e.g. 5000000), not {value!r}")
+        raise CommandError(f"N must be a whole number of {what}, at least 1 (e.g. {example}), not {value!r}")
     return number
 
 
