@@ -59,16 +59,24 @@ _COLUMNS = ", ".join(f'n."{field.column}"' for field in Notification._meta.concr
 # Bandit B608 (SQL built from strings): the columns are the model's own and the priorities its choices;
 # every value is a parameter.
 _CLAIM_SQL = f"""
-WITH claimed AS (
+WITH named AS (
+    -- Never waits for a lock: a row another transaction holds is being claimed, sent, cancelled or republished
+    -- by it (each path that locks a row finishes it or publishes it again), and waiting here could close a
+    -- cycle with a worker recording its sends (a deadlock the bench found under load).
+    SELECT n.id FROM notifications_notification n
+    WHERE n.id = ANY(%(ids)s::uuid[]) AND {_CLAIMABLE} AND n.attempts < {_MAX_ATTEMPTS}
+        -- A row that may have killed its worker is taken only by a message of its own (see notification_claim).
+        AND (%(alone)s OR NOT (n.outcome_unknown OR n.status = 'sending'))
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
     UPDATE notifications_notification n SET
         status = 'sending', attempts = n.attempts + 1,
         lease_expires_at = statement_timestamp() + make_interval(secs => %(lease)s), claim_token = %(token)s,
         -- Its worker died mid-call (lease expired while sending): the vendor may have it.
         outcome_unknown = n.outcome_unknown OR n.status = 'sending',
         updated_at = statement_timestamp()
-    WHERE n.id = ANY(%(ids)s::uuid[]) AND {_CLAIMABLE} AND n.attempts < {_MAX_ATTEMPTS}
-        -- A row that may have killed its worker is taken only by a message of its own (see notification_claim).
-        AND (%(alone)s OR NOT (n.outcome_unknown OR n.status = 'sending'))
+    FROM named WHERE n.id = named.id
     RETURNING {_COLUMNS}, false AS exhausted
 )
 SELECT * FROM claimed

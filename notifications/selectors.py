@@ -174,6 +174,9 @@ def campaign_waiting(campaign: Campaign, *, now: datetime | None = None) -> str 
         return f"scheduled for {_moment(campaign.send_at, now)}" if campaign.send_at else "scheduled"
     if campaign.status == CampaignStatus.PAUSED:
         return f"paused by a worker: {campaign.last_error}" if campaign.last_error else "paused"
+    if campaign.status == CampaignStatus.CANCELLED and campaign.remaining_count:
+        # Nothing more is sent from the cancel on; the sweep marks the unsent rows, many batches at a time.
+        return f"cancelled: {campaign.remaining_count:,} unsent rows being marked skipped"
     if campaign.status != CampaignStatus.RUNNING:
         return None
     deferred = (

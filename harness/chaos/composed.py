@@ -41,7 +41,6 @@ from harness.chaos.drills import (
     in_background,
     message_body,
     percentile,
-    post_notification,
     result_row,
     start_burst,
     submit,
@@ -944,45 +943,26 @@ def _schedule(
     retried with the same key and body); key -> {id, send_at (epoch), accepted (epoch)}, each also handed to
     `on_accepted(key, entry)` as it is accepted."""
     mix = [(Priority.TRANSACTIONAL, "email"), (Priority.TRANSACTIONAL, "sms"), (Priority.SECURITY, "email")]
-    pending = [(f"{tag}-{i}", i) for i in range(count)]
-    offsets = {key: rng.uniform(*ahead) for key, _ in pending}
+    offsets = [rng.uniform(*ahead) for _ in range(count)]
+    send_at: dict[str, float] = {}
     accepted: dict[str, dict[str, Any]] = {}
-    lock = threading.Lock()
 
-    def client() -> None:
-        session = api_session(stack)
-        while True:
-            with lock:
-                if not pending:
-                    return
-                key, index = pending.pop()
-            send_at = time.time() + offsets[key]
-            body = {
+    def body(index: int) -> Callable[[], dict[str, Any]]:
+        def build() -> dict[str, Any]:
+            send_at[f"{tag}-{index}"] = moment = time.time() + offsets[index]
+            return {
                 **message_body(tag, index, *mix[index % len(mix)]),
-                "send_at": datetime.fromtimestamp(send_at, tz=UTC).isoformat(),
+                "send_at": datetime.fromtimestamp(moment, tz=UTC).isoformat(),
                 "cancellation_key": f"{tag}-group-{index % 10}",
             }
-            for _ in range(20):
-                try:
-                    response = post_notification(session, stack, key, body)
-                except requests.RequestException:
-                    time.sleep(0.5)
-                    continue
-                if response.status_code == 202:
-                    entry = {"id": response.json()["id"], "send_at": send_at, "accepted": time.time()}
-                    with lock:
-                        accepted[key] = entry
-                    on_accepted(key, entry)
-                    break
-                if response.status_code < 500:
-                    break
-                time.sleep(0.5)
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+        return build
+
+    def heard(key: str, notification_id: str) -> None:
+        accepted[key] = entry = {"id": notification_id, "send_at": send_at[key], "accepted": time.time()}
+        on_accepted(key, entry)
+
+    submit(stack, [(f"{tag}-{i}", body(i)) for i in range(count)], threads=8, on_accepted=heard)
     return accepted
 
 

@@ -205,23 +205,26 @@ def api_session(stack: ChaosStack) -> requests.Session:
 
 def submit(
     stack: ChaosStack,
-    requests_: list[tuple[str, dict[str, Any]]],
+    requests_: list[tuple[str, dict[str, Any] | Callable[[], dict[str, Any]]]],
     *,
     threads: int = SUBMIT_THREADS,
     retry_seconds: float = 60.0,
     into: Submission | None = None,
+    on_accepted: Callable[[str, str], None] | None = None,
 ) -> Submission:
     """POST each (key, body) from a few threads; a 5xx or a connection error is retried with the same key.
 
     That is what a well-behaved client does, and what the Idempotency-Key is for.  Pass
-    `into` to watch the progress of a burst running in the background.
+    `into` to watch the progress of a burst running in the background.  A body may be a function, called
+    once just before the first try (a send_at relative to the request); `on_accepted(key, id)` hears each 202.
     """
     result = into if into is not None else Submission()
     lock = threading.Lock()
     pending = list(reversed(requests_))
 
-    def send(session: requests.Session, key: str, body: dict[str, Any]) -> None:
+    def send(session: requests.Session, key: str, body: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
         last: dict[str, Any] = {}
+        body = body() if callable(body) else body
 
         def answered() -> bool:
             """One POST; True when no retry is due (a 202, or an answer a retry cannot change)."""
@@ -238,6 +241,8 @@ def submit(
                 if answer == 202:
                     result.ids.append(response.json()["id"])
                     result.latencies.append(elapsed)
+            if answer == 202 and on_accepted is not None:
+                on_accepted(key, response.json()["id"])
             return answer == 202 or (response is not None and response.status_code < 500)
 
         wait_until(answered, timeout=retry_seconds, interval=0.5)

@@ -11,7 +11,13 @@ from django.test import override_settings
 from django.utils import timezone
 
 from notifications.campaign_delivery import campaign_batch_send
-from notifications.campaigns import campaign_create, campaign_fanout_segment, campaign_start
+from notifications.campaigns import (
+    campaign_cancel,
+    campaign_cancel_sweep,
+    campaign_create,
+    campaign_fanout_segment,
+    campaign_start,
+)
 from notifications.models import Campaign, CampaignBatch, CampaignSegment, Recipient
 from notifications.selectors import campaign_waiting
 
@@ -104,3 +110,14 @@ def test_a_campaign_held_by_a_busy_provider_or_an_open_circuit_says_until_when()
         f"waiting for rate-limit tokens / postmark busy until {busy_until} UTC; "
         f"postmark circuit open until {open_until} UTC"
     )
+
+
+def test_a_cancelled_campaign_says_how_many_unsent_rows_are_still_being_marked():
+    campaign = running_campaign("sweeping", ["UTC"] * 3)
+    campaign_cancel(campaign_id=campaign.pk)
+    campaign.refresh_from_db()
+    assert campaign_waiting(campaign) == "cancelled: 3 unsent rows being marked skipped"
+
+    campaign_cancel_sweep(campaign_id=campaign.pk)
+    campaign.refresh_from_db()
+    assert campaign_waiting(campaign) is None
