@@ -1172,11 +1172,16 @@ def drill_prune_killed(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dri
     _old_campaign_rows(stack, unfinished, plan.prune_rows // 10, age="200 days", status="failed")
     burst, live = start_burst(stack, tag, plan.burst, retry_seconds=120)
     log = open(stack.run_dir / "prune.log", "a")  # noqa: SIM115 - closed below
+    # Small batches and long pauses: the kill must land mid-way (40 batches of 1,000 in the quick form).
     pruner = subprocess.Popen(  # nosec B603 - our own interpreter and manage.py, no shell
-        [sys.executable, "manage.py", "prune", "--batch", "2000"], cwd=REPO, env=stack.env, stdout=log, stderr=log
+        [sys.executable, "manage.py", "prune", "--batch", str(max(1000, plan.prune_rows // 40))],
+        cwd=REPO,
+        env={**stack.env, "RETENTION_PAUSE_RATIO": "5"},
+        stdout=log,
+        stderr=log,
     )
-    wait_until(lambda: _campaign_rows(stack, expired) < plan.prune_rows, timeout=120, interval=0.2)
-    time.sleep(rng.uniform(0.2, 1.0))
+    wait_until(lambda: _campaign_rows(stack, expired) < plan.prune_rows, timeout=120, interval=0.05)
+    time.sleep(rng.uniform(0.1, 0.5))
     pruner.kill()
     pruner.wait(10)
     left_after_kill = _campaign_rows(stack, expired)
