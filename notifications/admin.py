@@ -53,7 +53,7 @@ from notifications.selectors import (
     notification_timeline,
     recipient_notifications,
 )
-from notifications.services import NotCancellable, notification_cancel, notification_send, notification_validate
+from notifications.services import notification_send, notification_validate, notifications_cancel
 from notifications.webhooks import webhook_endpoint_validate, webhook_send_test
 
 
@@ -322,15 +322,13 @@ class NotificationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected notifications (those no worker took yet)", permissions=["cancel"])
     def cancel(self, request: HttpRequest, queryset) -> None:
-        cancelled, too_late = 0, []
-        for pk in queryset.values_list("pk", flat=True)[:10_000]:
-            try:
-                notification_cancel(notification_id=pk, reason=f"cancelled by {request.user} in the admin")
-                cancelled += 1
-            except NotCancellable as exc:
-                too_late.append(f"{pk} ({exc.notification.status})")
-        if cancelled:
-            self.message_user(request, f"Cancelled {cancelled} notification(s): nothing of them will be sent.")
+        ids = list(queryset.values_list("pk", flat=True)[:10_000])
+        result = notifications_cancel(scope=Q(pk__in=ids), reason=f"cancelled by {request.user} in the admin")
+        if result["cancelled"]:
+            self.message_user(
+                request, f"Cancelled {len(result['cancelled'])} notification(s): nothing of them will be sent."
+            )
+        too_late = [f"{pk} ({status})" for pk, status in result["too_late"].items()]
         if too_late:
             self.message_user(
                 request,

@@ -26,7 +26,7 @@ from ninja.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict
 
 from notifications import campaigns, selectors, webhooks
-from notifications.inputs import MalformedJSON, parse_json_object
+from notifications.inputs import CALLER_KEY_PATTERN, CALLER_KEY_RULE, MalformedJSON, parse_json_object
 from notifications.models import ApiToken, Campaign, Channel, EventKind, Notification, Priority, WebhookEndpoint
 from notifications.services import (
     IdempotencyConflict,
@@ -38,7 +38,6 @@ from notifications.services import (
 )
 from notifications.throttles import api_quota_wait, api_request_wait
 
-IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,200}$"
 CAMPAIGN_ACTIONS = {
     "start": campaigns.campaign_start,
     "pause": campaigns.campaign_pause,
@@ -417,8 +416,8 @@ def notifications_create(
         Header(
             None,
             alias="Idempotency-Key",
-            pattern=IDEMPOTENCY_KEY,
-            description="1 to 200 printable ASCII characters, no spaces",
+            pattern=CALLER_KEY_PATTERN,
+            description=CALLER_KEY_RULE,
         ),
     ] = None,
 ):

@@ -17,6 +17,11 @@ from django.utils import timezone
 
 from notifications.rendering import TEMPLATE_DIR, template_names
 
+#: A caller-chosen key (an Idempotency-Key, a cancellation key): printable ASCII without spaces, and what to say
+#: when one is not.
+CALLER_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+CALLER_KEY = re.compile(CALLER_KEY_PATTERN)
+CALLER_KEY_RULE = "1 to 200 printable ASCII characters, no spaces"
 #: Characters PostgreSQL cannot store (NUL) or UTF-8 cannot encode (lone surrogates), and other C0 controls
 #: but tab, line feed and carriage return.
 _FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")

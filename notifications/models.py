@@ -14,7 +14,7 @@ from django.db import connection, models
 from django.db.models import Q
 
 # The vocabulary is the topology's (defined once there); the models use it for their choices.
-from settings.topology import Channel, Priority  # noqa: F401
+from settings.topology import Channel, Priority, queue_name  # noqa: F401
 
 #: The marketing-consent field of each channel (a column name, so also safe in raw SQL).
 MARKETING_CONSENT_FIELDS = {
@@ -219,7 +219,7 @@ class Notification(models.Model):
 
     @property
     def queue(self) -> str:
-        return f"{self.priority}.{self.channel}"
+        return queue_name(self.priority, self.channel)
 
     @property
     def delivery_key(self) -> str:

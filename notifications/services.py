@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from contextlib import nullcontext
 from functools import cache
 from typing import Any
@@ -20,7 +21,14 @@ from django.utils import timezone
 from jobs.publishing import publish_after_commit
 from notifications import task_names
 from notifications.counting import campaign_recount_for
-from notifications.inputs import context_check, send_at_problem, text_check, wiped_context
+from notifications.inputs import (
+    CALLER_KEY,
+    CALLER_KEY_RULE,
+    context_check,
+    send_at_problem,
+    text_check,
+    wiped_context,
+)
 from notifications.models import (
     MARKETING_CONSENT_FIELDS,
     Channel,
@@ -31,6 +39,7 @@ from notifications.models import (
     Recipient,
 )
 from notifications.rendering import render
+from settings.topology import queue_name
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +62,6 @@ class NotCancellable(Exception):
         )
 
 
-#: A caller's cancellation key, like an idempotency key: printable ASCII without spaces.
-CANCELLATION_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 #: Statuses a cancel may still take a notification from: nothing holds it (a worker's claim moves it to
 #: sending under a row lock, so a cancel and a claim cannot both win).
 CANCELLABLE = (
@@ -162,8 +169,8 @@ def notification_validate(
         reason = send_at_problem(send_at)
         if reason:
             errors["send_at"] = reason
-    if cancellation_key and not CANCELLATION_KEY.match(cancellation_key):
-        errors["cancellation_key"] = "1 to 200 printable ASCII characters, no spaces"
+    if cancellation_key and not CALLER_KEY.match(cancellation_key):
+        errors["cancellation_key"] = CALLER_KEY_RULE
     if priority not in Priority.values:
         errors["priority"] = f"unknown priority {priority!r}; expected one of {', '.join(Priority.values)}"
     if channel not in Channel.values:
@@ -361,18 +368,11 @@ def notification_publish(notification: Notification, *, background: bool = False
     frozen broker cannot hold a web request.  A publish that fails puts the row back to
     pending, for the relay's next run; the relay also covers a publish that never finishes.
     """
-    pk = notification.pk
-
-    def back_to_pending() -> None:
-        Notification.objects.filter(pk=pk, status=NotificationStatus.QUEUED).update(
-            status=NotificationStatus.PENDING, updated_at=timezone.now()
-        )
-
     publish_after_commit(
         task_names.DELIVER,
-        args=[str(pk)],
+        args=[str(notification.pk)],
         queue=notification.queue,
-        on_failed=back_to_pending,
+        on_failed=_back_to_pending([notification.pk]),
         background=background,
         coalesce=True,
         # A security alert never waits for company; the others may, a few milliseconds, in a burst.
@@ -410,27 +410,28 @@ def notifications_release_due(*, limit: int | None = None) -> int:
         order = {p: i for i, p in enumerate(Priority.values)}
         queues: dict[str, list[str]] = {}
         for pk, priority, channel in sorted(rows, key=lambda row: order.get(row[1], 99)):
-            queues.setdefault(Notification(priority=priority, channel=channel).queue, []).append(str(pk))
+            queues.setdefault(queue_name(priority, channel), []).append(str(pk))
         # A message names a call's worth of rows (as a burst of submits is coalesced): one per row would cost the
         # workers more in messages than in sends when thousands fall due in the same second.
         size = settings.NOTIFICATIONS_SINGLE_BATCH
         for queue, ids in queues.items():
             for start in range(0, len(ids), size):
-                _publish_ids(ids[start : start + size], queue=queue)
+                chunk = ids[start : start + size]
+                publish_after_commit(task_names.DELIVER, args=chunk, queue=queue, on_failed=_back_to_pending(chunk))
     if rows:
         logger.info("released %s scheduled notification(s)", len(rows))
     return len(rows)
 
 
-def _publish_ids(ids: list[str], *, queue: str) -> None:
-    """One delivery message for `ids` after commit; if it cannot be published they go back to pending (relay)."""
+def _back_to_pending(ids: list) -> Callable[[], None]:
+    """What a failed publish of `ids` does: the rows still queued go back to pending, for the relay's next run."""
 
     def back_to_pending() -> None:
         Notification.objects.filter(pk__in=ids, status=NotificationStatus.QUEUED).update(
             status=NotificationStatus.PENDING, updated_at=timezone.now()
         )
 
-    publish_after_commit(task_names.DELIVER, args=ids, queue=queue, on_failed=back_to_pending)
+    return back_to_pending
 
 
 def notification_cancel(*, notification_id, reason: str = "cancelled") -> Notification:
@@ -451,11 +452,17 @@ def notification_cancel(*, notification_id, reason: str = "cancelled") -> Notifi
 def notifications_cancel_by_key(*, cancellation_key: str, created_by=None, reason: str = "cancelled") -> dict:
     """Cancel every notification labelled `cancellation_key` (of `created_by`, when given) that no worker
     holds yet; {"cancelled": [ids], "too_late": {id: status}}."""
-    if not CANCELLATION_KEY.match(cancellation_key or ""):
-        raise ValidationError({"cancellation_key": "1 to 200 printable ASCII characters, no spaces"})
+    if not CALLER_KEY.match(cancellation_key or ""):
+        raise ValidationError({"cancellation_key": CALLER_KEY_RULE})
     scope = Q(cancellation_key=cancellation_key)
     if created_by is not None:
         scope &= Q(created_by=created_by)
+    return notifications_cancel(scope=scope, reason=reason)
+
+
+def notifications_cancel(*, scope: Q, reason: str = "cancelled") -> dict:
+    """Cancel the notifications of `scope` that no worker holds yet, in one transaction;
+    {"cancelled": [ids], "too_late": {id: status}}."""
     with transaction.atomic():
         cancelled = _cancel(scope, reason)
         done = {n.pk for n in cancelled}

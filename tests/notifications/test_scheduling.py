@@ -293,3 +293,19 @@ def test_the_beat_tasks_run_as_beat_calls_them():
     tasks.notification_relay_task()
     tasks.release_scheduled_task()
     tasks.prune_task()
+
+
+def test_the_admin_cancels_what_no_worker_took_and_names_the_rest(admin_client):
+    waiting = scheduled(3600, to="admin-waiting@example.com")
+    taken = scheduled(-1, to="admin-taken@example.com")
+    notification_claim(notification_ids=[str(taken.pk)])
+
+    page = admin_client.post(
+        "/admin/notifications/notification/",
+        {"action": "cancel", "_selected_action": [str(waiting.pk), str(taken.pk)]},
+        follow=True,
+    ).content.decode()
+
+    assert "Cancelled 1 notification(s)" in page
+    assert f"{taken.pk} (sending)" in page
+    assert Notification.objects.get(pk=waiting.pk).status == "cancelled"
