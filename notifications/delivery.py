@@ -5,6 +5,7 @@ path (sending.py).  The outbox relay and the dead-letter replay that put rows ba
                        token; a row whose lease expired (its worker died mid-call) is marked
                        outcome-unknown, so the vendors that can tell are asked before it is sent again;
                        a second UPDATE takes the oldest others queued in the same queue, for the same call
+    cancelled? ....... a campaign row its campaign's cancel took is skipped by the claim, never sent
     held? ............ marketing is checked again at every attempt: a withdrawn consent, a muted topic
                        (a campaign row's), a suppressed address or a cancelled campaign skip it; quiet
                        hours (the recipient's own, else the platform's) or a paused campaign make it
@@ -28,8 +29,9 @@ from django.utils import timezone
 from jobs.errors import PermanentError
 from jobs.retry import retry_policy
 from notifications.consent import marketing_hold, suppression_reasons
+from notifications.counting import campaign_cancelled_rows_skip
 from notifications.events import notifications_events
-from notifications.models import Campaign, CampaignStatus, Notification, Priority, Recipient
+from notifications.models import Campaign, CampaignStatus, Notification, Priority, Recipient, cancelled_unsent_sql
 from notifications.rendering import render
 from notifications.sending import (
     Delivery,
@@ -56,6 +58,8 @@ _CLAIMABLE = """(n.status IN ('pending', 'queued')
 #: The attempts a row's priority allows (JOBS_RETRY_POLICIES), passed as parameters.
 _MAX_ATTEMPTS = "CASE n.priority " + " ".join(f"WHEN '{p}' THEN %(max_{p})s" for p in Priority.values) + " END"
 _COLUMNS = ", ".join(f'n."{field.column}"' for field in Notification._meta.concrete_fields)
+#: A campaign row its campaign's cancel took: never claimed to be sent (models.cancelled_unsent_sql).
+_CANCELLED = cancelled_unsent_sql("n")
 # Bandit B608 (SQL built from strings): the columns are the model's own and the priorities its choices;
 # every value is a parameter.
 _CLAIM_SQL = f"""
@@ -64,7 +68,7 @@ WITH named AS (
     -- by it (each path that locks a row finishes it or publishes it again), and waiting here could close a
     -- cycle with a worker recording its sends (a deadlock the bench found under load).
     SELECT n.id FROM notifications_notification n
-    WHERE n.id = ANY(%(ids)s::uuid[]) AND {_CLAIMABLE} AND n.attempts < {_MAX_ATTEMPTS}
+    WHERE n.id = ANY(%(ids)s::uuid[]) AND {_CLAIMABLE} AND n.attempts < {_MAX_ATTEMPTS} AND NOT {_CANCELLED}
         -- A row that may have killed its worker is taken only by a message of its own (see notification_claim).
         AND (%(alone)s OR NOT (n.outcome_unknown OR n.status = 'sending'))
     FOR UPDATE SKIP LOCKED
@@ -77,14 +81,14 @@ claimed AS (
         outcome_unknown = n.outcome_unknown OR n.status = 'sending',
         updated_at = statement_timestamp()
     FROM named WHERE n.id = named.id
-    RETURNING {_COLUMNS}, false AS exhausted
+    RETURNING {_COLUMNS}, false AS exhausted, false AS cancelled
 )
 SELECT * FROM claimed
 UNION ALL
 -- In the same round trip: rows due that have used every attempt (its snapshot predates the claim above,
--- which only takes a row with attempts left).
-SELECT {_COLUMNS}, true AS exhausted FROM notifications_notification n
-WHERE n.id = ANY(%(ids)s::uuid[]) AND {_CLAIMABLE} AND n.attempts >= {_MAX_ATTEMPTS}
+-- which only takes a row with attempts left), and rows of a cancelled campaign, which are skipped instead.
+SELECT {_COLUMNS}, NOT {_CANCELLED} AS exhausted, {_CANCELLED} AS cancelled FROM notifications_notification n
+WHERE n.id = ANY(%(ids)s::uuid[]) AND {_CLAIMABLE} AND (n.attempts >= {_MAX_ATTEMPTS} OR {_CANCELLED})
 """  # nosec B608
 #: Other single notifications of the same queue, waiting as queued, oldest first: the ones the same call takes.
 _CLAIM_MORE_SQL = f"""
@@ -135,7 +139,13 @@ def notification_claim(*, notification_ids: list[str], batch: bool = False) -> l
         token=uuid.uuid4(),
     )
     found = list(Notification.objects.raw(_CLAIM_SQL, params))
-    claimed = [row for row in found if not row.exhausted]
+    claimed = [row for row in found if not row.exhausted and not row.cancelled]
+    cancelled: dict[int, list] = {}
+    for row in found:
+        if row.cancelled:
+            cancelled.setdefault(row.campaign_id, []).append(row.pk)
+    for campaign_id, ids in cancelled.items():
+        campaign_cancelled_rows_skip(campaign_id=campaign_id, ids=ids)
     for exhausted in (row for row in found if row.exhausted):
         record_dead(
             exhausted,
