@@ -5,7 +5,7 @@ campaign's status checked in the claim itself) and send each call through the on
 |---------------------------------------------|----------------------------------------------------|
 | campaign paused                             | unsent rows stay scheduled; batch paused (resume   |
 |                                             | queues it again)                                    |
-| campaign cancelled                          | unsent rows skipped; batch done                     |
+| campaign cancelled                          | unsent rows skipped (no event each); batch done     |
 | recipient in quiet hours (own or platform's)| row stays scheduled; batch deferred to quiet end   |
 | consent withdrawn or topic muted            | row skipped, at its claim                          |
 | every provider busy or open (no call)       | claimed rows back to scheduled; batch deferred by   |
@@ -256,6 +256,7 @@ WITH candidates AS MATERIALIZED (
     FROM notifications_notification n
     JOIN notifications_recipient r ON r.id = n.recipient_id
     WHERE n.id = ANY(%(ids)s) AND n.status = 'scheduled'
+      -- Running only: stricter than the cancel's rule (models.cancelled_unsent_sql), a paused campaign's rows wait too.
       AND EXISTS (SELECT 1 FROM notifications_campaign c WHERE c.id = %(campaign)s AND c.status = 'running')
 ),
 decided AS (SELECT *, consent AND NOT muted AND suppressed IS NULL AS go FROM candidates)

@@ -18,6 +18,7 @@ from notifications.models import (
     CampaignBatch,
     CampaignStatus,
     Notification,
+    Priority,
     cancelled_unsent_sql,
     status_events_off,
 )
@@ -88,7 +89,7 @@ SELECT bf.campaign_id, sum(c.sent - bf.sent_count), sum(c.dead - bf.dead_count),
 FROM before bf JOIN counted c ON c.batch_id = bf.id
 WHERE bf.id IN (SELECT id FROM changed)
 GROUP BY bf.campaign_id
-""".format(cancelled_unsent=cancelled_unsent_sql("n"))
+""".format(cancelled_unsent=cancelled_unsent_sql("n"))  # nosec B608 - the rule's own SQL, constants of models.py
 
 
 def campaign_batches_recount(batches: list[CampaignBatch]) -> None:
@@ -177,17 +178,17 @@ RETURNING total.batches, total.unsent
 _STRAYS_SQL = """
 WITH strays AS (
     SELECT id FROM notifications_notification
-    WHERE priority = 'marketing' AND status IN ('pending', 'queued') AND id BETWEEN %(low)s AND %(high)s
+    WHERE priority = %(priority)s AND status IN ('pending', 'queued') AND id BETWEEN %(low)s AND %(high)s
     UNION ALL
     SELECT id FROM notifications_notification
-    WHERE priority = 'marketing' AND status = 'failed' AND id BETWEEN %(low)s AND %(high)s
+    WHERE priority = %(priority)s AND status = 'failed' AND id BETWEEN %(low)s AND %(high)s
 )
 UPDATE notifications_notification n SET
     status = 'skipped', last_error = %(reason)s, next_attempt_at = NULL, updated_at = statement_timestamp()
 FROM strays
 WHERE n.id = strays.id AND (%(ids)s::uuid[] IS NULL OR n.id = ANY(%(ids)s)) AND {cancelled_unsent}
 RETURNING n.recipient_id
-""".format(cancelled_unsent=cancelled_unsent_sql("n"))
+""".format(cancelled_unsent=cancelled_unsent_sql("n"))  # nosec B608 - the rule's own SQL, constants of models.py
 
 #: Why a cancelled campaign's row was not sent (its last_error).
 CANCELLED_REASON = "not sent: campaign cancelled"
@@ -212,7 +213,13 @@ def campaign_cancelled_rows_skip(*, campaign_id: int, ids: list | None = None) -
         with connection.cursor() as cursor, status_events_off(cursor):
             cursor.execute(
                 _STRAYS_SQL,
-                {"low": low, "high": high, "reason": CANCELLED_REASON, "ids": [str(i) for i in ids] if ids else None},
+                {
+                    "low": low,
+                    "high": high,
+                    "priority": Priority.MARKETING,
+                    "reason": CANCELLED_REASON,
+                    "ids": [str(i) for i in ids] if ids else None,
+                },
             )
             recipients = sorted({recipient_id for (recipient_id,) in cursor.fetchall()})
         if recipients:

@@ -186,7 +186,7 @@ def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
         .distinct()[:10]
     )
     for campaign_id in unclosed:
-        campaign_cancel_count(campaign_id=campaign_id)
+        campaign_cancel_count(campaign_id=campaign_id, background=False)
     if published or unclosed:
         logger.info(
             "campaign relay: published %s batch(es), segment(s) or sweep(s) again; closed %s cancelled campaign(s)",
