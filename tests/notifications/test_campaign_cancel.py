@@ -130,3 +130,35 @@ def test_retention_treats_a_cancelled_campaigns_unsent_rows_as_final_before_the_
     retention_prune()
 
     assert campaign_notifications(campaign).count() == 0
+
+
+def test_a_segment_written_while_the_cancel_commits_closes_its_own_batches(
+    monkeypatch, django_capture_on_commit_callbacks
+):
+    from notifications import campaigns
+    from notifications.models import Campaign, CampaignSegment, Recipient
+
+    Recipient.objects.bulk_create(
+        [Recipient(email=f"late{i}@example.com", email_marketing_consent=True, tags=["late"]) for i in range(4)]
+    )
+    campaign = campaigns.campaign_create(
+        name="late", template="newsletter", channel="email", context={"headline": "h", "body": "b"}, audience_tag="late"
+    )
+    campaigns.campaign_start(campaign_id=campaign.pk)
+    write = campaigns._materialise
+
+    def cancelled_meanwhile(*args):
+        written = write(*args)
+        # The cancel commits while the rows are written: its close cannot see this segment's batches yet.
+        Campaign.objects.filter(pk=campaign.pk).update(status="cancelled")
+        return written
+
+    monkeypatch.setattr(campaigns, "_materialise", cancelled_meanwhile)
+    (segment,) = CampaignSegment.objects.filter(campaign=campaign)
+    with django_capture_on_commit_callbacks() as published:
+        assert campaigns.campaign_fanout_segment(segment_id=segment.pk) == 4
+
+    campaign.refresh_from_db()
+    assert (campaign.materialized_count, campaign.skipped_count, campaign.remaining_count) == (4, 4, 0)
+    assert set(CampaignBatch.objects.filter(campaign=campaign).values_list("status", flat=True)) == {"cancelled"}
+    assert published == [], "no batch message for a closed batch"

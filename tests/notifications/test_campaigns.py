@@ -142,8 +142,10 @@ def test_a_cancelled_campaign_sends_nothing_more(workers, ledger):
     time.sleep(2.0)
     at_cancel = sum(ledger_addresses(ledger, tag).values())
     campaign = wait_until(
-        lambda: not campaign_notifications(campaign).exclude(status__in=["sent", "skipped"]).exists()
-        and Campaign.objects.get(pk=campaign.pk),
+        lambda: (
+            not campaign_notifications(campaign).exclude(status__in=["sent", "skipped"]).exists()
+            and Campaign.objects.get(pk=campaign.pk)
+        ),
         timeout=PATIENCE_SECONDS,
         what="the sweep to write the unsent rows skipped",
     )

@@ -17,7 +17,6 @@ from notifications.campaigns import (
     campaign_cancel,
     campaign_cancel_sweep,
     campaign_create,
-    campaign_pause,
     campaign_start,
     campaigns_start_due,
 )
