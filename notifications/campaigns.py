@@ -282,6 +282,8 @@ def campaign_cancel_count(*, campaign_id: int, background: bool = True) -> tuple
         batches, rows = campaign_cancel_close(campaign_id=campaign_id)
         publish_after_commit(task_names.CAMPAIGN_SWEEP, args=[campaign_id], queue=FANOUT_QUEUE, background=background)
     strays = campaign_cancelled_rows_skip(campaign_id=campaign_id)
+    if not (batches or strays):
+        return 0, 0
     # The campaign's one record of the rows it skipped: they write no event each (see campaign_cancel_sweep).
     events_logger.info(
         "campaign %s cancelled: %s unsent row(s) of %s batch(es) and %s on the single-send path counted as skipped",

@@ -179,6 +179,7 @@ def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
     unclosed = list(
         Campaign.objects.filter(
             status=CampaignStatus.CANCELLED,
+            finished_at__lt=_ago(now, grace),
             batches__status__in=OPEN_BATCH_STATUSES,
             batches__updated_at__lt=_ago(now, grace),
         )

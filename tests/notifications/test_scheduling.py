@@ -285,6 +285,7 @@ def test_the_relay_publishes_a_lost_sweep_again_and_closes_what_a_lost_close_lef
 
     Campaign.objects.filter(pk=swept.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
     CampaignBatch.objects.filter(campaign=unclosed).update(updated_at=timezone.now() - timedelta(minutes=5))
+    Campaign.objects.filter(pk=unclosed.pk).update(finished_at=timezone.now() - timedelta(minutes=5))
     with django_capture_on_commit_callbacks(execute=True):
         # As the relay task calls it: with one reading of PostgreSQL's clock.
         assert campaign_relay(now=database_now(), queue_heads=lambda name: nothing_lost) == 2
