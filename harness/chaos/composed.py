@@ -430,12 +430,11 @@ def _cancel_meets_faults(
             exact_after = time.time() - answered
         time.sleep(0.1)
     checks = {
-        f"ending in cancel: counters final within {CANCEL_COUNTED_SECONDS:.0f}s but for rows workers held": (
+        f"counters final within {CANCEL_COUNTED_SECONDS:.0f}s but for rows workers held": (
             counted_after is not None and counted_after <= CANCEL_COUNTED_SECONDS
         ),
-        "ending in cancel: counters final outright once the killed worker's rows were taken over": exact_after
-        is not None,
-        "ending in cancel: no pool exited but on kombu's broker-loss race": all(crashed.values()),
+        "counters final outright once the killed worker's rows were taken over": exact_after is not None,
+        "no pool exited but on kombu's broker-loss race": all(crashed.values()),
     }
     notes = [
         "cancel met a SIGKILLed marketing worker and a Redis restart: counters final but for "
