@@ -43,6 +43,7 @@ from notifications.sending import (
     record_skipped,
     record_wait,
     send,
+    sent_by_lookup,
 )
 
 logger = logging.getLogger(__name__)
@@ -208,6 +209,15 @@ def _deliver_group(rows: list[Notification]) -> None:
         record_retry(delivery.row, reason, provider=delivery.row.provider, retry_after=unsent.wait, called=False)
 
 
+def _accepted_before(row: Notification, campaign: Campaign) -> bool:
+    """A vendor that can tell has this campaign row from an earlier call (recorded as sent); nothing is sent."""
+    try:
+        content = render(template=campaign.template, channel=row.channel, context=campaign.context)
+    except ValidationError:
+        return False
+    return sent_by_lookup(row, content)
+
+
 def _not_held(rows: list[Notification], campaign: Campaign | None) -> list[Notification]:
     """The claimed rows to send now; the others are skipped or postponed (see _held).  The suppression list
     is read once for all of them, and the recipients of marketing rows in one query."""
@@ -237,7 +247,10 @@ def _held(notification: Notification, campaign: Campaign | None, reason: str | N
             record_wait(notification, now + timedelta(seconds=PAUSED_RECHECK_SECONDS), "campaign paused")
             return True
         if campaign.status == CampaignStatus.CANCELLED:
-            record_skipped(notification, "not sent: campaign cancelled")
+            # Never sent again; but an earlier call may have reached the vendor (its worker died, a timeout): the
+            # vendors that can tell are asked, and it counts as sent if one has it.
+            if not (notification.outcome_unknown and _accepted_before(notification, campaign)):
+                record_skipped(notification, "not sent: campaign cancelled")
             return True
     topic = campaign.audience_tag if campaign is not None else ""
     hold = marketing_hold(notification.recipient, channel=notification.channel, topic=topic, now=now)

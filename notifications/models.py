@@ -94,7 +94,9 @@ CANCELLED_UNSENT_STATUS = "skipped"
 
 def cancelled_unsent_sql(n: str = "n") -> str:
     """THE rule of a cancelled campaign's unsent rows, as SQL on the notification table aliased `n`: true for a row
-    nobody sent and no worker holds whose campaign is cancelled.
+    nobody sent and no worker holds whose campaign is cancelled.  A row whose last call may have reached its vendor
+    (outcome unknown: a timeout, a worker that died mid-call) is not one: the single-send path asks the vendors that
+    can tell before it is skipped, and it counts as whatever they answer.
 
     From the cancel's commit on, such a row is skipped for every reader (API, admin, counters, retention) and no
     claim takes it, though its stored status changes later: rewriting millions of rows takes minutes, so the
@@ -105,8 +107,8 @@ def cancelled_unsent_sql(n: str = "n") -> str:
     statuses = ", ".join(f"'{status}'" for status in UNSENT_STATUSES)
     # Bandit B608: an alias and constants of this module, no value from outside.
     return (
-        f"({n}.campaign_id IS NOT NULL AND {n}.status IN ({statuses}) AND {n}.campaign_id IN "  # nosec B608
-        "(SELECT cc.id FROM notifications_campaign cc WHERE cc.status = 'cancelled'))"
+        f"({n}.campaign_id IS NOT NULL AND {n}.status IN ({statuses}) AND NOT {n}.outcome_unknown AND "  # nosec B608
+        f"{n}.campaign_id IN (SELECT cc.id FROM notifications_campaign cc WHERE cc.status = 'cancelled'))"
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
+from harness.waiting import wait_until
 from notifications import campaign_delivery
 from notifications.campaigns import campaign_cancel, campaign_cancel_sweep
 from notifications.counting import campaign_notifications, campaign_recount_for
@@ -162,3 +163,25 @@ def test_a_segment_written_while_the_cancel_commits_closes_its_own_batches(
     assert (campaign.materialized_count, campaign.skipped_count, campaign.remaining_count) == (4, 4, 0)
     assert set(CampaignBatch.objects.filter(campaign=campaign).values_list("status", flat=True)) == {"cancelled"}
     assert published == [], "no batch message for a closed batch"
+
+
+def test_a_row_whose_outcome_was_unknown_at_the_cancel_is_asked_for_at_the_vendor_never_sent_again(ledger):
+    campaign = fanned_out_campaign("doubt", count=2)
+    accepted, refused = campaign_notifications(campaign).order_by("pk")
+    Notification.objects.filter(pk__in=[accepted.pk, refused.pk]).update(status="queued")
+    ledger.set_fault("postmark", latency_ms=4500)  # accepted after our timeout: the outcome is unknown
+    assert deliver(accepted).outcome_unknown
+    wait_until(lambda: ledger.entries(), timeout=10, what="the sandbox to accept it after our timeout")
+    ledger.clear_faults()
+    (held,) = notification_claim(notification_ids=[str(refused.pk)])
+    record_retry(held, "postmark: timeout", provider="postmark", retry_after=None, outcome_unknown=True)  # never sent
+    campaign_cancel(campaign_id=campaign.pk)
+
+    # In doubt, neither is skipped yet for the readers; asked at the vendor, one was sent and the other is skipped.
+    rows = Notification.objects.with_shown_status().filter(pk__in=[accepted.pk, refused.pk])
+    assert set(rows.values_list("shown_status", flat=True)) == {"failed"}
+    Notification.objects.filter(pk__in=[accepted.pk, refused.pk]).update(next_attempt_at=timezone.now())
+    assert (deliver(accepted).status, deliver(refused).status) == ("sent", "skipped")
+    assert len(ledger.entries()) == 1, "nothing sent again"
+    campaign.refresh_from_db()
+    assert (campaign.sent_count, campaign.skipped_count, campaign.remaining_count) == (1, 1, 0)
