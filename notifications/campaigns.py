@@ -296,7 +296,8 @@ def campaign_cancel_count(*, campaign_id: int, background: bool = True) -> tuple
     return batches, rows + strays
 
 
-#: The unsent rows of a cancelled campaign's closed batches (already counted as skipped), rewritten.  Each batch's
+#: The unsent rows of a cancelled campaign's closed batches (already counted as skipped), rewritten; one whose outcome
+#: is unknown is left to the single-send path, which asks its vendor first (models.cancelled_unsent_sql).  Each batch's
 #: key range is read on its own (LATERAL, kept apart by OFFSET 0), so the plan is a primary-key range scan per batch
 #: whatever the statistics say: right after a fan-out they may still describe the table before it, and a join of the
 #: ranges then read every row of the table for each batch (more than 25 s a transaction at 1 M rows, in the bench).
@@ -307,10 +308,10 @@ FROM (
     SELECT x.id FROM unnest(%(low)s::uuid[], %(high)s::uuid[]) AS r(low, high)
     CROSS JOIN LATERAL (
         SELECT m.id FROM notifications_notification m
-        WHERE m.id BETWEEN r.low AND r.high AND m.status = ANY(%(unsent)s) OFFSET 0
+        WHERE m.id BETWEEN r.low AND r.high AND m.status = ANY(%(unsent)s) AND NOT m.outcome_unknown OFFSET 0
     ) x
 ) unsent
-WHERE n.id = unsent.id AND n.status = ANY(%(unsent)s)
+WHERE n.id = unsent.id AND n.status = ANY(%(unsent)s) AND NOT n.outcome_unknown
 """
 
 
