@@ -9,6 +9,7 @@ database and Redis database; nothing here is asserted, it is measured and writte
 import asyncio
 import bisect
 import os
+import re
 import statistics
 import subprocess  # nosec B404 - the bench starts our own manage.py
 import sys
@@ -36,7 +37,16 @@ from harness.processes import WebProcess, WorkerProcess
 from harness.sandbox.process import SandboxProcess, free_port
 from harness.waiting import wait_until
 from jobs.redis import broker_client
-from notifications.models import ApiToken, Campaign, CampaignBatch, Notification, NotificationStatus, Recipient
+from notifications.counting import campaign_notification_id, campaign_notifications
+from notifications.models import (
+    ApiToken,
+    Campaign,
+    CampaignBatch,
+    Notification,
+    NotificationEvent,
+    NotificationStatus,
+    Recipient,
+)
 from settings.topology import FANOUT_QUEUE, Priority, pool_queues
 
 MARKETING_QUEUE = "marketing.email"
@@ -744,3 +754,187 @@ def _scans_notifications(sqls: list[str]) -> bool:
             if any("Seq Scan on notifications_notification" in row[0] for row in cursor.fetchall()):
                 return True
     return False
+
+
+# --- cancelling a running campaign ----------------------------------------------------------
+
+#: Transactional e-mails per measurement of the concurrent stream.
+STREAM_COUNT = 1000
+
+
+def transactional_stream(count: int = STREAM_COUNT) -> float:
+    """Sends/s of `count` transactional e-mails submitted from this process, submit -> every row sent (the ledger
+    also holds the campaign's sends, so the rows are asked, every 200 ms by their ids)."""
+    from notifications.services import notification_send
+
+    run = uuid.uuid4().hex[:8]
+    started = time.monotonic()
+    ids = []
+    for i in range(count):
+        notification, _ = notification_send(
+            priority=Priority.TRANSACTIONAL,
+            channel="email",
+            template="order_shipped",
+            context={"name": "Ada", "order_number": f"{run}-{i}"},
+            to=f"stream-{run}-{i}@example.com",
+        )
+        ids.append(notification.pk)
+    rows = Notification.objects.filter(pk__in=ids)
+    wait_until(
+        lambda: rows.filter(status=NotificationStatus.SENT).count() >= count,
+        timeout=600,
+        interval=0.2,
+        what="the transactional stream to be sent",
+    )
+    rate = count / (time.monotonic() - started)
+    rows.delete()
+    Recipient.objects.filter(email__startswith=f"stream-{run}-").delete()
+    return rate
+
+
+def _sweep_log(log_dir: Path) -> tuple[int, float, int]:
+    """(rows, seconds in their UPDATEs, transactions) of the sweep, from the marketing workers' log lines."""
+    pattern = re.compile(r"cancelled: (\d+) row\(s\) of \d+ batch\(es\) written skipped in ([0-9.]+)s")
+    rows, seconds, transactions = 0, 0.0, 0
+    for line in (log_dir / "worker-marketing.log").read_text(errors="replace").splitlines():
+        found = pattern.search(line)
+        if found:
+            rows += int(found.group(1))
+            seconds += float(found.group(2))
+            transactions += 1
+    return rows, seconds, transactions
+
+
+def cancel(
+    *, recipients: int, platform: Platform, web: WebProcess, concurrency: int, run_seconds: float = 20.0
+) -> dict[str, Any]:
+    """Fan out a campaign to every consenting recipient, let it send for `run_seconds`, cancel it through the API;
+    time the answer, until the counters and the API say every unsent row is skipped, and the sweep that rewrites
+    them; a transactional stream's sends/s while the campaign runs, during the sweep and after it."""
+    seeded = ensure_recipients(recipients)
+    reset_campaigns()
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE notifications_notification")
+    (platform.log_dir / "worker-marketing.log").unlink(missing_ok=True)
+    platform.pool(Priority.MARKETING, concurrency=concurrency)
+    platform.pool(Priority.TRANSACTIONAL, concurrency=2)
+    relaying = threading.Event()
+    relay = threading.Thread(target=_relay_until, args=(relaying,), daemon=True)
+    relay.start()
+    api = api_session(web.url)
+    api.headers["Authorization"] = f"Token {_campaign_token()}"
+    try:
+        created = api.post(
+            f"{web.url}/api/v1/campaigns",
+            json={"name": "bench cancel", "template": "newsletter", "channel": "email",
+                  "context": {"headline": "Benchmark", "body": "Hello"}},
+            timeout=10,
+        )  # fmt: skip
+        created.raise_for_status()
+        campaign_id = created.json()["id"]
+        api.post(f"{web.url}/api/v1/campaigns/{campaign_id}/start", json={}, timeout=30).raise_for_status()
+        campaign = Campaign.objects.get(pk=campaign_id)
+        wait_until(
+            lambda: Campaign.objects.filter(pk=campaign_id, fanout_completed_at__isnull=False).exists(),
+            timeout=900,
+            interval=0.5,
+            what="the fan-out",
+        )
+        fanned_out = time.monotonic()
+        transactional_stream(200)  # warm up
+        while_running = [transactional_stream() for _ in range(2)]
+        time.sleep(max(0.0, run_seconds - (time.monotonic() - fanned_out)))
+        rows_of = campaign_notifications(campaign)  # its key range: no scan of the table
+        unsent_row = rows_of.filter(status="scheduled").order_by("-pk").values_list("pk", flat=True).first()
+        started = time.monotonic()
+        answer = api.post(f"{web.url}/api/v1/campaigns/{campaign_id}/cancel", json={}, timeout=120)
+        answered = time.monotonic()
+        answer.raise_for_status()
+        cancelled = Campaign.objects.get(pk=campaign_id)
+        at_answer = {
+            "materialised": cancelled.materialized_count,
+            "sent": cancelled.sent_count,
+            "dead": cancelled.dead_count,
+            "skipped": cancelled.skipped_count,
+            "remaining (rows workers held)": cancelled.remaining_count,
+        }
+        shown = api.get(f"{web.url}/api/v1/notifications/{unsent_row}", timeout=10).json()["status"]
+        wait_until(
+            lambda: Campaign.objects.get(pk=campaign_id).remaining_count == 0, timeout=300, interval=0.1,
+            what="the counters final",
+        )  # fmt: skip
+        exact = time.monotonic()
+        during = []
+        batches = CampaignBatch.objects.filter(campaign_id=campaign_id, status="cancelled")
+        while batches.exists():
+            during.append(transactional_stream())
+        swept = time.monotonic()
+        wait_until(
+            lambda: not rows_of.filter(status="scheduled").exists(),
+            timeout=300,
+            interval=1.0,
+            what="no scheduled row left",
+        )
+        after = [transactional_stream() for _ in range(2)]
+        rows, update_seconds, transactions = _sweep_log(platform.log_dir)
+        campaign.refresh_from_db()
+        low, high = campaign_notification_id(campaign_id, 0), campaign_notification_id(campaign_id, 16**15 - 1)
+        events = NotificationEvent.objects.filter(
+            kind="skipped", notification_id__gte=low, notification_id__lte=high
+        ).count()
+    finally:
+        relaying.set()
+        relay.join()
+    return {
+        "scenario": "cancel a running campaign",
+        "recipients_in_database": Recipient.objects.count(),
+        "seeded_seconds": round(seeded, 1) if seeded is not None else None,
+        "notifications_materialised": campaign.materialized_count,
+        "batches": CampaignBatch.objects.filter(campaign_id=campaign_id).count(),
+        "marketing_worker_processes": concurrency,
+        "cancel_answer_seconds": round(answered - started, 3),
+        "counters_at_the_answer": at_answer,
+        "api_status_of_an_unsent_row_right_after": shown,
+        "counters_final_outright_seconds": round(exact - started, 2),
+        "sweep_seconds": round(swept - started, 1),
+        "sweep_rows_rewritten": rows,
+        "sweep_update_seconds": round(update_seconds, 1),
+        "sweep_transactions": transactions,
+        "sweep_pause_ratio": settings.CAMPAIGN_SWEEP_PAUSE_RATIO,
+        "final_counters": {
+            "sent": campaign.sent_count,
+            "dead": campaign.dead_count,
+            "skipped": campaign.skipped_count,
+        },  # fmt: skip
+        "skipped_events_written": events,
+        "stream_sends_per_second_while_the_campaign_runs": [round(r, 1) for r in while_running],
+        "stream_sends_per_second_during_the_sweep": [round(r, 1) for r in during],
+        "stream_sends_per_second_after": [round(r, 1) for r in after],
+        "during_over_after": round(statistics.mean(during) / statistics.mean(after), 3) if during else None,
+        "campaign_id": campaign_id,
+    }
+
+
+def _campaign_token() -> str:
+    """A token of a staff user who may run campaigns and read any notification (the API shows campaign rows to
+    staff only)."""
+    user, _ = get_user_model().objects.get_or_create(username="bench-staff", defaults={"is_staff": True})
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["add_campaign", "change_campaign", "view_campaign"])
+    )
+    _, key = ApiToken.issue(user)
+    return key
+
+
+def _relay_until(stop: threading.Event) -> None:
+    """The relays every RELAY_INTERVAL_SECONDS until `stop` is set, as beat runs them (on its own connection)."""
+    from jobs.clock import database_now
+    from notifications.recovery import campaign_relay, notification_relay
+
+    try:
+        while not stop.wait(settings.RELAY_INTERVAL_SECONDS):
+            now = database_now()
+            notification_relay(now=now)
+            campaign_relay(now=now)
+    finally:
+        connection.close()

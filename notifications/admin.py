@@ -36,6 +36,7 @@ from notifications.models import (
     CampaignStatus,
     Channel,
     Notification,
+    NotificationStatus,
     Priority,
     PushDevice,
     Recipient,
@@ -174,6 +175,20 @@ class TemplateFilter(admin.SimpleListFilter):
         return queryset.filter(template=self.value()) if self.value() else queryset
 
 
+class StatusFilter(admin.SimpleListFilter):
+    """The status every reader gives (models.NotificationQuerySet.shown_status): a cancelled campaign's unsent rows
+    are skipped, not scheduled, from the cancel on.  Same parameter as the field's own filter."""
+
+    title = "status"
+    parameter_name = "status__exact"
+
+    def lookups(self, request: HttpRequest, model_admin) -> list[tuple[str, str]]:
+        return list(NotificationStatus.choices)
+
+    def queryset(self, request: HttpRequest, queryset):
+        return queryset.shown_status(self.value()) if self.value() else queryset
+
+
 class NewestFirstChangeList(ChangeList):
     """Newest first with no primary key as a tiebreak.  notif_created_idx returns rows of equal created_at in one
     fixed order already (a btree orders duplicates by their place in the table); "created_at, id" made PostgreSQL
@@ -203,7 +218,7 @@ class NotificationAdmin(admin.ModelAdmin):
         "provider",
         "sent_at",
     )
-    list_filter = ("status", "priority", "channel", ProviderFilter, TemplateFilter, "created_at")
+    list_filter = (StatusFilter, "priority", "channel", ProviderFilter, TemplateFilter, "created_at")
     actions = ["cancel"]
     sortable_by = ("created_at",)
     paginator = EstimatedCountPaginator
@@ -214,7 +229,12 @@ class NotificationAdmin(admin.ModelAdmin):
     def status_short(self, obj: Notification) -> str:
         """One word per row (the long description wrapped each row to several lines); the description on hover
         and on the notification's page."""
-        return format_html('<span title="{}">{}</span>', obj.get_status_display(), obj.status)
+        status = getattr(obj, "shown_status", obj.status)
+        return format_html('<span title="{}">{}</span>', NotificationStatus(status).label, status)
+
+    def get_queryset(self, request: HttpRequest):
+        # Each row's status as every reader gives it (a cancelled campaign's unsent rows are skipped).
+        return super().get_queryset(request).with_shown_status()
 
     # Only so the search box shows: get_search_results does the searching.
     search_fields = ("=id",)
@@ -251,7 +271,10 @@ class NotificationAdmin(admin.ModelAdmin):
 
     # The context is shown with its secrets hidden (a reset code is never on screen), never as stored.
     readonly_fields = [
-        *(f.name if f.name != "context" else "shown_context" for f in Notification._meta.fields),
+        *(
+            {"context": "shown_context", "status": "status_short"}.get(f.name, f.name)
+            for f in Notification._meta.fields
+        ),
         "timeline",
     ]
     exclude = ["context"]
@@ -380,7 +403,7 @@ class RecipientAdmin(admin.ModelAdmin):
                     n.priority,
                     n.channel,
                     n.template,
-                    n.status,
+                    n.shown_status,
                 )
                 for n in rows
             ),

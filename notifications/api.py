@@ -396,7 +396,8 @@ def _forbidden(permission: str) -> Refused:
 def _summary(request: HttpRequest, notification: Notification) -> dict[str, Any]:
     return {
         "id": str(notification.pk),
-        "status": notification.status,
+        # As every reader gives it, when the row was read so (selectors.notification_visible_to).
+        "status": getattr(notification, "shown_status", notification.status),
         "status_url": request.build_absolute_uri(reverse("api-v1:notification-detail", args=[notification.pk])),
     }
 
@@ -526,7 +527,7 @@ def notifications_cancel(request: HttpRequest, notification_id: str):
     try:
         notification = notification_cancel(notification_id=notification.pk, reason=f"cancelled by {request.user}")
     except NotCancellable as exc:
-        return Status(409, {"error": str(exc), "status": exc.notification.status})
+        return Status(409, {"error": str(exc), "status": exc.status})
     return _summary(request, notification)
 
 
@@ -555,7 +556,7 @@ def notifications_events(request: HttpRequest, notification_id: str):
     notification = _visible(request, notification_id)
     return {
         "notification_id": str(notification.pk),
-        "status": notification.status,
+        "status": notification.shown_status,
         "events": [
             {"id": e.pk, "kind": e.kind, "at": e.at.isoformat(), "provider": e.provider, "details": e.data}
             for e in selectors.notification_timeline(notification)

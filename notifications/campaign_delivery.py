@@ -5,7 +5,7 @@ campaign's status checked in the claim itself) and send each call through the on
 |---------------------------------------------|----------------------------------------------------|
 | campaign paused                             | unsent rows stay scheduled; batch paused (resume   |
 |                                             | queues it again)                                    |
-| campaign cancelled                          | unsent rows skipped; batch done                     |
+| campaign cancelled                          | unsent rows skipped (no event each); batch done     |
 | recipient in quiet hours (own or platform's)| row stays scheduled; batch deferred to quiet end   |
 | consent withdrawn or topic muted            | row skipped, at its claim                          |
 | every provider busy or open (no call)       | claimed rows back to scheduled; batch deferred by   |
@@ -36,10 +36,11 @@ from jobs.deadletters import deadletter_record
 from notifications import task_names
 from notifications.campaigns import campaign_batches_publish, campaign_pause_with_error
 from notifications.consent import HOLD_FIELDS, marketing_hold, muted_reason, withdrawn_reason
-from notifications.counting import batch_key_range, campaign_batch_recount
+from notifications.counting import CANCELLED_REASON, batch_key_range, campaign_batch_recount
 from notifications.events import notifications_events
 from notifications.models import (
     MARKETING_CONSENT_FIELDS,
+    OPEN_BATCH_STATUSES,
     QUIET_HOURS_REASON,
     BatchStatus,
     Campaign,
@@ -49,6 +50,7 @@ from notifications.models import (
     NotificationStatus,
     Priority,
     Recipient,
+    status_events_off,
 )
 from notifications.rendering import RenderedMessage, render
 from notifications.sending import Delivery, build_message, claim_lease, group_size, send
@@ -106,7 +108,13 @@ def _claim_batch(batch_id: int) -> CampaignBatch | None:
 
 def _set_batch(batch: CampaignBatch, status: str, *, wait: float | None = None, reason: str = "") -> bool:
     """End this run: the batch goes to `status` (deferred: for `wait` seconds, and why) and its rows are counted,
-    in one transaction.  False if the claim was lost."""
+    in one transaction.  False if the claim was lost.
+
+    A batch left open (queued, deferred, paused) when its campaign was cancelled meanwhile would wait for nothing,
+    its rows uncounted (the cancel's close saw it held): its unsent rows are skipped here instead, under the
+    campaign's lock (taken after the batch's, as every path that counts does), so a cancel either comes first and
+    is seen here, or comes after and closes the batch itself.
+    """
     due = None if wait is None else ExpressionWrapper(Now() + timedelta(seconds=wait), DateTimeField())
     with transaction.atomic():
         updated = CampaignBatch.objects.filter(
@@ -120,11 +128,31 @@ def _set_batch(batch: CampaignBatch, status: str, *, wait: float | None = None, 
             queued_at=Now() if status == BatchStatus.QUEUED else F("queued_at"),
             updated_at=Now(),
         )
+        if updated and status in OPEN_BATCH_STATUSES and _campaign_cancelled(batch.campaign_id):
+            _skip_unsent(batch)
+            CampaignBatch.objects.filter(pk=batch.pk).update(status=BatchStatus.DONE, next_attempt_at=None, reason="")
+            status = BatchStatus.DONE
         if updated:
             campaign_batch_recount(batch_id=batch.pk)
     if status == BatchStatus.QUEUED and updated:
         campaign_batches_publish(batch.campaign, [batch.pk])
     return bool(updated)
+
+
+def _campaign_cancelled(campaign_id: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT status FROM notifications_campaign WHERE id = %s FOR NO KEY UPDATE", [campaign_id])
+        row = cursor.fetchone()
+    return row is not None and row[0] == CampaignStatus.CANCELLED
+
+
+def _skip_unsent(batch: CampaignBatch) -> int:
+    """The batch's scheduled rows skipped, with no event each (the campaign's cancel is their record)."""
+    low, high = batch_key_range(batch)
+    with connection.cursor() as cursor, status_events_off(cursor):
+        return Notification.objects.filter(pk__gte=low, pk__lte=high, status=NotificationStatus.SCHEDULED).update(
+            status=NotificationStatus.SKIPPED, last_error=CANCELLED_REASON, updated_at=Now()
+        )
 
 
 def campaign_batch_send(*, batch_id: int) -> None:
@@ -228,6 +256,7 @@ WITH candidates AS MATERIALIZED (
     FROM notifications_notification n
     JOIN notifications_recipient r ON r.id = n.recipient_id
     WHERE n.id = ANY(%(ids)s) AND n.status = 'scheduled'
+      -- Running only: stricter than the cancel's rule (models.cancelled_unsent_sql), a paused campaign's rows wait too.
       AND EXISTS (SELECT 1 FROM notifications_campaign c WHERE c.id = %(campaign)s AND c.status = 'running')
 ),
 decided AS (SELECT *, consent AND NOT muted AND suppressed IS NULL AS go FROM candidates)
@@ -334,17 +363,9 @@ def _hand_back(batch: CampaignBatch) -> None:
             _set_batch(batch, BatchStatus.QUEUED)
             logger.info("campaign batch %s: campaign running again; batch queued again", batch.pk)
         else:
-            _skip_rest(batch, f"not sent: campaign {status}")
-
-
-def _skip_rest(batch: CampaignBatch, reason: str) -> None:
-    low, high = batch_key_range(batch)
-    with transaction.atomic():
-        skipped = Notification.objects.filter(pk__gte=low, pk__lte=high, status=NotificationStatus.SCHEDULED).update(
-            status=NotificationStatus.SKIPPED, last_error=reason, updated_at=Now()
-        )
-        _set_batch(batch, BatchStatus.DONE)
-    logger.info("campaign batch %s: %s row(s) skipped (%s)", batch.pk, skipped, reason)
+            skipped = _skip_unsent(batch)
+            _set_batch(batch, BatchStatus.DONE)
+            logger.info("campaign batch %s: campaign %s; %s row(s) skipped", batch.pk, status, skipped)
 
 
 # --- a batch that keeps dying -----------------------------------------------------------

@@ -1,7 +1,9 @@
 """Campaign rows' keys and counts, below delivery and the campaign lifecycle: both call this, it calls neither.
 
 A campaign notification's primary key is derived from (campaign, recipient), so a batch is a key range;
-a batch's counters are recounted from its rows in the transaction that changed them.
+a batch's counters are recounted from its rows in the transaction that changed them, a cancelled campaign's unsent
+rows counted as skipped (models.cancelled_unsent_sql).  A cancel closes the open batches by their counters alone
+(campaign_cancel_close), which is what a recount would find, without reading a row.
 """
 
 import uuid
@@ -10,7 +12,16 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from notifications.models import Campaign, CampaignBatch, CampaignStatus, Notification
+from notifications.models import (
+    OPEN_BATCH_STATUSES,
+    Campaign,
+    CampaignBatch,
+    CampaignStatus,
+    Notification,
+    Priority,
+    cancelled_unsent_sql,
+    status_events_off,
+)
 
 
 def campaign_key_prefix(campaign_id: int) -> str:
@@ -60,7 +71,7 @@ WITH counted AS (
     FROM unnest(%(ids)s::bigint[], %(low)s::uuid[], %(high)s::uuid[]) AS r(batch_id, low, high)
     CROSS JOIN LATERAL (
         SELECT count(*) FILTER (WHERE n.status = 'sent') AS sent, count(*) FILTER (WHERE n.status = 'dead') AS dead,
-               count(*) FILTER (WHERE n.status IN ('skipped', 'cancelled')) AS skipped
+               count(*) FILTER (WHERE n.status IN ('skipped', 'cancelled') OR {cancelled_unsent}) AS skipped
         FROM notifications_notification n WHERE n.id BETWEEN r.low AND r.high
     ) x
 ),
@@ -78,7 +89,7 @@ SELECT bf.campaign_id, sum(c.sent - bf.sent_count), sum(c.dead - bf.dead_count),
 FROM before bf JOIN counted c ON c.batch_id = bf.id
 WHERE bf.id IN (SELECT id FROM changed)
 GROUP BY bf.campaign_id
-"""
+""".format(cancelled_unsent=cancelled_unsent_sql("n"))  # nosec B608 - the rule's own SQL, constants of models.py
 
 
 def campaign_batches_recount(batches: list[CampaignBatch]) -> None:
@@ -134,3 +145,103 @@ def campaign_recount_for(notification: Notification) -> None:
     )
     if batch_id is not None:
         campaign_batch_recount(batch_id=batch_id)
+
+
+#: A cancelled campaign's open batches (`ids`: only those) closed: each one's unsent rows, by its counters (what a
+#: recount under the rule would find), counted as skipped, in it and in the campaign, in one statement; the batch
+#: waits as cancelled for the sweep to rewrite its rows.  The campaign row is locked last, as every path that counts
+#: locks it (batch first, then campaign).
+_CLOSE_SQL = """
+WITH open AS (
+    SELECT b.id, GREATEST(0, b.size - b.sent_count - b.dead_count - b.skipped_count) AS unsent
+    FROM notifications_campaignbatch b
+    WHERE b.campaign_id = %(campaign)s AND b.status = ANY(%(open)s) AND (%(ids)s::bigint[] IS NULL OR b.id = ANY(%(ids)s))
+    ORDER BY b.id
+    FOR UPDATE
+),
+closed AS (
+    UPDATE notifications_campaignbatch b SET
+        status = 'cancelled', skipped_count = b.skipped_count + o.unsent, next_attempt_at = NULL,
+        lease_expires_at = NULL, reason = '', updated_at = statement_timestamp()
+    FROM open o WHERE b.id = o.id
+    RETURNING o.unsent
+),
+total AS (SELECT count(*) AS batches, coalesce(sum(unsent), 0) AS unsent FROM closed)
+UPDATE notifications_campaign c SET skipped_count = c.skipped_count + total.unsent, updated_at = statement_timestamp()
+FROM total WHERE c.id = %(campaign)s
+RETURNING total.batches, total.unsent
+"""
+
+#: The rows of a cancelled campaign on the single-send path (waiting for a retry, or queued) found through the
+#: partial indexes that hold only unfinished rows (never the campaign's millions), written skipped (`ids`: only
+#: those).  Their batches were closed already, or are done; they are recounted after.
+_STRAYS_SQL = """
+WITH strays AS (
+    SELECT id FROM notifications_notification
+    WHERE priority = %(priority)s AND status IN ('pending', 'queued') AND id BETWEEN %(low)s AND %(high)s
+    UNION ALL
+    SELECT id FROM notifications_notification
+    WHERE priority = %(priority)s AND status = 'failed' AND id BETWEEN %(low)s AND %(high)s
+)
+UPDATE notifications_notification n SET
+    status = 'skipped', last_error = %(reason)s, next_attempt_at = NULL, updated_at = statement_timestamp()
+FROM strays
+WHERE n.id = strays.id AND (%(ids)s::uuid[] IS NULL OR n.id = ANY(%(ids)s)) AND {cancelled_unsent}
+RETURNING n.recipient_id
+""".format(cancelled_unsent=cancelled_unsent_sql("n"))  # nosec B608 - the rule's own SQL, constants of models.py
+
+#: Why a cancelled campaign's row was not sent (its last_error).
+CANCELLED_REASON = "not sent: campaign cancelled"
+
+
+def campaign_cancel_close(*, campaign_id: int, batch_ids: list[int] | None = None) -> tuple[int, int]:
+    """Close a cancelled campaign's open batches (queued, deferred, paused; `batch_ids`: only those) and count
+    their unsent rows as skipped, in the caller's transaction; (batches, rows).  A batch a worker holds is left to
+    it: it finds the campaign cancelled before its next call and ends through its normal path."""
+    with connection.cursor() as cursor:
+        cursor.execute(_CLOSE_SQL, {"campaign": campaign_id, "open": list(OPEN_BATCH_STATUSES), "ids": batch_ids})
+        row = cursor.fetchone()
+    return (row[0], row[1]) if row else (0, 0)
+
+
+def campaign_cancelled_rows_skip(*, campaign_id: int, ids: list | None = None) -> int:
+    """Write skipped into the cancelled campaign's rows on the single-send path (`ids`: only those; never a row a
+    worker holds), with no per-row event, and recount their batches, in one transaction; how many rows."""
+    low = campaign_notification_id(campaign_id, 0)
+    high = uuid.UUID(f"{campaign_key_prefix(campaign_id)}8{'f' * 15}")
+    with transaction.atomic():
+        with connection.cursor() as cursor, status_events_off(cursor):
+            cursor.execute(
+                _STRAYS_SQL,
+                {
+                    "low": low,
+                    "high": high,
+                    "priority": Priority.MARKETING,
+                    "reason": CANCELLED_REASON,
+                    "ids": [str(i) for i in ids] if ids else None,
+                },
+            )
+            recipients = sorted({recipient_id for (recipient_id,) in cursor.fetchall()})
+        if recipients:
+            batches = list(
+                CampaignBatch.objects.select_for_update()
+                .filter(campaign_id=campaign_id, pk__in=_batches_of(campaign_id, recipients))
+                .order_by("pk")
+            )
+            campaign_batches_recount(batches)
+    return len(recipients)
+
+
+def _batches_of(campaign_id: int, recipient_ids: list[int]) -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT DISTINCT b.id FROM unnest(%s::bigint[]) AS r(id)
+            CROSS JOIN LATERAL (
+                SELECT id FROM notifications_campaignbatch
+                WHERE campaign_id = %s AND first_recipient_id <= r.id ORDER BY first_recipient_id DESC LIMIT 1
+            ) b
+            """,
+            [recipient_ids, campaign_id],
+        )
+        return [batch_id for (batch_id,) in cursor.fetchall()]

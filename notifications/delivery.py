@@ -5,6 +5,7 @@ path (sending.py).  The outbox relay and the dead-letter replay that put rows ba
                        token; a row whose lease expired (its worker died mid-call) is marked
                        outcome-unknown, so the vendors that can tell are asked before it is sent again;
                        a second UPDATE takes the oldest others queued in the same queue, for the same call
+    cancelled? ....... a campaign row its campaign's cancel took is skipped by the claim, never sent
     held? ............ marketing is checked again at every attempt: a withdrawn consent, a muted topic
                        (a campaign row's), a suppressed address or a cancelled campaign skip it; quiet
                        hours (the recipient's own, else the platform's) or a paused campaign make it
@@ -28,8 +29,9 @@ from django.utils import timezone
 from jobs.errors import PermanentError
 from jobs.retry import retry_policy
 from notifications.consent import marketing_hold, suppression_reasons
+from notifications.counting import campaign_cancelled_rows_skip
 from notifications.events import notifications_events
-from notifications.models import Campaign, CampaignStatus, Notification, Priority, Recipient
+from notifications.models import Campaign, CampaignStatus, Notification, Priority, Recipient, cancelled_unsent_sql
 from notifications.rendering import render
 from notifications.sending import (
     Delivery,
@@ -41,6 +43,7 @@ from notifications.sending import (
     record_skipped,
     record_wait,
     send,
+    sent_by_lookup,
 )
 
 logger = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ _CLAIMABLE = """(n.status IN ('pending', 'queued')
 #: The attempts a row's priority allows (JOBS_RETRY_POLICIES), passed as parameters.
 _MAX_ATTEMPTS = "CASE n.priority " + " ".join(f"WHEN '{p}' THEN %(max_{p})s" for p in Priority.values) + " END"
 _COLUMNS = ", ".join(f'n."{field.column}"' for field in Notification._meta.concrete_fields)
+#: A campaign row its campaign's cancel took: never claimed to be sent (models.cancelled_unsent_sql).
+_CANCELLED = cancelled_unsent_sql("n")
 # Bandit B608 (SQL built from strings): the columns are the model's own and the priorities its choices;
 # every value is a parameter.
 _CLAIM_SQL = f"""
@@ -64,7 +69,7 @@ WITH named AS (
     -- by it (each path that locks a row finishes it or publishes it again), and waiting here could close a
     -- cycle with a worker recording its sends (a deadlock the bench found under load).
     SELECT n.id FROM notifications_notification n
-    WHERE n.id = ANY(%(ids)s::uuid[]) AND {_CLAIMABLE} AND n.attempts < {_MAX_ATTEMPTS}
+    WHERE n.id = ANY(%(ids)s::uuid[]) AND {_CLAIMABLE} AND n.attempts < {_MAX_ATTEMPTS} AND NOT {_CANCELLED}
         -- A row that may have killed its worker is taken only by a message of its own (see notification_claim).
         AND (%(alone)s OR NOT (n.outcome_unknown OR n.status = 'sending'))
     FOR UPDATE SKIP LOCKED
@@ -77,14 +82,14 @@ claimed AS (
         outcome_unknown = n.outcome_unknown OR n.status = 'sending',
         updated_at = statement_timestamp()
     FROM named WHERE n.id = named.id
-    RETURNING {_COLUMNS}, false AS exhausted
+    RETURNING {_COLUMNS}, false AS exhausted, false AS cancelled
 )
 SELECT * FROM claimed
 UNION ALL
 -- In the same round trip: rows due that have used every attempt (its snapshot predates the claim above,
--- which only takes a row with attempts left).
-SELECT {_COLUMNS}, true AS exhausted FROM notifications_notification n
-WHERE n.id = ANY(%(ids)s::uuid[]) AND {_CLAIMABLE} AND n.attempts >= {_MAX_ATTEMPTS}
+-- which only takes a row with attempts left), and rows of a cancelled campaign, which are skipped instead.
+SELECT {_COLUMNS}, NOT {_CANCELLED} AS exhausted, {_CANCELLED} AS cancelled FROM notifications_notification n
+WHERE n.id = ANY(%(ids)s::uuid[]) AND {_CLAIMABLE} AND (n.attempts >= {_MAX_ATTEMPTS} OR {_CANCELLED})
 """  # nosec B608
 #: Other single notifications of the same queue, waiting as queued, oldest first: the ones the same call takes.
 _CLAIM_MORE_SQL = f"""
@@ -135,7 +140,13 @@ def notification_claim(*, notification_ids: list[str], batch: bool = False) -> l
         token=uuid.uuid4(),
     )
     found = list(Notification.objects.raw(_CLAIM_SQL, params))
-    claimed = [row for row in found if not row.exhausted]
+    claimed = [row for row in found if not row.exhausted and not row.cancelled]
+    cancelled: dict[int, list] = {}
+    for row in found:
+        if row.cancelled:
+            cancelled.setdefault(row.campaign_id, []).append(row.pk)
+    for campaign_id, ids in cancelled.items():
+        campaign_cancelled_rows_skip(campaign_id=campaign_id, ids=ids)
     for exhausted in (row for row in found if row.exhausted):
         record_dead(
             exhausted,
@@ -198,6 +209,15 @@ def _deliver_group(rows: list[Notification]) -> None:
         record_retry(delivery.row, reason, provider=delivery.row.provider, retry_after=unsent.wait, called=False)
 
 
+def _accepted_before(row: Notification, campaign: Campaign) -> bool:
+    """A vendor that can tell has this campaign row from an earlier call (recorded as sent); nothing is sent."""
+    try:
+        content = render(template=campaign.template, channel=row.channel, context=campaign.context)
+    except ValidationError:
+        return False
+    return sent_by_lookup(row, content)
+
+
 def _not_held(rows: list[Notification], campaign: Campaign | None) -> list[Notification]:
     """The claimed rows to send now; the others are skipped or postponed (see _held).  The suppression list
     is read once for all of them, and the recipients of marketing rows in one query."""
@@ -227,7 +247,10 @@ def _held(notification: Notification, campaign: Campaign | None, reason: str | N
             record_wait(notification, now + timedelta(seconds=PAUSED_RECHECK_SECONDS), "campaign paused")
             return True
         if campaign.status == CampaignStatus.CANCELLED:
-            record_skipped(notification, "not sent: campaign cancelled")
+            # Never sent again; but an earlier call may have reached the vendor (its worker died, a timeout): the
+            # vendors that can tell are asked, and it counts as sent if one has it.
+            if not (notification.outcome_unknown and _accepted_before(notification, campaign)):
+                record_skipped(notification, "not sent: campaign cancelled")
             return True
     topic = campaign.audience_tag if campaign is not None else ""
     hold = marketing_hold(notification.recipient, channel=notification.channel, topic=topic, now=now)

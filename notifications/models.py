@@ -4,6 +4,8 @@ their batches, suppressed addresses and API tokens."""
 import hashlib
 import secrets
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 from django.conf import settings
@@ -11,7 +13,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.db import connection, models
-from django.db.models import Q
+from django.db.models import BooleanField, CharField, Q
+from django.db.models.expressions import RawSQL
 
 # The vocabulary is the topology's (defined once there); the models use it for their choices.
 from settings.topology import Channel, Priority, queue_name  # noqa: F401
@@ -81,6 +84,64 @@ class NotificationStatus(models.TextChoices):
     SCHEDULED = "scheduled", "scheduled (waiting for its send_at, or for its campaign batch)"
     SKIPPED = "skipped", "skipped (consent withdrawn, address suppressed or campaign cancelled)"
     CANCELLED = "cancelled", "cancelled (by its id or cancellation key, before a worker took it)"
+
+
+#: A row in one of these is neither sent nor final nor in a worker's hands ("sending").
+UNSENT_STATUSES = ("scheduled", "pending", "queued", "failed")
+#: What every reader and counter sees instead of the stored status of a row its campaign's cancel took (below).
+CANCELLED_UNSENT_STATUS = "skipped"
+
+
+def cancelled_unsent_sql(n: str = "n") -> str:
+    """THE rule of a cancelled campaign's unsent rows, as SQL on the notification table aliased `n`: true for a row
+    nobody sent and no worker holds whose campaign is cancelled.  A row whose last call may have reached its vendor
+    (outcome unknown: a timeout, a worker that died mid-call) is not one: the single-send path asks the vendors that
+    can tell before it is skipped, and it counts as whatever they answer.
+
+    From the cancel's commit on, such a row is skipped for every reader (API, admin, counters, retention) and no
+    claim takes it, though its stored status changes later: rewriting millions of rows takes minutes, so the
+    cancel closes the campaign's batches and counts their rows at once, and a paced sweep rewrites the rows after
+    (campaigns.py).  Cheap anywhere: a row of no campaign never reaches the subquery, which PostgreSQL runs once
+    per statement (a hashed SubPlan over the campaign table, not a lookup per row).
+    """
+    statuses = ", ".join(f"'{status}'" for status in UNSENT_STATUSES)
+    # Bandit B608: an alias and constants of this module, no value from outside.
+    return (
+        f"({n}.campaign_id IS NOT NULL AND {n}.status IN ({statuses}) AND NOT {n}.outcome_unknown AND "  # nosec B608
+        f"{n}.campaign_id IN (SELECT cc.id FROM notifications_campaign cc WHERE cc.status = 'cancelled'))"
+    )
+
+
+def shown_status_sql(n: str = "n") -> str:
+    """A notification's status as every reader sees it: the stored one, or skipped under the rule above."""
+    return f"(CASE WHEN {cancelled_unsent_sql(n)} THEN '{CANCELLED_UNSENT_STATUS}' ELSE {n}.status END)"
+
+
+def cancelled_unsent() -> Q:
+    """The rule above as an ORM condition on the notifications (the same SQL, on the table's own name)."""
+    # Bandit B611: the rule's own SQL, no value from outside.
+    return Q(RawSQL(cancelled_unsent_sql("notifications_notification"), [], output_field=BooleanField()))  # nosec B611
+
+
+class NotificationQuerySet(models.QuerySet):
+    def with_shown_status(self) -> "NotificationQuerySet":
+        """Each row with `shown_status`: what the API and the admin say."""
+        return self.annotate(
+            # Bandit B611: the rule's own SQL, no value from outside.
+            shown_status=RawSQL(  # nosec B611
+                shown_status_sql("notifications_notification"), [], output_field=CharField()
+            )
+        )
+
+    def shown_status(self, status: str) -> "NotificationQuerySet":
+        """The rows whose shown status is `status` (the admin's filter): skipped takes the cancelled campaigns'
+        unsent rows in, an unsent status leaves them out.  Each stays a condition on the stored status, so the
+        partial indexes on it still serve the query."""
+        if status == CANCELLED_UNSENT_STATUS:
+            return self.filter(Q(status=status) | cancelled_unsent())
+        if status in UNSENT_STATUSES:
+            return self.filter(status=status).exclude(cancelled_unsent())
+        return self.filter(status=status)
 
 
 class Notification(models.Model):
@@ -157,6 +218,8 @@ class Notification(models.Model):
         db_constraint=False,
     )
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = NotificationQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
@@ -311,8 +374,23 @@ class BatchStatus(models.TextChoices):
     DEFERRED = "deferred", "deferred (quiet hours or rate limit; the relay publishes it when due)"
     PAUSED = "paused", "paused (published again on resume)"
     DONE = "done"
+    #: Closed by its campaign's cancel: its unsent rows are counted as skipped already; the sweep rewrites them.
+    CANCELLED = "cancelled", "cancelled (its rows count as skipped; the sweep marks them)"
     #: Its runs kept dying (CAMPAIGN_BATCH_MAX_RUNS): dead-lettered with its unsent rows; a replay revives both.
     DEAD = "dead", "dead (in the dead-letter table with its unsent rows)"
+
+
+#: A batch in one of these waits for a worker to take it (no worker holds it, its rows are not all final).
+OPEN_BATCH_STATUSES = (BatchStatus.QUEUED, BatchStatus.DEFERRED, BatchStatus.PAUSED)
+
+
+@contextmanager
+def status_events_off(cursor) -> Iterator[None]:
+    """The statements inside write no per-row status event (the trigger of migrations 0011/0013 reads this setting
+    since 0016): for the rows a campaign's cancel skips, whose record is the campaign's (campaigns.py)."""
+    cursor.execute("SELECT set_config('notifications.status_events', 'off', true)")
+    yield
+    cursor.execute("SELECT set_config('notifications.status_events', 'on', true)")
 
 
 #: How a batch deferred for quiet hours begins its reason (then the zones in them); campaign_waiting reads it.

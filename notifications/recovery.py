@@ -16,11 +16,12 @@ from jobs.publishing import publish_after_commit
 from jobs.redis import queue_head, queue_lost_before
 from notifications import task_names
 from notifications.campaign_delivery import BATCH_JOB_NAME, DEAD_WITH_BATCH
-from notifications.campaigns import campaign_batches_publish
+from notifications.campaigns import campaign_batches_publish, campaign_cancel_count
 from notifications.counting import batch_key_range, campaign_batch_recount, campaign_recount_for
 from notifications.events import notification_event
 from notifications.inputs import secret_variables
 from notifications.models import (
+    OPEN_BATCH_STATUSES,
     BatchStatus,
     Campaign,
     CampaignBatch,
@@ -158,22 +159,42 @@ def campaign_relay(*, now=None, queue_heads=queue_head) -> int:
             CampaignSegment.objects.filter(pk=segment.pk).update(queued_at=moment)
             publish_after_commit(task_names.CAMPAIGN_FANOUT, args=[segment.pk], queue=FANOUT_QUEUE)
         published += len(segments)
-        # A cancelled campaign whose sweep was lost (Redis restarted, its worker died) still has open batches.
+        # A cancelled campaign whose sweep was lost (Redis restarted, its worker died): batches still to rewrite and
+        # no sweep seen for a while (each sweep transaction touches the campaign).
         swept = list(
             Campaign.objects.filter(
                 status=CampaignStatus.CANCELLED,
-                batches__status__in=[BatchStatus.QUEUED, BatchStatus.DEFERRED, BatchStatus.PAUSED],
-                batches__updated_at__lt=_ago(now, grace),
+                updated_at__lt=_ago(now, grace),
+                batches__status=BatchStatus.CANCELLED,
             )
             .values_list("pk", flat=True)
             .distinct()[:10]
         )
         for campaign_id in swept:
+            Campaign.objects.filter(pk=campaign_id).update(updated_at=moment)
             publish_after_commit(task_names.CAMPAIGN_SWEEP, args=[campaign_id], queue=FANOUT_QUEUE)
         published += len(swept)
-    if published:
-        logger.info("campaign relay: published %s batch(es), segment(s) or sweep(s) again", published)
-    return published
+    # A cancelled campaign with batches still open a while after its cancel: its close was lost (the cancel's
+    # process died between its commit and the close).  Closed now, outside the lock of the batches taken above.
+    unclosed = list(
+        Campaign.objects.filter(
+            status=CampaignStatus.CANCELLED,
+            finished_at__lt=_ago(now, grace),
+            batches__status__in=OPEN_BATCH_STATUSES,
+            batches__updated_at__lt=_ago(now, grace),
+        )
+        .values_list("pk", flat=True)
+        .distinct()[:10]
+    )
+    for campaign_id in unclosed:
+        campaign_cancel_count(campaign_id=campaign_id, background=False)
+    if published or unclosed:
+        logger.info(
+            "campaign relay: published %s batch(es), segment(s) or sweep(s) again; closed %s cancelled campaign(s)",
+            published,
+            len(unclosed),
+        )
+    return published + len(unclosed)
 
 
 # --- replay -------------------------------------------------------------------------

@@ -38,8 +38,9 @@ from settings.topology import all_queue_names
 
 
 def notification_visible_to(user, notification_id: str) -> Notification | None:
-    """The notification `notification_id` if `user` may read it (staff: any; others: those they submitted)."""
-    notifications = Notification.objects.all()
+    """The notification `notification_id` if `user` may read it (staff: any; others: those they submitted), with
+    `shown_status`: the status every reader gives (a cancelled campaign's unsent row is skipped)."""
+    notifications = Notification.objects.with_shown_status()
     if not user.is_staff:
         notifications = notifications.filter(created_by=user)
     try:
@@ -148,8 +149,9 @@ def _capped_count(rows: QuerySet, *, estimate: int) -> int:
 
 
 def recipient_notifications(recipient_id: int) -> QuerySet:
-    """A recipient's notifications newest first (notif_recipient_idx: recipient, created_at descending)."""
-    return Notification.objects.filter(recipient_id=recipient_id).order_by("-created_at", "-pk")
+    """A recipient's notifications newest first (notif_recipient_idx: recipient, created_at descending), each with
+    its `shown_status`."""
+    return Notification.objects.with_shown_status().filter(recipient_id=recipient_id).order_by("-created_at", "-pk")
 
 
 def campaign_find(campaign_id: int) -> Campaign | None:
@@ -175,8 +177,9 @@ def campaign_waiting(campaign: Campaign, *, now: datetime | None = None) -> str 
     if campaign.status == CampaignStatus.PAUSED:
         return f"paused by a worker: {campaign.last_error}" if campaign.last_error else "paused"
     if campaign.status == CampaignStatus.CANCELLED and campaign.remaining_count:
-        # Nothing more is sent from the cancel on; the sweep marks the unsent rows, many batches at a time.
-        return f"cancelled: {campaign.remaining_count:,} unsent rows being marked skipped"
+        # Its unsent rows counted as skipped at the cancel; what remains are rows workers held then (calls in
+        # flight, a worker that died holding them), ending through their normal path.
+        return f"cancelled: {campaign.remaining_count:,} row(s) a worker held at the cancel still finishing"
     if campaign.status != CampaignStatus.RUNNING:
         return None
     deferred = (

@@ -306,6 +306,12 @@ def _call(
     return pause
 
 
+def sent_by_lookup(row: Notification, content: RenderedMessage) -> bool:
+    """Whether a claimed row whose outcome is unknown was accepted after all (a vendor that can tell has it),
+    recorded as sent if so; nothing is sent.  For a row that must not be sent again (its campaign was cancelled)."""
+    return _found_by_lookup(Delivery(row, build_message(row, content)), recount=True)
+
+
 def _found_by_lookup(delivery: Delivery, *, recount: bool) -> bool:
     """An earlier attempt may have been accepted (timeout, worker died mid-call): ask each vendor of the
     chain that offers a lookup; True (and recorded as sent) if one has it."""

@@ -37,6 +37,7 @@ from notifications.models import (
     Priority,
     PushDevice,
     Recipient,
+    cancelled_unsent,
 )
 from notifications.rendering import render
 from settings.topology import queue_name
@@ -56,9 +57,11 @@ class NotCancellable(Exception):
 
     def __init__(self, notification: Notification) -> None:
         self.notification = notification
+        #: As every reader gives it (a cancelled campaign's unsent row is skipped).
+        self.status = getattr(notification, "shown_status", notification.status)
         super().__init__(
-            f"notification {notification.pk} is {notification.status}: "
-            + ("already cancelled" if notification.status == NotificationStatus.CANCELLED else "too late to cancel")
+            f"notification {notification.pk} is {self.status}: "
+            + ("already cancelled" if self.status == NotificationStatus.CANCELLED else "too late to cancel")
         )
 
 
@@ -444,7 +447,7 @@ def notification_cancel(*, notification_id, reason: str = "cancelled") -> Notifi
     with transaction.atomic():
         cancelled = _cancel(Q(pk=notification_id), reason)
         if not cancelled:
-            notification = Notification.objects.get(pk=notification_id)
+            notification = Notification.objects.with_shown_status().get(pk=notification_id)
             raise NotCancellable(notification)
     return cancelled[0]
 
@@ -468,17 +471,22 @@ def notifications_cancel(*, scope: Q, reason: str = "cancelled") -> dict:
         done = {n.pk for n in cancelled}
         too_late = {
             str(pk): status
-            for pk, status in Notification.objects.filter(scope).exclude(pk__in=done).values_list("pk", "status")
+            for pk, status in Notification.objects.with_shown_status()
+            .filter(scope)
+            .exclude(pk__in=done)
+            .values_list("pk", "shown_status")
         }
     return {"cancelled": [str(n.pk) for n in cancelled], "too_late": too_late}
 
 
 def _cancel(scope: Q, reason: str) -> list[Notification]:
     """The rows of `scope` that nothing holds yet, cancelled in one statement (their events written by the
-    status trigger); a campaign row's batch is recounted, so its campaign can still complete."""
+    status trigger); a campaign row's batch is recounted, so its campaign can still complete.  A row its campaign's
+    cancel took is skipped already (models.cancelled_unsent_sql): too late for it."""
     rows = list(
         Notification.objects.select_for_update()
         .filter(scope, status__in=CANCELLABLE)
+        .exclude(cancelled_unsent())
         .only("pk", "status", "campaign_id", "recipient_id")
     )
     if not rows:

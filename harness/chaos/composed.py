@@ -29,11 +29,13 @@ from django.conf import settings
 from standardwebhooks import Webhook
 
 from harness.chaos.drills import (
+    BROKER_CRASH_WINDOW_SECONDS,
     REQUEST_TIMEOUT_SECONDS,
     DrillRow,
     Plan,
     Submission,
     Tally,
+    _restart_crashed_pools,
     _slow_providers,
     _tag,
     api_session,
@@ -334,16 +336,23 @@ def _storm(
     if ending == "resume" and state == "paused":
         campaign_post(stack, session, f"/{campaign_id}/resume")
         transitions += 1
-    cancel_answered = None
+    cancel_answered, cancel_checks, cancel_notes = None, {}, []
     if ending == "cancel":
-        answer = campaign_post(stack, session, f"/{campaign_id}/cancel")
-        cancel_answered = time.time()
+        if state == "paused":  # the cancel must meet batches in flight
+            campaign_post(stack, session, f"/{campaign_id}/resume")
+            transitions += 1
+            time.sleep(1.0)
+        cancel_answered, cancel_checks, cancel_notes, answer = _cancel_meets_faults(stack, session, campaign_id, rng)
         transitions += 1
         if answer.status_code != 202 and campaign_row(stack, campaign_id)["status"] != "completed":
             refused[answer.status_code] += 1
     ended_at = time.time()
     finished = wait_campaign_final(stack, campaign_id, plan.campaign_timeout)
+    if cancel_answered is not None:
+        cancel_notes.append(f"every row written final {time.time() - cancel_answered:.1f}s after the cancel")
     outcome, checks, notes = campaign_tally(stack, campaign_id)
+    notes += cancel_notes
+    checks.update(cancel_checks)
     status = campaign_row(stack, campaign_id)["status"]
     late = [
         entry
@@ -369,9 +378,82 @@ def _storm(
     return outcome, checks, notes, max(0.0, last_final - ended_at)
 
 
+#: The cancel's promise: the counters are final this soon after it answers, but for the rows workers held.
+CANCEL_COUNTED_SECONDS = 5.0
+
+
+def _held_by_workers(stack: ChaosStack, campaign_id: int) -> int:
+    """Rows of the campaign a worker holds: unsent rows of batches being sent, rows claimed on the single path."""
+    return stack.query(
+        """
+        SELECT (SELECT coalesce(sum(size - sent_count - dead_count - skipped_count), 0) FROM notifications_campaignbatch
+                WHERE campaign_id = %(c)s AND status = 'sending')
+             + (SELECT count(*) FROM notifications_notification
+                WHERE campaign_id = %(c)s AND status = 'sending' AND priority = 'marketing' AND id NOT IN (
+                    SELECT n.id FROM notifications_notification n JOIN notifications_campaignbatch b
+                      ON b.campaign_id = %(c)s AND b.status = 'sending'
+                     AND n.recipient_id BETWEEN b.first_recipient_id AND b.last_recipient_id
+                    WHERE n.campaign_id = %(c)s AND n.status = 'sending'))
+        """,
+        {"c": campaign_id},
+    )[0][0]
+
+
+def _cancel_meets_faults(
+    stack: ChaosStack, session: requests.Session, campaign_id: int, rng: random.Random
+) -> tuple[float, dict[str, bool], list[str], requests.Response]:
+    """Cancel the running campaign just after a marketing worker is SIGKILLed mid-batch, and restart Redis right
+    after the cancel (the sweep's message and every queued batch message are lost): the counters must be final
+    within CANCEL_COUNTED_SECONDS but for the rows workers held, then final outright once the dead worker's lease
+    ran out, and every row written final in the end (wait_campaign_final)."""
+    stack.kill_pool(Priority.MARKETING, child_only=True, rng=rng)
+    answer = campaign_post(stack, session, f"/{campaign_id}/cancel")
+    answered = time.time()
+
+    def remaining() -> tuple[int, dict[str, Any]]:
+        row = campaign_row(stack, campaign_id)
+        return row["materialized"] - row["sent"] - row["dead"] - row["skipped"], row
+
+    counted_after, held = None, 0
+    while counted_after is None and time.time() < answered + CANCEL_COUNTED_SECONDS + 1:
+        held = _held_by_workers(stack, campaign_id)
+        if remaining()[0] <= held:
+            counted_after = time.time() - answered
+        time.sleep(0.05)
+    stack.restart_redis(down_seconds=1.0)  # every batch message gone, and the sweep's if it was not taken yet
+    wait_until(lambda: not all(stack.alive().values()), timeout=BROKER_CRASH_WINDOW_SECONDS)
+    crashed = _restart_crashed_pools(stack)
+    exact_after, row = None, {}
+    while time.time() < answered + 120.0 and exact_after is None:
+        left, row = remaining()
+        if left == 0 and row["fanned_out"]:
+            exact_after = time.time() - answered
+        time.sleep(0.1)
+    checks = {
+        f"counters final within {CANCEL_COUNTED_SECONDS:.0f}s but for rows workers held": (
+            counted_after is not None and counted_after <= CANCEL_COUNTED_SECONDS
+        ),
+        "counters final outright once the killed worker's rows were taken over": exact_after is not None,
+        "no pool exited but on kombu's broker-loss race": all(crashed.values()),
+    }
+    notes = [
+        "cancel met a SIGKILLed marketing worker and a Redis restart: counters final but for "
+        f"{held} held rows {_seconds(counted_after)} after the cancel answered, outright {_seconds(exact_after)} "
+        f"after; counters then sent/dead/skipped {row.get('sent')}/{row.get('dead')}/{row.get('skipped')} of "
+        f"{row.get('materialized')}",
+        *(f"{name} exited on the broker's loss and was started again" for name in crashed),
+    ]
+    return answered, checks, notes, answer
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.2f}s"
+
+
 def drill_campaign_storm(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
-    """Random pause/resume transitions on a running campaign, ending in resume, then another ending in cancel:
-    counters add up, nothing stuck, nothing sent after the cancel."""
+    """Random pause/resume transitions on a running campaign, ending in resume, then another ending in a cancel that
+    meets a SIGKILLed worker and a Redis restart: counters add up (final within seconds of the cancel), nothing
+    stuck, nothing sent after the cancel, every row written final."""
     outcome, checks, notes, recoveries = Tally(), {}, [], []
     for ending in ("resume", "cancel"):
         run_outcome, run_checks, run_notes, recovery = _storm(stack, plan, rng, ending=ending)

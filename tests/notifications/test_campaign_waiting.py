@@ -10,10 +10,10 @@ from django.contrib.auth.models import Permission
 from django.test import override_settings
 from django.utils import timezone
 
+from notifications import campaign_delivery
 from notifications.campaign_delivery import campaign_batch_send
 from notifications.campaigns import (
     campaign_cancel,
-    campaign_cancel_sweep,
     campaign_create,
     campaign_fanout_segment,
     campaign_start,
@@ -112,12 +112,14 @@ def test_a_campaign_held_by_a_busy_provider_or_an_open_circuit_says_until_when()
     )
 
 
-def test_a_cancelled_campaign_says_how_many_unsent_rows_are_still_being_marked():
-    campaign = running_campaign("sweeping", ["UTC"] * 3)
-    campaign_cancel(campaign_id=campaign.pk)
-    campaign.refresh_from_db()
-    assert campaign_waiting(campaign) == "cancelled: 3 unsent rows being marked skipped"
+def test_a_cancelled_campaign_says_how_many_rows_workers_held_at_the_cancel():
+    campaign = running_campaign("held", ["UTC"] * 3)
+    (batch,) = CampaignBatch.objects.filter(campaign=campaign)
+    held = campaign_delivery._claim_batch(batch.pk)  # a worker holds the batch when the cancel comes
+    campaign = campaign_cancel(campaign_id=campaign.pk)
+    assert campaign_waiting(campaign) == "cancelled: 3 row(s) a worker held at the cancel still finishing"
 
-    campaign_cancel_sweep(campaign_id=campaign.pk)
+    campaign_delivery._run(held)  # it finds the campaign cancelled before its next call
     campaign.refresh_from_db()
     assert campaign_waiting(campaign) is None
+    assert (campaign.skipped_count, campaign.remaining_count) == (3, 0)

@@ -4,6 +4,7 @@ cancelled campaign's unsent rows many batches at a time."""
 
 import base64
 import json
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -16,7 +17,6 @@ from notifications.campaigns import (
     campaign_cancel,
     campaign_cancel_sweep,
     campaign_create,
-    campaign_pause,
     campaign_start,
     campaigns_start_due,
 )
@@ -24,7 +24,7 @@ from notifications.counting import campaign_batch_recount, campaign_notification
 from notifications.delivery import notification_claim
 from notifications.models import Campaign, CampaignBatch, CampaignSegment, Notification, NotificationEvent, Recipient
 from notifications.recovery import campaign_relay
-from notifications.sending import record_retry
+from notifications.sending import record_retry, record_sent
 from notifications.services import (
     NotCancellable,
     notification_cancel,
@@ -235,7 +235,7 @@ def test_a_scheduled_campaign_starts_when_due_and_a_cancelled_one_sends_nothing(
     assert not CampaignSegment.objects.filter(campaign=never).exists()
 
 
-def test_cancelling_a_running_campaign_skips_every_unsent_row_many_batches_at_a_time(settings):
+def test_a_cancel_counts_every_unsent_row_at_once_and_the_sweep_rewrites_them_many_batches_at_a_time(settings):
     settings.CAMPAIGN_BATCH_SIZE = 10
     settings.CAMPAIGN_SWEEP_BATCHES = 4
     campaign = fanned_out_campaign("sweep", count=95)
@@ -243,38 +243,59 @@ def test_cancelling_a_running_campaign_skips_every_unsent_row_many_batches_at_a_
     # Some rows are already sent; one waits for a retry on the single-send path; one is in a worker's hands.
     campaign_notifications(campaign).filter(pk__in=[r.pk for r in rows[:12]]).update(status="sent")
     Notification.objects.filter(pk=rows[50].pk).update(status="failed", next_attempt_at=timezone.now())
-    Notification.objects.filter(pk=rows[60].pk).update(status="sending")
+    token = uuid.uuid4()
+    Notification.objects.filter(pk=rows[60].pk).update(status="sending", claim_token=token)
     for batch in CampaignBatch.objects.filter(campaign=campaign):
         campaign_batch_recount(batch_id=batch.pk)
 
-    campaign_cancel(campaign_id=campaign.pk)
+    campaign = campaign_cancel(campaign_id=campaign.pk)
+
+    # Counted at once, by the batches' counters: the held row too, until its outcome is recorded.
+    assert (campaign.sent_count, campaign.dead_count, campaign.skipped_count) == (12, 0, 83)
+    assert Notification.objects.get(pk=rows[50].pk).status == "skipped", "the single-send path's row is written"
+    assert set(CampaignBatch.objects.filter(campaign=campaign).values_list("status", flat=True)) == {"cancelled"}
+    skipped_events = NotificationEvent.objects.filter(notification_id__in=[r.pk for r in rows], kind="skipped")
+    assert not skipped_events.exists()
     assert campaign_cancel_sweep(campaign_id=campaign.pk) is True
 
     statuses = dict(campaign_notifications(campaign).values_list("status").annotate(n=Count("pk")))
     assert statuses == {"sent": 12, "skipped": 82, "sending": 1}
     assert set(CampaignBatch.objects.filter(campaign=campaign).values_list("status", flat=True)) == {"done"}
+    assert not skipped_events.exists(), "no event per row: the cancel's log record is the campaign's one record"
+    # The held row's call is accepted after all: its outcome recounts its batch, the campaign's split follows.
+    held = Notification.objects.get(pk=rows[60].pk)
+    record_sent([(held, "postmark", "msg-held")])
     campaign.refresh_from_db()
-    assert (campaign.status, campaign.sent_count, campaign.skipped_count) == ("cancelled", 12, 82)
+    assert (campaign.status, campaign.sent_count, campaign.skipped_count) == ("cancelled", 13, 82)
     assert sum(CampaignBatch.objects.filter(campaign=campaign).values_list("skipped_count", flat=True)) == 82
 
 
-def test_the_relay_publishes_a_lost_sweep_again(broker, django_capture_on_commit_callbacks):
-    campaign = fanned_out_campaign("lost-sweep", count=3)
-    campaign_pause(campaign_id=campaign.pk)
-    CampaignBatch.objects.filter(campaign=campaign).update(status="paused")
+def test_the_relay_publishes_a_lost_sweep_again_and_closes_what_a_lost_close_left_open(
+    broker, django_capture_on_commit_callbacks
+):
+    swept = fanned_out_campaign("lost-sweep", count=3)
     with django_capture_on_commit_callbacks(execute=False):
-        campaign_cancel(campaign_id=campaign.pk)  # its sweep's message is lost
+        campaign_cancel(campaign_id=swept.pk)  # its sweep's message is lost
+    # Another whose cancel's process died between its commit and the close: its batches are still open.
+    unclosed = fanned_out_campaign("lost-close", count=4)
+    Campaign.objects.filter(pk=unclosed.pk).update(status="cancelled", finished_at=timezone.now())
     broker.delete(FANOUT_QUEUE)
-    assert campaign_relay(queue_heads=lambda name: QueueHead(depth=0, published_at=None)) == 0, "not before the grace"
+    nothing_lost = QueueHead(depth=0, published_at=None)
+    assert campaign_relay(queue_heads=lambda name: nothing_lost) == 0, "not before the grace"
 
-    CampaignBatch.objects.filter(campaign=campaign).update(updated_at=timezone.now() - timedelta(minutes=5))
+    Campaign.objects.filter(pk=swept.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
+    CampaignBatch.objects.filter(campaign=unclosed).update(updated_at=timezone.now() - timedelta(minutes=5))
+    Campaign.objects.filter(pk=unclosed.pk).update(finished_at=timezone.now() - timedelta(minutes=5))
     with django_capture_on_commit_callbacks(execute=True):
         # As the relay task calls it: with one reading of PostgreSQL's clock.
-        relayed = campaign_relay(now=database_now(), queue_heads=lambda name: QueueHead(depth=0, published_at=None))
-        assert relayed == 1
-    (message,) = [json.loads(m) for m in broker.lrange(FANOUT_QUEUE, 0, -1)]
-    assert message["headers"]["task"] == "notifications.campaign_sweep"
-    assert json.loads(base64.b64decode(message["body"]))[0] == [campaign.pk]
+        assert campaign_relay(now=database_now(), queue_heads=lambda name: nothing_lost) == 2
+
+    messages = [json.loads(m) for m in broker.lrange(FANOUT_QUEUE, 0, -1)]
+    assert {m["headers"]["task"] for m in messages} == {"notifications.campaign_sweep"}
+    assert sorted(json.loads(base64.b64decode(m["body"]))[0][0] for m in messages) == sorted([swept.pk, unclosed.pk])
+    unclosed.refresh_from_db()
+    assert (unclosed.skipped_count, unclosed.remaining_count) == (4, 0)
+    assert set(CampaignBatch.objects.filter(campaign=unclosed).values_list("status", flat=True)) == {"cancelled"}
 
 
 def test_a_campaign_row_cancelled_by_id_counts_as_skipped():

@@ -33,10 +33,13 @@ from notifications.services import notification_send
 from settings.topology import Priority
 
 RESULTS = Path(settings.BASE_DIR) / "bench-results"
-SCENARIOS = ("throughput", "api", "webhooks", "fanout", "limiter", "blast", "unlimited", "retention", "admin")
+SCENARIOS = (
+    "throughput", "api", "webhooks", "fanout", "limiter", "blast", "unlimited", "retention", "admin", "cancel"
+)  # fmt: skip
 #: Run only when named: `admin` keeps tens of millions of rows in the bench database (the campaign scenarios empty
-#: the notifications table, so run it on its own); `retention` seeds and prunes 5 M rows (about 15 minutes).
-ONLY_WHEN_NAMED = ("retention", "admin")
+#: the notifications table, so run it on its own); `retention` seeds and prunes 5 M rows (about 15 minutes);
+#: `cancel` fans out a campaign to --recipients and cancels it while it sends (about 10 minutes at 5 M).
+ONLY_WHEN_NAMED = ("retention", "admin", "cancel")
 QUEUE = "transactional.email"
 
 
@@ -108,7 +111,11 @@ class Command(BaseCommand):
                 self._retention(sandbox, log_dir, count, concurrency, options)
             if "admin" in scenarios:
                 self._write(benchmarks.admin(rows=options["admin_rows"]), "admin.json")
-            campaign = [s for s in scenarios if s not in ("throughput", "api", "webhooks", "retention", "admin")]
+            if "cancel" in scenarios:
+                self._cancel(sandbox, log_dir, options)
+            campaign = [
+                s for s in scenarios if s not in ("throughput", "api", "webhooks", "retention", "admin", "cancel")
+            ]
             if campaign:
                 self._campaigns(sandbox, log_dir, campaign, options)
         except WaitTimeout as exc:
@@ -229,6 +236,18 @@ class Command(BaseCommand):
             "count_per_run": count,
         }
         self._write(result, "retention.json")
+
+    def _cancel(self, sandbox: SandboxProcess, log_dir: Path, options: dict) -> None:
+        platform = benchmarks.Platform(log_dir, sandbox)
+        try:
+            web = platform.web()
+            result = benchmarks.cancel(
+                recipients=options["recipients"], platform=platform, web=web, concurrency=options["marketing_workers"]
+            )
+        finally:
+            platform.stop()
+            benchmarks.reset_campaigns()
+        self._write(result, "cancel.json")
 
     def _write(self, result: dict, name: str) -> None:
         """Print one scenario's result and write it, with the machine and the time, to bench-results/<name>."""
