@@ -228,6 +228,18 @@ def _published_batches(campaign: Campaign) -> int:
     return int(client.llen(MARKETING_QUEUE)) + int(client.hlen("unacked")) + taken
 
 
+def _bench_campaign(api: requests.Session, url: str, name: str) -> int:
+    """A newsletter campaign to every consenting recipient, created through the API; its id."""
+    created = api.post(
+        f"{url}/api/v1/campaigns",
+        json={"name": name, "template": "newsletter", "channel": "email",
+              "context": {"headline": "Benchmark", "body": "Hello"}},
+        timeout=10,
+    )  # fmt: skip
+    created.raise_for_status()
+    return created.json()["id"]
+
+
 def fanout(*, recipients: int, platform: Platform, web: WebProcess, concurrency: int) -> dict[str, Any]:
     """Scenario 1: start a campaign to every consenting recipient; time the answer, the fan-out, the broker's memory."""
     seeded = ensure_recipients(recipients)
@@ -236,14 +248,7 @@ def fanout(*, recipients: int, platform: Platform, web: WebProcess, concurrency:
         cursor.execute("ANALYZE notifications_notification")
     platform.pool(Priority.MARKETING, concurrency=concurrency)
     api = api_session(web.url)
-    created = api.post(
-        f"{web.url}/api/v1/campaigns",
-        json={"name": "bench fan-out", "template": "newsletter", "channel": "email",
-              "context": {"headline": "Benchmark", "body": "Hello"}},
-        timeout=10,
-    )  # fmt: skip
-    created.raise_for_status()
-    campaign_id = created.json()["id"]
+    campaign_id = _bench_campaign(api, web.url, "bench fan-out")
     sampler = RedisSampler()
     sampler.start()
     started = time.monotonic()
@@ -824,14 +829,7 @@ def cancel(
     api = api_session(web.url)
     api.headers["Authorization"] = f"Token {_campaign_token()}"
     try:
-        created = api.post(
-            f"{web.url}/api/v1/campaigns",
-            json={"name": "bench cancel", "template": "newsletter", "channel": "email",
-                  "context": {"headline": "Benchmark", "body": "Hello"}},
-            timeout=10,
-        )  # fmt: skip
-        created.raise_for_status()
-        campaign_id = created.json()["id"]
+        campaign_id = _bench_campaign(api, web.url, "bench cancel")
         api.post(f"{web.url}/api/v1/campaigns/{campaign_id}/start", json={}, timeout=30).raise_for_status()
         campaign = Campaign.objects.get(pk=campaign_id)
         wait_until(
