@@ -126,17 +126,20 @@ class RateLimiter:
         0.0 once granted; otherwise the wait the caller must arrange itself (it frees its
         worker slot instead of sleeping longer).
         """
-        started = time.monotonic()
-        deadline = started + max_wait
+        deadline = time.monotonic() + max_wait
+        slept = 0.0
         while True:
             wait = self.acquire(n, share=share)
             if wait <= 0 or time.monotonic() + wait > deadline:
-                waited = time.monotonic() - started + max(wait, 0.0)
-                if waited > 0.001:
+                # A wait is a sleep for a token or a wait handed back, never the round trip to Redis (a slow
+                # moment of the machine would count as waiting for the limit).
+                waited = slept + max(wait, 0.0)
+                if waited > 0:
                     RATELIMIT_WAITS.inc(self.name)
                     RATELIMIT_WAIT_SECONDS.inc(self.name, amount=waited)
                 return wait
             time.sleep(wait)
+            slept += wait
 
     def acquire_at(self, n: int = 1, *, share: float = 1.0) -> tuple[float, float | None]:
         """As `acquire`, with the Redis server time of the decision in seconds (None if Redis was unreachable)."""
