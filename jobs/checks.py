@@ -96,4 +96,15 @@ def check_retention_settings(app_configs, **kwargs) -> list[Error]:
         )
     if getattr(settings, "RETENTION_TASK_SECONDS", 0) >= getattr(settings, "CELERY_TASK_SOFT_TIME_LIMIT", 1e9):
         errors.append(Error("RETENTION_TASK_SECONDS must be below CELERY_TASK_SOFT_TIME_LIMIT.", id="jobs.E008"))
+    ahead = getattr(settings, "PARTITIONS_AHEAD_WEEKS", 1)
+    if not isinstance(ahead, int) or isinstance(ahead, bool) or not 0 <= ahead <= 52:
+        errors.append(
+            Error(
+                f"PARTITIONS_AHEAD_WEEKS must be a whole number of weeks from 0 to 52, not {ahead!r}.",
+                hint="Weeks of partitions made ahead of time; 1 is plenty, as the prune job makes them every run.",
+                id="jobs.E009",
+            )
+        )
+    if not getattr(settings, "PARTITION_LOCK_TIMEOUT", 1.0) > 0:
+        errors.append(Error("PARTITION_LOCK_TIMEOUT must be a positive number of seconds.", id="jobs.E010"))
     return errors

@@ -10,6 +10,7 @@ adds its own (`Rule`).
 import logging
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,6 +33,8 @@ class Rule:
     keep: timedelta
     delete_batch: Callable[[datetime, int], int]
     count: Callable[[datetime], int]
+    #: Each batch in a transaction of its own; False for one that commits as it goes (a partition's drop).
+    atomic: bool = True
 
     def cutoff(self, now: datetime) -> datetime:
         return now - self.keep
@@ -77,7 +80,7 @@ def _apply(rule: Rule, cutoff: datetime, size: int, deadline: float | None) -> P
     rows, done = 0, False
     while deadline is None or time.monotonic() < deadline:
         began = time.monotonic()
-        with transaction.atomic():
+        with transaction.atomic() if rule.atomic else nullcontext():
             deleted = rule.delete_batch(cutoff, size)
         rows += deleted
         if deleted == 0:

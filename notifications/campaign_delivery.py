@@ -272,7 +272,8 @@ UPDATE notifications_notification n SET
         ELSE '' END,
     updated_at = statement_timestamp()
 FROM decided c
-WHERE n.id = c.id AND n.status = 'scheduled'
+-- The ids again, as constants: PostgreSQL plans the UPDATE on their leaves alone (notifications/partitions.py).
+WHERE n.id = c.id AND n.status = 'scheduled' AND n.id = ANY(%(ids)s)
 RETURNING n.id, n.status, n."to", n.recipient_id, n.attempts, n.created_at, n.last_error
 """
 

@@ -47,6 +47,7 @@ from notifications.models import (
     Priority,
     status_events_off,
 )
+from notifications.partitions import campaign_partition_ensure
 from notifications.rendering import render
 from settings.topology import FANOUT_QUEUE, queue_name
 
@@ -308,7 +309,11 @@ FROM (
     SELECT x.id FROM unnest(%(low)s::uuid[], %(high)s::uuid[]) AS r(low, high)
     CROSS JOIN LATERAL (
         SELECT m.id FROM notifications_notification m
-        WHERE m.id BETWEEN r.low AND r.high AND m.status = ANY(%(unsent)s) AND NOT m.outcome_unknown OFFSET 0
+        WHERE m.id BETWEEN r.low AND r.high AND m.status = ANY(%(unsent)s) AND NOT m.outcome_unknown
+            -- Every range at once, as constants: this read is planned on the campaign's leaf alone
+            -- (notifications/partitions.py).  Not on the UPDATE's own rows: on a leaf just written, with no
+            -- statistics yet, the planner would take them for one row and loop over the ranges for each of them.
+            AND m.id BETWEEN %(lowest)s AND %(highest)s OFFSET 0
     ) x
 ) unsent
 WHERE n.id = unsent.id AND n.status = ANY(%(unsent)s) AND NOT n.outcome_unknown
@@ -347,6 +352,8 @@ def campaign_cancel_sweep(*, campaign_id: int) -> bool:
                         "reason": CANCELLED_REASON,
                         "low": [lo for lo, _ in ranges],
                         "high": [hi for _, hi in ranges],
+                        "lowest": min(lo for lo, _ in ranges),
+                        "highest": max(hi for _, hi in ranges),
                         "unsent": list(UNSENT_STATUSES),
                     },
                 )
@@ -426,6 +433,9 @@ def campaign_fanout_segment(*, segment_id: int) -> int:
     delivered twice) or being written by another worker is left alone.
     """
     now = timezone.now()
+    if segment_campaign := CampaignSegment.objects.filter(pk=segment_id).values_list("campaign_id", flat=True).first():
+        # Outside the segment's transaction: adding a leaf takes locks that transaction should not hold.
+        campaign_partition_ensure(campaign_id=segment_campaign)
     with transaction.atomic():
         segment = (
             # of=self: locking the joined campaign row too would make concurrent segments skip each other.

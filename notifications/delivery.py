@@ -32,6 +32,7 @@ from notifications.consent import marketing_hold, suppression_reasons
 from notifications.counting import campaign_cancelled_rows_skip
 from notifications.events import notifications_events
 from notifications.models import Campaign, CampaignStatus, Notification, Priority, Recipient, cancelled_unsent_sql
+from notifications.partitions import recent_ids
 from notifications.rendering import render
 from notifications.sending import (
     Delivery,
@@ -81,7 +82,8 @@ claimed AS (
         -- Its worker died mid-call (lease expired while sending): the vendor may have it.
         outcome_unknown = n.outcome_unknown OR n.status = 'sending',
         updated_at = statement_timestamp()
-    FROM named WHERE n.id = named.id
+    -- The ids again, as constants: PostgreSQL plans the UPDATE on their leaves alone (notifications/partitions.py).
+    FROM named WHERE n.id = named.id AND n.id = ANY(%(ids)s::uuid[])
     RETURNING {_COLUMNS}, false AS exhausted, false AS cancelled
 )
 SELECT * FROM claimed
@@ -101,9 +103,11 @@ FROM (
     SELECT id FROM notifications_notification
     WHERE priority = %(priority)s AND status = 'queued' AND channel = %(channel)s AND campaign_id IS NULL
         AND attempts < %(max_attempts)s AND NOT outcome_unknown
+        -- This week's leaf only (notifications/partitions.py): an older row waiting is taken by its own message.
+        AND id >= %(recent_low)s AND id < %(recent_high)s
     ORDER BY updated_at LIMIT %(more)s FOR UPDATE SKIP LOCKED
 ) waiting
-WHERE n.id = waiting.id AND n.status = 'queued'
+WHERE n.id = waiting.id AND n.status = 'queued' AND n.id >= %(recent_low)s AND n.id < %(recent_high)s
 RETURNING {_COLUMNS}
 """  # nosec B608
 
@@ -159,8 +163,14 @@ def notification_claim(*, notification_ids: list[str], batch: bool = False) -> l
         ((priority, channel),) = queues
         more = min(settings.NOTIFICATIONS_SINGLE_BATCH, group_size(priority=priority, channel=channel)) - len(claimed)
         if more > 0:
+            low, high = recent_ids()
             params.update(
-                priority=priority, channel=channel, max_attempts=retry_policy(priority).max_attempts, more=more
+                priority=priority,
+                channel=channel,
+                max_attempts=retry_policy(priority).max_attempts,
+                more=more,
+                recent_low=low,
+                recent_high=high,
             )
             claimed += Notification.objects.raw(_CLAIM_MORE_SQL, params)
     return claimed

@@ -3,7 +3,6 @@ their batches, suppressed addresses and API tokens."""
 
 import hashlib
 import secrets
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -15,6 +14,8 @@ from django.contrib.postgres.indexes import GinIndex
 from django.db import connection, models
 from django.db.models import BooleanField, CharField, Q
 from django.db.models.expressions import RawSQL
+
+from jobs.ids import uuid7
 
 # The vocabulary is the topology's (defined once there); the models use it for their choices.
 from settings.topology import Channel, Priority, queue_name  # noqa: F401
@@ -151,7 +152,9 @@ class Notification(models.Model):
     row still pending or queued after a while was never picked up and is published again.
     """
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    #: Time-ordered (jobs.ids.uuid7): a week of single sends is a range of ids, one leaf of the table
+    #: (notifications/partitions.py); a campaign row's encodes its campaign and recipient instead (counting.py).
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     #: The caller's key (API Idempotency-Key, scoped per user); campaign rows have none, their
     #: primary key is unique per (campaign, recipient) already.  See `delivery_key`.
     idempotency_key = models.CharField(max_length=255, blank=True, default="")
@@ -267,13 +270,10 @@ class Notification(models.Model):
             models.Index(
                 fields=["cancellation_key"], name="notif_cancellation_key_idx", condition=~Q(cancellation_key="")
             ),
-        ]
-        constraints = [
-            # A constraint, not unique=True: that would add a second (LIKE) index on the key.
-            models.UniqueConstraint(
-                fields=["idempotency_key"],
-                name="notif_idempotency_key_unique",
-                condition=~Q(idempotency_key=""),
+            # The caller's key, unique per leaf only (a partitioned table's unique index must hold its key):
+            # submit checks it under an advisory lock of the key (services.notification_send).
+            models.Index(
+                fields=["idempotency_key"], name="notif_idempotency_key_idx", condition=~Q(idempotency_key="")
             ),
         ]
 
@@ -602,11 +602,22 @@ class NotificationEvent(models.Model):
     #: The provider's message id a report named (how a report is matched with its notification).
     provider_message_id = models.CharField(max_length=255, blank=True, default="", db_default="")
     #: The provider's id for the report, so that a report delivered twice is stored once.
-    dedupe_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    dedupe_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL for our own events
     created_at = models.DateTimeField(db_default=models.functions.Now())
 
     class Meta:
         ordering = ["id"]
+        # Per notification: the table is partitioned by it (notifications/partitions.py), and a partitioned table's
+        # unique index must hold its key.  A report delivered twice names the same notification both times (or none
+        # both times, hence NULLS NOT DISTINCT).
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dedupe_key", "notification"],
+                name="notif_event_dedupe_unique",
+                condition=Q(dedupe_key__isnull=False),
+                nulls_distinct=False,
+            ),
+        ]
         indexes = [
             models.Index(fields=["notification", "id"], name="event_timeline_idx"),
             # The reports waiting for their notification (receipts_link).

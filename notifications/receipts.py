@@ -66,7 +66,7 @@ FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %
      AS v(message_id, kind, at, provider, data, dedupe_key)
 -- `n.provider_message_id <> ''` lets the planner use the partial index notif_provider_msg_idx.
 LEFT JOIN notifications_notification n ON n.provider_message_id = v.message_id AND n.provider_message_id <> ''
-ON CONFLICT (dedupe_key) DO NOTHING
+ON CONFLICT (dedupe_key, notification_id) WHERE dedupe_key IS NOT NULL DO NOTHING
 RETURNING provider, kind, notification_id IS NULL
 """
 
@@ -111,6 +111,8 @@ INSERT INTO notifications_notificationevent (notification_id, kind, at, provider
                                              provider_message_id, created_at)
 SELECT notification_id, kind, at, provider, data, dedupe_key, provider_message_id, statement_timestamp()
 FROM found ORDER BY id
+-- The same report again, already stored with its notification (it came back once that was known).
+ON CONFLICT (dedupe_key, notification_id) WHERE dedupe_key IS NOT NULL DO NOTHING
 """
 _DROP_ORPHANS_SQL = """
 DELETE FROM notifications_notificationevent

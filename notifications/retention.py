@@ -1,13 +1,27 @@
 """How long the notification domain keeps its rows (settings.RETENTION_DAYS), as rules for the runtime's pruner
-(jobs/retention.py): finished notifications with their events, marketing sooner, dead ones as long as their
-dead letters; events by themselves; the batches and segments of campaigns finished long ago."""
+(jobs/retention.py).  Most go a leaf at a time (notifications/partitions.py): a week of single sends with its
+events once the week is past the notifications' keeping time, a run of campaigns once every one of them finished
+before the marketing keeping time; what such a drop keeps (rows not final, dead ones) waits in the default leaf
+with the rows from before the partitioning, and goes row by row from there: finished ones, marketing sooner, dead
+ones as long as their dead letters, events by themselves.  Then the batches and segments of campaigns finished long
+ago."""
 
+import logging
 from datetime import datetime
 
-from django.db import connection
+from django.db import OperationalError, connection
 
 from jobs.retention import Pruned, Rule, prune, retention_days, runtime_rules, walk_by_id
 from notifications.models import cancelled_unsent_sql
+from notifications.partitions import (
+    EVENTS,
+    NOTIFICATIONS,
+    droppable_campaigns,
+    droppable_weeks,
+    partition_count,
+    partition_drop,
+    partitions_ensure,
+)
 
 #: Final statuses a notification is pruned from (dead ones follow the dead letters' keeping time), a cancelled
 #: campaign's unsent rows among them (skipped from the cancel on, whether or not the sweep rewrote them yet); a
@@ -19,21 +33,45 @@ DONE = (
     "OR n.campaign_id IN (SELECT id FROM notifications_campaign WHERE finished_at IS NOT NULL))"
 )
 
-# A batch of old notifications, found through notif_created_idx, deleted with their events (event_timeline_idx) in
-# one statement.  Bandit B608 (SQL built from strings): the conditions are constants of this module.
-_DELETE_NOTIFICATIONS = """
+logger = logging.getLogger(__name__)
+
+# A batch of old notifications of the default leaf, found through its notif_created_idx, deleted with their events
+# (in the events' default leaf, as their ids are in no range) in one statement.  Bandit B608 (SQL built from
+# strings): the tables and conditions are constants of this module.
+_DELETE_NOTIFICATIONS = f"""
 WITH gone AS (
-    DELETE FROM notifications_notification WHERE id IN (
-        SELECT id FROM notifications_notification n WHERE n.created_at < %(cutoff)s AND {condition} LIMIT %(size)s
+    DELETE FROM {NOTIFICATIONS.default} WHERE id IN (
+        SELECT id FROM {NOTIFICATIONS.default} n WHERE n.created_at < %(cutoff)s AND {{condition}} LIMIT %(size)s
     )
     RETURNING id
 ),
 events AS (
-    DELETE FROM notifications_notificationevent e USING gone WHERE e.notification_id = gone.id RETURNING 1
+    DELETE FROM {EVENTS.default} e USING gone WHERE e.notification_id = gone.id RETURNING 1
 )
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM events)
 """  # nosec B608
-_COUNT_NOTIFICATIONS = "SELECT count(*) FROM notifications_notification n WHERE n.created_at < %s AND {condition}"  # nosec B608
+_COUNT_NOTIFICATIONS = f"SELECT count(*) FROM {NOTIFICATIONS.default} n WHERE n.created_at < %s AND {{condition}}"  # nosec B608
+
+
+def _partitions(name: str, kind: str, droppable) -> Rule:
+    """Leaves past their keeping time, dropped one per batch (with the empty ones before it)."""
+
+    def delete_batch(cutoff: datetime, size: int) -> int:
+        for leaf in droppable(cutoff):
+            try:
+                dropped, _kept = partition_drop(leaf)
+            except OperationalError as error:
+                # A long reader held the table past PARTITION_LOCK_TIMEOUT: nothing changed, the next run tries again.
+                logger.warning("retention: partition %s not dropped now: %s", leaf.suffix, error)
+                return 0
+            if dropped:
+                return dropped
+        return 0
+
+    def count(cutoff: datetime) -> int:
+        return sum(partition_count(leaf) for leaf in droppable(cutoff))
+
+    return Rule(name, retention_days(kind), delete_batch, count, atomic=False)
 
 
 def _notifications(name: str, kind: str, condition: str) -> Rule:
@@ -83,10 +121,10 @@ def _campaign_parts() -> Rule:
 
 def retention_rules() -> list[Rule]:
     """Every rule of the platform, the runtime's included, in the order they run."""
-    events_delete, events_count = walk_by_id(
-        "notifications_notificationevent", time_column="created_at", condition="true"
-    )
+    events_delete, events_count = walk_by_id(EVENTS.default, time_column="created_at", condition="true")
     return [
+        _partitions("weeks of notifications (partitions)", "notifications", droppable_weeks),
+        _partitions("runs of campaigns (partitions)", "marketing_notifications", droppable_campaigns),
         _notifications("marketing notifications", "marketing_notifications", f"n.priority = 'marketing' AND {DONE}"),
         _notifications("notifications", "notifications", DONE),
         _notifications("dead notifications", "dead_letters", "n.status = 'dead'"),
@@ -97,7 +135,9 @@ def retention_rules() -> list[Rule]:
 
 
 def retention_prune(*, dry_run: bool = False, max_seconds: float | None = None, batch: int | None = None):
-    """Apply every rule (see jobs.retention.prune)."""
+    """Make the coming weeks' partitions, then apply every rule (see jobs.retention.prune)."""
+    if not dry_run:
+        partitions_ensure()
     return prune(retention_rules(), dry_run=dry_run, max_seconds=max_seconds, batch=batch)
 
 

@@ -344,6 +344,8 @@ UPDATE notifications_notification n SET status = 'sent', provider = v.provider, 
     context = {wipe}, updated_at = statement_timestamp()
 FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::uuid[]) AS v(id, provider, message_id, token)
 WHERE n.id = v.id AND n.status = 'sending' AND n.claim_token = v.token
+    -- The ids again, as constants: PostgreSQL plans the UPDATE on their leaves alone (notifications/partitions.py).
+    AND n.id = ANY(%s::uuid[])
 RETURNING n.id
 """
 
@@ -371,6 +373,7 @@ def record_sent(sent: list[tuple[Notification, str, str]], *, recount: bool = Tr
                     [provider for _, provider, _ in sent],
                     [message_id for _, _, message_id in sent],
                     [row.claim_token for row, _, _ in sent],
+                    [row.pk for row, _, _ in sent],
                 ],
             )
             updated = {pk for (pk,) in cursor.fetchall()}

@@ -45,6 +45,8 @@ from settings.topology import queue_name
 logger = logging.getLogger(__name__)
 
 _VARCHAR = re.compile(r"varchar\(\d+\)")
+#: First half of the advisory lock a submit with a caller's idempotency key holds (the key's hash is the second).
+IDEMPOTENCY_LOCK = 0x6E01
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 
 
@@ -246,7 +248,15 @@ def notification_send(
         status=NotificationStatus.SCHEDULED if later else NotificationStatus.QUEUED,
         queued_at=None if later else timezone.now(),
     )
-    try:
+    with transaction.atomic() if idempotency_key else nullcontext():
+        if idempotency_key:
+            # The key is unique per leaf of the partitioned table only: a submit with a caller's key looks for it
+            # holding a lock of the key until its own row commits, so two requests with one key write one row.
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [IDEMPOTENCY_LOCK, key])
+            existing = _existing_for_key(key, fingerprint)
+            if existing is not None:
+                return existing, False
         if to is not None and channel != Channel.PUSH:
             notification.to = address
             _insert_with_recipient(notification, defaults=_new_recipient_defaults(priority, channel))
@@ -259,12 +269,6 @@ def notification_send(
                     defaults=_new_recipient_defaults(priority, channel),
                 )
                 notification.save(force_insert=True)
-    except IntegrityError:
-        # The key was used already (perhaps by a concurrent request that committed first).
-        existing = _existing_for_key(key, fingerprint) if idempotency_key else None
-        if existing is None:
-            raise
-        return existing, False
     if not later:
         notification_publish(notification, background=True)
     logger.debug("notification %s created %s/%s template=%s", notification.pk, priority, channel, template)
@@ -279,8 +283,7 @@ def _insert_with_recipient(notification: Notification, *, defaults: dict[str, An
     """Find or create the recipient of `notification.to` and insert the notification, in one statement.
 
     One round trip (and, outside a transaction, one commit) per submit: the ORM's find, create and
-    insert took five.  A duplicate idempotency key raises IntegrityError and writes nothing, the
-    recipient included.  When a concurrent submit creates the same recipient in the same instant,
+    insert took five.  When a concurrent submit creates the same recipient in the same instant,
     this statement sees neither its own insert nor the other's row, inserts nothing, and is run again.
     """
     column = _ADDRESS_COLUMN[notification.channel]
@@ -353,7 +356,8 @@ def _new_recipient_defaults(priority: str, channel: str) -> dict[str, Any]:
 
 
 def _existing_for_key(key: str, fingerprint: str) -> Notification | None:
-    existing = Notification.objects.filter(idempotency_key=key).first()
+    # No ORDER BY: one probe of notif_idempotency_key_idx per leaf, not a walk of another index.
+    existing = next(iter(Notification.objects.filter(idempotency_key=key).order_by()[:1]), None)
     if (
         existing is not None
         and fingerprint

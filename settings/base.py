@@ -306,6 +306,12 @@ RETENTION_BATCH_SIZE = env_int("RETENTION_BATCH_SIZE", 5000)
 #: After each batch the pruner rests this many times as long as the batch took, leaving the database to live
 #: sends (measured in `make bench --scenarios retention`).
 RETENTION_PAUSE_RATIO = env_float("RETENTION_PAUSE_RATIO", 1.0)
+#: Weeks of the notifications' partitions made ahead of time (notifications/partitions.py): the prune job makes them
+#: every RETENTION_INTERVAL_SECONDS, so one is plenty; each more is one more leaf every lookup without an id plans.
+PARTITIONS_AHEAD_WEEKS = env_int("PARTITIONS_AHEAD_WEEKS", 1)
+#: Longest wait for the locks that add or drop a partition (it queues the table's other statements while it waits);
+#: past it the change is left to the next run.
+PARTITION_LOCK_TIMEOUT = env_float("PARTITION_LOCK_TIMEOUT", 2.0)
 #: Seconds one beat-started prune runs before it hands the rest to a new task (well below the soft time limit).
 RETENTION_TASK_SECONDS = CELERY_TASK_SOFT_TIME_LIMIT * 0.6
 

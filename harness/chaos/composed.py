@@ -24,6 +24,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import requests
 from django.conf import settings
 from standardwebhooks import Webhook
@@ -1244,6 +1245,27 @@ INSERT INTO notifications_notificationevent (notification_id, kind, at, provider
 SELECT id, 'sent', created_at, 'postmark', '{}', '', created_at FROM written
 """
 
+#: Single sends made `age` ago: version-7 ids of that moment (jobs/ids.py), so they land in that week's partition.
+_OLD_SINGLE_SQL = """
+WITH written AS (
+    INSERT INTO notifications_notification (id, idempotency_key, request_fingerprint, priority, channel,
+        recipient_id, "to", template, context, status, attempts, provider, provider_message_id, last_error,
+        outcome_unknown, created_at, updated_at, sent_at)
+    SELECT (lpad(to_hex((extract(epoch FROM t.at) * 1000)::bigint), 12, '0') || '7' || substr(t.h, 1, 3) || '8'
+            || substr(t.h, 4, 15))::uuid,
+        '', '', 'transactional', 'email', -g, %(prefix)s || g || '@example.com', 'order_shipped', '{}', %(status)s, 1,
+        'postmark', '', '', false, t.at, t.at, t.at
+    FROM generate_series(1, %(count)s) g,
+         LATERAL (SELECT now() - %(age)s::interval + g * interval '1 millisecond' AS at, md5(%(prefix)s || g) AS h) t
+    RETURNING id, created_at
+)
+INSERT INTO notifications_notificationevent (notification_id, kind, at, provider, data, provider_message_id, created_at)
+SELECT id, 'sent', created_at, 'postmark', '{}', '', created_at FROM written
+"""
+
+#: The weeks the drill's expired single sends were made in: each its own partition, so the drop comes in four.
+EXPIRED_WEEKS = ("200 days", "193 days", "186 days", "179 days")
+
 
 def _old_campaign_rows(stack: ChaosStack, name: str, count: int, *, age: str, status: str = "sent") -> None:
     stack.execute(_EXPIRED_ROWS_SQL, {"name": name, "count": count, "age": age, "status": status})
@@ -1257,30 +1279,58 @@ def _campaign_rows(stack: ChaosStack, name: str) -> int:
     )[0][0]
 
 
+def _old_single_rows(stack: ChaosStack, prefix: str, count: int, *, age: str, status: str = "sent") -> None:
+    stack.execute(_OLD_SINGLE_SQL, {"prefix": prefix, "count": count, "age": age, "status": status})
+
+
+def _single_rows(stack: ChaosStack, prefix: str) -> int:
+    return stack.query(
+        'SELECT count(*) FROM notifications_notification WHERE "to" LIKE %s AND campaign_id IS NULL', (prefix + "%",)
+    )[0][0]
+
+
 def drill_prune_killed(stack: ChaosStack, plan: Plan, rng: random.Random) -> DrillRow:
-    """`manage.py prune` deletes expired campaign rows while single sends flow; the pruner is SIGKILLed mid-batch and
-    PostgreSQL restarted, then prune runs again: every expired row and its event gone, every row still within its
-    keeping time (or not final) kept, every send of the burst sent exactly once."""
+    """`manage.py prune` drops four expired weeks of single sends (partitions) and deletes expired campaign rows of
+    the default partition (rows of no partition, as after an upgrade) while single sends flow; the pruner is
+    SIGKILLed between two drops, a reader holds the table past the drop's lock timeout, PostgreSQL is restarted,
+    then prune runs again: every expired row and its event gone, every row still within its keeping time (or not
+    final, however old: kept out of its dropped week) kept, every send of the burst sent exactly once."""
     tag = _tag("prune")
-    expired, kept, unfinished = f"{tag}-expired", f"{tag}-kept", f"{tag}-unfinished"
-    _old_campaign_rows(stack, expired, plan.prune_rows, age="200 days")
+    expired, kept, unfinished, legacy = f"{tag}-expired-", f"{tag}-kept", f"{tag}-unfinished-", f"{tag}-legacy"
+    stack.manage("partitions", "--since", (datetime.now(UTC) - timedelta(days=210)).strftime("%Y-%m-%d"))
+    per_week = plan.prune_rows // len(EXPIRED_WEEKS)
+    total = per_week * len(EXPIRED_WEEKS)
+    for age in EXPIRED_WEEKS:
+        _old_single_rows(stack, expired, per_week, age=age)
+    _old_single_rows(stack, unfinished, per_week // 10, age=EXPIRED_WEEKS[0], status="failed")
+    # Campaign numbers no partition covers: their rows wait in the default partition and go row by row.
+    stack.execute("SELECT setval(pg_get_serial_sequence('notifications_campaign', 'id'), 900000000)")
+    _old_campaign_rows(stack, legacy, plan.prune_rows // 10, age="200 days")
     _old_campaign_rows(stack, kept, plan.prune_rows // 10, age="10 days")
-    _old_campaign_rows(stack, unfinished, plan.prune_rows // 10, age="200 days", status="failed")
     burst, live = start_burst(stack, tag, plan.burst, retry_seconds=120)
     log = open(stack.run_dir / "prune.log", "a")  # noqa: SIM115 - closed below
-    # Small batches and long pauses: the kill must land mid-way (40 batches of 1,000 in the quick form).
+    # A long pause after each drop: the kill must land between two of them.
     pruner = subprocess.Popen(  # nosec B603 - our own interpreter and manage.py, no shell
-        [sys.executable, "manage.py", "prune", "--batch", str(max(1000, plan.prune_rows // 40))],
+        [sys.executable, "manage.py", "prune"],
         cwd=REPO,
-        env={**stack.env, "RETENTION_PAUSE_RATIO": "5"},
+        env={**stack.env, "RETENTION_PAUSE_RATIO": "50"},
         stdout=log,
         stderr=log,
     )
-    wait_until(lambda: _campaign_rows(stack, expired) < plan.prune_rows, timeout=120, interval=0.05)
-    time.sleep(rng.uniform(0.1, 0.5))
+    wait_until(lambda: _single_rows(stack, expired) < total, timeout=120, interval=0.05)
+    time.sleep(rng.uniform(0.0, 0.2))
     pruner.kill()
     pruner.wait(10)
-    left_after_kill = _campaign_rows(stack, expired)
+    left_after_kill = _single_rows(stack, expired)
+    # A reader holding the table (a long report) past the drop's lock timeout: the drop gives up in time, changes
+    # nothing, and sends go on meanwhile.
+    reader = psycopg.connect(stack.database_url, connect_timeout=5)
+    try:
+        reader.execute("SELECT count(*) FROM notifications_notification WHERE id = %s", (str(uuid.uuid4()),))
+        held = stack.manage("prune", "--max-seconds", "10", timeout=120)
+        left_while_held = _single_rows(stack, expired)
+    finally:
+        reader.close()
     stack.stop_postgres()
     time.sleep(2.0)
     stack.start_postgres()
@@ -1296,21 +1346,30 @@ def drill_prune_killed(stack: ChaosStack, plan: Plan, rng: random.Random) -> Dri
         "SELECT count(*) FROM notifications_notificationevent e WHERE e.notification_id IS NOT NULL AND NOT EXISTS "
         "(SELECT 1 FROM notifications_notification n WHERE n.id = e.notification_id)"
     )[0][0]
-    left = {name: _campaign_rows(stack, name) for name in (expired, kept, unfinished)}
+    left = {
+        "expired": _single_rows(stack, expired),
+        "unfinished": _single_rows(stack, unfinished),
+        "legacy": _campaign_rows(stack, legacy),
+        "kept": _campaign_rows(stack, kept),
+    }
     return result_row(
         22,
-        "Prune SIGKILLed mid-batch, PostgreSQL restarted, sends flowing",
+        "Prune SIGKILLed between partition drops, a reader holding the table, PostgreSQL restarted, sends flowing",
         outcome,
         checks={
-            "the pruner was killed mid-way": 0 < left_after_kill < plan.prune_rows,
-            "every expired row deleted by the second run": left[expired] == 0,
-            "rows within their keeping time kept": left[kept] == plan.prune_rows // 10,
-            "rows not final kept, however old": left[unfinished] == plan.prune_rows // 10,
+            "the pruner was killed between two drops": 0 < left_after_kill < total,
+            "a drop behind the long reader gave up and changed nothing": left_while_held == left_after_kill,
+            "every expired row deleted by the last run": left["expired"] == 0 and left["legacy"] == 0,
+            "rows within their keeping time kept": left["kept"] == plan.prune_rows // 10,
+            # (Their events are older than the events' keeping time: the last run deleted those.)
+            "rows not final kept out of their dropped week": left["unfinished"] == per_week // 10,
             "no event left of a deleted notification": orphans == 0,
             "every send of the burst sent exactly once": outcome.sent == len(submission.ids) and not outcome.duplicates,
         },
         notes=[
-            f"{plan.prune_rows} expired rows; {plan.prune_rows - left_after_kill} deleted before the SIGKILL; "
-            f"second run: {' | '.join(line.strip() for line in output.splitlines()[:2])}",
+            f"{total} expired rows in {len(EXPIRED_WEEKS)} weekly partitions and {plan.prune_rows // 10} in the "
+            f"default one; {total - left_after_kill} dropped before the SIGKILL; behind the reader: "
+            f"{held.splitlines()[0].strip() if held.strip() else '(nothing said)'}; last run: "
+            f"{' | '.join(line.strip() for line in output.splitlines()[:3])}",
         ],
     )

@@ -1,5 +1,6 @@
-"""Retention: what is past its keeping time goes, in small batches, with its events; what is not final, not old
-enough, or in a campaign still running stays; a dry run counts and deletes nothing; one pruner at a time."""
+"""Retention: what is past its keeping time goes, a week's partition at a time or in small batches, with its events;
+what is not final, not old enough, or in a campaign finished too recently stays; a dry run counts and deletes
+nothing; one pruner at a time."""
 
 from datetime import timedelta
 from io import StringIO
@@ -16,18 +17,10 @@ from jobs.retention import PRUNE_LOCK
 from notifications.counting import campaign_notifications
 from notifications.models import Campaign, Notification, NotificationEvent
 from notifications.retention import retention_prune
+from tests.support.partitions import aged, leaf_of
 from tests.support.sending import fanned_out_campaign, submit
 
 pytestmark = pytest.mark.django_db
-
-
-def aged(notification: Notification, days: float, status: str = "sent") -> Notification:
-    """The notification as if written `days` ago and now `status` (its status event written by the trigger)."""
-    Notification.objects.filter(pk=notification.pk).update(status=status)
-    at = timezone.now() - timedelta(days=days)
-    Notification.objects.filter(pk=notification.pk).update(created_at=at)
-    NotificationEvent.objects.filter(notification=notification).update(created_at=at, at=at)
-    return notification
 
 
 def remaining(*notifications: Notification) -> set[str]:
@@ -53,13 +46,15 @@ def rows():
 def test_prune_deletes_what_is_past_its_keeping_time_with_its_events_and_keeps_the_rest(rows):
     results = retention_prune(batch=2)
 
-    gone = {"old sent", "old cancelled", "ancient dead", "old marketing"}
+    # A marketing notification sent on its own (no campaign) is kept with its week, like any single send.
+    gone = {"old sent", "old cancelled", "ancient dead"}
     assert remaining(*rows.values()) == {str(rows[name].pk) for name in rows.keys() - gone}
     assert not NotificationEvent.objects.filter(notification_id__in=[rows[name].pk for name in gone]).exists()
     assert NotificationEvent.objects.filter(notification=rows["recent sent"]).exists()
     by_name = {r.name: r for r in results}
-    assert (by_name["marketing notifications"].rows, by_name["notifications"].rows) == (1, 2)
-    assert by_name["dead notifications"].rows == 1
+    assert by_name["weeks of notifications (partitions)"].rows == 2, "old sent and old cancelled, with their week"
+    assert by_name["dead notifications"].rows == 1, "ancient dead, kept out of its week, then gone after a year"
+    assert (by_name["marketing notifications"].rows, by_name["notifications"].rows) == (0, 0)
     assert all(r.done for r in results)
 
 
@@ -69,21 +64,27 @@ def test_a_dry_run_counts_what_would_go_and_deletes_nothing(rows):
 
     assert remaining(*rows.values()) == {str(n.pk) for n in rows.values()}
     counts = {line.split(" older than")[0].strip(): line.rsplit(": ", 1)[1] for line in out.getvalue().splitlines()}
-    assert counts["marketing notifications"] == "would delete 1"
-    assert counts["notifications"] == "would delete 2", "the marketing row (40 days) is not 90 days old"
-    assert counts["dead notifications"] == "would delete 1"
+    # The weeks of 100 and 400 days ago hold five rows; three of them (queued, dead) would be kept out of the drop.
+    assert counts["weeks of notifications (partitions)"] == "would delete 2"
+    assert counts["notifications"] == "would delete 0", "nothing waits in the default partition"
 
 
 def test_a_running_campaigns_rows_are_kept_until_it_has_finished():
     campaign = fanned_out_campaign("kept", count=4)
     campaign_notifications(campaign).update(status="sent", created_at=timezone.now() - timedelta(days=40))
+    assert leaf_of("notifications_notification", "campaign_id", campaign.pk).startswith("notifications_notification_c")
 
     retention_prune()
     assert campaign_notifications(campaign).count() == 4, "a recount of a running campaign must still find its rows"
 
     Campaign.objects.filter(pk=campaign.pk).update(status="completed", finished_at=timezone.now() - timedelta(days=1))
     retention_prune()
+    assert campaign_notifications(campaign).count() == 4, "kept for the marketing keeping time after it finished"
+
+    Campaign.objects.filter(pk=campaign.pk).update(finished_at=timezone.now() - timedelta(days=31))
+    results = {r.name: r for r in retention_prune()}
     assert campaign_notifications(campaign).count() == 0
+    assert results["runs of campaigns (partitions)"].rows == 4
     assert Campaign.objects.filter(pk=campaign.pk).exists(), "the campaign row and its counters stay as the record"
 
 
