@@ -231,6 +231,11 @@ class Command(BaseCommand):
             "sends_per_second_during": [round(r, 1) for r in during],
             "sends_per_second_after": [round(r, 1) for r in after],
             "during_over_before": round(statistics.mean(during) / mean_before, 3) if during else None,
+            # The runs on either side of the prune: this machine's send rate drifts from run to run by more than
+            # a partition's drop costs, so the neighbours say more than the mean of the first runs.
+            "during_over_neighbours": (
+                round(statistics.mean(during) / statistics.mean([before[-1], after[0]]), 3) if during else None
+            ),
             "pause_ratio": settings.RETENTION_PAUSE_RATIO,
             "worker_processes": concurrency,
             "count_per_run": count,
