@@ -12,6 +12,7 @@ Every lookup by id names the key, so PostgreSQL plans it on its own leaf alone.
 """
 
 import logging
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -83,24 +84,43 @@ def _campaign_range(leaf: Leaf) -> tuple[int, int]:
     return uuid.UUID(leaf.low).int >> 80, uuid.UUID(leaf.high).int >> 80
 
 
+#: Tries at adding a leaf.  Attaching it takes the default leaf's lock, so it can meet a statement that takes the two
+#: tables in the other order (the receipts' link: events, then notifications), a deadlock PostgreSQL ends by failing
+#: one of them; or a long reader (the lock timeout).  Both pass.
+ADD_ATTEMPTS = 3
+
+
+def _add(leaf: Leaf) -> bool:
+    """Add `leaf`, trying again after a deadlock or a lock not had in time; whether it was added."""
+    for attempt in range(1, ADD_ATTEMPTS + 1):
+        try:
+            leaf_add(FAMILY, leaf)
+        except DatabaseError as error:
+            if attempt == ADD_ATTEMPTS:
+                # Its rows wait in the default leaf meanwhile (as safe); the next run adds it, moving them in.
+                logger.warning("partition %s was not added now: %s", leaf.suffix, error)
+                return False
+            time.sleep(0.2 * attempt)
+        else:
+            return True
+    return False
+
+
 def partitions_ensure(*, now: datetime | None = None, since: datetime | None = None) -> list[str]:
     """Every week's leaf from `since` (default: this week) to PARTITIONS_AHEAD_WEEKS ahead; the ones added."""
-    now = now or timezone.now()
     have = {leaf.suffix for leaf in leaves(NOTIFICATIONS)} & {leaf.suffix for leaf in leaves(EVENTS)}
+    return [leaf.suffix for leaf in weeks_due(now=now, since=since) if leaf.suffix not in have and _add(leaf)]
+
+
+def weeks_due(*, now: datetime | None = None, since: datetime | None = None) -> list[Leaf]:
+    """The weeks' leaves that should exist: from `since` (default: this week) to PARTITIONS_AHEAD_WEEKS ahead."""
+    now = now or timezone.now()
     monday, last = week_start(since or now), week_start(now) + timedelta(weeks=settings.PARTITIONS_AHEAD_WEEKS)
-    added = []
+    due = []
     while monday <= last:
-        leaf = week_leaf(monday)
-        if leaf.suffix not in have:
-            try:
-                leaf_add(FAMILY, leaf)
-            except DatabaseError as error:
-                # Its rows wait in the default leaf meanwhile; the next run adds it (moving them in).
-                logger.warning("partition %s was not added now: %s", leaf.suffix, error)
-            else:
-                added.append(leaf.suffix)
+        due.append(week_leaf(monday))
         monday += timedelta(days=7)
-    return added
+    return due
 
 
 def campaign_partition_ensure(*, campaign_id: int) -> str | None:
@@ -125,14 +145,7 @@ def campaign_partition_ensure(*, campaign_id: int) -> str | None:
             if campaign_id < first < end:
                 end = first
     leaf = campaign_leaf(campaign_id, end)
-    try:
-        leaf_add(FAMILY, leaf)
-    except DatabaseError as error:
-        logger.warning(
-            "campaign %s: its partition was not added now (%s); its rows go to the default", campaign_id, error
-        )
-        return None
-    return leaf.suffix
+    return leaf.suffix if _add(leaf) else None
 
 
 # --- what retention drops --------------------------------------------------------------------
