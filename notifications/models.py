@@ -89,6 +89,8 @@ class NotificationStatus(models.TextChoices):
 
 #: A row in one of these is neither sent nor final nor in a worker's hands ("sending").
 UNSENT_STATUSES = ("scheduled", "pending", "queued", "failed")
+#: A row in one of these is done with and may go when its keeping time is up (a dead one follows its dead letter's).
+PRUNABLE_STATUSES = ("sent", "skipped", "cancelled")
 #: What every reader and counter sees instead of the stored status of a row its campaign's cancel took (below).
 CANCELLED_UNSENT_STATUS = "skipped"
 

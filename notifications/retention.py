@@ -12,7 +12,7 @@ from datetime import datetime
 from django.db import OperationalError, connection
 
 from jobs.retention import Pruned, Rule, prune, retention_days, runtime_rules, walk_by_id
-from notifications.models import cancelled_unsent_sql
+from notifications.models import PRUNABLE_STATUSES, cancelled_unsent_sql
 from notifications.partitions import (
     EVENTS,
     NOTIFICATIONS,
@@ -29,7 +29,7 @@ from notifications.partitions import (
 #: vanish.
 # Bandit B608: the rule's own SQL (models.py), no value from outside.
 DONE = (
-    f"(n.status IN ('sent', 'skipped', 'cancelled') OR {cancelled_unsent_sql('n')}) AND (n.campaign_id IS NULL "  # nosec B608
+    f"(n.status IN {PRUNABLE_STATUSES} OR {cancelled_unsent_sql('n')}) AND (n.campaign_id IS NULL "  # nosec B608
     "OR n.campaign_id IN (SELECT id FROM notifications_campaign WHERE finished_at IS NOT NULL))"
 )
 
