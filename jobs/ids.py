@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 _TAIL_BITS = 80
 
 
-def uuid7() -> uuid.UUID:
-    """A new id: this millisecond, version 7, the RFC's variant, 74 random bits."""
-    ms = time.time_ns() // 1_000_000
+def uuid7(moment: datetime | None = None) -> uuid.UUID:
+    """A new id: this millisecond (or `moment`'s), version 7, the RFC's variant, 74 random bits."""
+    ms = int(moment.timestamp() * 1000) if moment is not None else time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
     value = (ms & ((1 << 48) - 1)) << _TAIL_BITS
     value |= 0x7 << 76  # version

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
-from jobs.ids import uuid7_floor
+from jobs.ids import uuid7_floor, uuid7_time
 from jobs.partitions import Leaf, Table, leaf_add, leaf_remove, leaves
 from notifications.models import PRUNABLE_STATUSES, NotificationStatus, cancelled_unsent_sql
 
@@ -109,8 +109,13 @@ def _add(leaf: Leaf) -> bool:
 
 def partitions_ensure(*, now: datetime | None = None, since: datetime | None = None) -> list[str]:
     """Every week's leaf from `since` (default: this week) to PARTITIONS_AHEAD_WEEKS ahead; the ones added."""
+    return [leaf.suffix for leaf in weeks_missing(now=now, since=since) if _add(leaf)]
+
+
+def weeks_missing(*, now: datetime | None = None, since: datetime | None = None) -> list[Leaf]:
+    """The weeks' leaves due (weeks_due) that either table lacks."""
     have = {leaf.suffix for leaf in leaves(NOTIFICATIONS)} & {leaf.suffix for leaf in leaves(EVENTS)}
-    return [leaf.suffix for leaf in weeks_due(now=now, since=since) if leaf.suffix not in have and _add(leaf)]
+    return [leaf for leaf in weeks_due(now=now, since=since) if leaf.suffix not in have]
 
 
 def weeks_due(*, now: datetime | None = None, since: datetime | None = None) -> list[Leaf]:
@@ -157,7 +162,7 @@ def droppable_weeks(cutoff: datetime) -> list[Leaf]:
     return [
         leaf
         for leaf in leaves(NOTIFICATIONS)
-        if leaf.suffix.startswith(WEEK_PREFIX) and uuid.UUID(leaf.high).int >> 80 <= cutoff.timestamp() * 1000
+        if leaf.suffix.startswith(WEEK_PREFIX) and uuid7_time(uuid.UUID(leaf.high)) <= cutoff
     ]
 
 

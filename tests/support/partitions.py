@@ -1,21 +1,20 @@
 """Rows moved back in time the way retention sees time: into an earlier week's partition (their id says when they
 were made), with their events, and their created_at set to match."""
 
-import os
 import uuid
 from datetime import datetime, timedelta
 
 from django.db import connection
 from django.utils import timezone
 
-from jobs.ids import uuid7_floor
+from jobs.ids import uuid7
 from notifications.models import Notification
 from notifications.partitions import partitions_ensure
 
 
 def id_at(moment: datetime) -> uuid.UUID:
     """A version-7 id made at `moment`."""
-    return uuid.UUID(int=uuid7_floor(moment).int | (0x7 << 76) | (0b10 << 62) | int.from_bytes(os.urandom(7), "big"))
+    return uuid7(moment)
 
 
 def aged(notification: Notification, days: float, status: str = "sent") -> Notification:

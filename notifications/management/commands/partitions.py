@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.partitions import leaves, rows_estimate
-from notifications.partitions import EVENTS, NOTIFICATIONS, partitions_ensure, weeks_due
+from notifications.partitions import EVENTS, NOTIFICATIONS, partitions_ensure, weeks_missing
 
 
 class Command(BaseCommand):
@@ -26,8 +26,7 @@ class Command(BaseCommand):
                 raise CommandError(f"--since must be a day as YYYY-MM-DD, not {since!r}") from None
         for suffix in partitions_ensure(since=start):
             self.stdout.write(f"added {suffix}")
-        have = {leaf.suffix for leaf in leaves(NOTIFICATIONS)} & {leaf.suffix for leaf in leaves(EVENTS)}
-        missing = [leaf.suffix for leaf in weeks_due(since=start) if leaf.suffix not in have]
+        missing = [leaf.suffix for leaf in weeks_missing(since=start)]
         if missing:
             raise CommandError(
                 f"could not add {', '.join(missing)} (their locks were held too long; see the log): run it again"
